@@ -1,0 +1,33 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Lunar",
+    products: [
+        .executable(name: "lunar", targets: ["lunar"]),
+        .library(name: "LunarIO", targets: ["LunarIO"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C.
+        .target(
+            name: "CLunar",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("aio")]
+        ),
+        .target(name: "LunarIO", dependencies: ["CLunar"]),
+        .executableTarget(
+            name: "lunar",
+            dependencies: [
+                "LunarIO",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "LunarIOTests", dependencies: ["LunarIO"]),
+        // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
+        .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

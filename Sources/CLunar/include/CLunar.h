@@ -1,0 +1,62 @@
+// Thin C shims for LunarIO. No logic lives here: each function wraps one inline helper,
+// macro, ioctl or variadic call that Swift cannot reach directly, or computes CRC32C.
+#ifndef CLUNAR_H
+#define CLUNAR_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <liburing.h>
+#include <libaio.h>
+
+// ---- io_uring (liburing's static inline helpers) ----
+int lunar_uring_init(unsigned entries, struct io_uring *ring, unsigned flags);
+void lunar_uring_exit(struct io_uring *ring);
+int lunar_uring_register_file(struct io_uring *ring, int fd);
+int lunar_uring_register_buffers(struct io_uring *ring, const struct iovec *iovecs, unsigned count);
+/// Returns 0 or -EBUSY when the submission queue is full.
+int lunar_uring_prep_rw(struct io_uring *ring, int is_write, int fd, int fixed_file,
+                        void *buf, unsigned len, uint64_t offset, int buf_index, uint64_t user_data);
+int lunar_uring_prep_fsync(struct io_uring *ring, int fd, int fixed_file, int datasync, uint64_t user_data);
+int lunar_uring_prep_fallocate(struct io_uring *ring, int fd, int fixed_file, int mode,
+                               uint64_t offset, uint64_t len, uint64_t user_data);
+int lunar_uring_prep_poll_in(struct io_uring *ring, int fd, uint64_t user_data);
+int lunar_uring_submit(struct io_uring *ring);
+int lunar_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
+/// Copies up to `max` ready completions out and marks them seen. Never blocks.
+unsigned lunar_uring_reap(struct io_uring *ring, uint64_t *user_data, int32_t *res, unsigned max);
+
+// ---- libaio (its static inline io_prep_* helpers) ----
+void lunar_aio_prep_rw(struct iocb *iocb, int is_write, int fd, void *buf, size_t len,
+                       long long offset, uint64_t user_data);
+void lunar_aio_prep_fdsync(struct iocb *iocb, int fd, uint64_t user_data);
+void lunar_aio_prep_poll_in(struct iocb *iocb, int fd, uint64_t user_data);
+/// io_getevents retried on EINTR; copies user data and results out.
+int lunar_aio_getevents(io_context_t ctx, long min_nr, long max_nr, struct io_event *events,
+                        uint64_t *user_data, int64_t *res);
+
+// ---- Linux system calls Swift cannot call directly (variadic fcntl/ioctl, fallocate) ----
+/// Returns the size in bytes of a block device, or -errno.
+int lunar_blkdev_size(int fd, uint64_t *size);
+/// Returns the logical sector size of a block device, or -errno.
+int lunar_blkdev_logical_sector_size(int fd, int *size);
+/// fallocate(PUNCH_HOLE|KEEP_SIZE): on files and (since Linux 4.9) block devices alike, the
+/// range reads back as zeros afterwards. 0 or -errno.
+int lunar_punch_hole(int fd, uint64_t offset, uint64_t len);
+/// The mode io_uring's fallocate needs for a punch-hole discard.
+int lunar_punch_hole_mode(void);
+/// Open-file-description byte-range lock: write-lock (lock != 0) or unlock. Waits for the lock
+/// when `wait` is non-zero, retrying EINTR. 0 or -errno.
+int lunar_ofd_lock(int fd, int lock, uint64_t start, uint64_t len, int wait);
+/// A non-blocking, close-on-exec eventfd, or -errno.
+int lunar_eventfd(void);
+int lunar_open(const char *path, int flags, int mode);
+int lunar_o_direct(void);
+
+// ---- CRC32C (Castagnoli), SSE4.2 when the CPU has it, table otherwise ----
+uint32_t lunar_crc32c(uint32_t crc, const void *data, size_t len);
+uint32_t lunar_crc32c_table(uint32_t crc, const void *data, size_t len);
+int lunar_crc32c_is_hardware(void);
+
+#endif

@@ -1,0 +1,81 @@
+import CLunar
+import Dispatch
+import Glibc
+
+/// How a device makes compare-and-write atomic.
+public enum CompareAndWriteMethod: String, Sendable {
+    /// An OFD write lock on the sector's byte range held around read, compare and write.
+    /// Atomic among all processes of one host that use LunarIO on the same file or device,
+    /// not across machines: a LUN shared between machines needs SCSI COMPARE AND WRITE.
+    case ofdLockedReadCompareWrite = "ofd-lock"
+
+    public var summary: String {
+        switch self {
+        case .ofdLockedReadCompareWrite:
+            "OFD byte-range lock around read-compare-write (atomic among processes of this host)"
+        }
+    }
+}
+
+/// What compare-and-write found.
+public enum CompareAndWriteOutcome: Sendable {
+    /// The sector held `expected`; it now holds `new`.
+    case written
+    /// The sector held something else, returned here; nothing was written.
+    case mismatch(current: IOBuffer)
+
+    public var isWritten: Bool { if case .written = self { true } else { false } }
+}
+
+extension BlockDevice {
+    /// The ATS primitive: writes `new` to the sector at `offset` only if that sector equals
+    /// `expected`, atomically with respect to every other process using this device on this
+    /// host; otherwise returns the sector's current bytes. `expected` and `new` are exactly one
+    /// sector each. The write is visible to all at once and durable after the next flush.
+    public func compareAndWrite(expected: IOBuffer, new: IOBuffer, at offset: UInt64) async throws(IOError) -> CompareAndWriteOutcome {
+        let result: Result<CompareAndWriteOutcome, IOError> = await withCheckedContinuation { continuation in
+            // The OFD lock may wait on another process: keep that off the cooperative pool.
+            DispatchQueue.global().async {
+                do throws(IOError) {
+                    continuation.resume(returning: .success(try self.compareAndWriteBlocking(expected: expected, new: new, at: offset)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// `compareAndWrite` for threads that may block (a heartbeat thread, a test helper).
+    public func compareAndWriteBlocking(expected: IOBuffer, new: IOBuffer, at offset: UInt64) throws(IOError) -> CompareAndWriteOutcome {
+        let op = IOOperationKind.compareAndWrite
+        let sector = file.sectorSize
+        guard expected.count == sector, new.count == sector else {
+            throw file.error(.invalidArgument("expected and new must be exactly one \(sector)-byte sector each"), op,
+                             offset: offset, length: new.count)
+        }
+        try file.validateTransfer(.write, address: new.baseAddress, length: sector, offset: offset)
+        let current = IOBuffer(count: sector)
+        return try compareAndWriteLock.withLock { _ throws(IOError) -> CompareAndWriteOutcome in
+            let locked = lunar_ofd_lock(file.fd, 1, offset, UInt64(sector), 1)
+            guard locked == 0 else { throw file.error(.system, op, offset: offset, length: sector, errno: -locked) }
+            defer { _ = lunar_ofd_lock(file.fd, 0, offset, UInt64(sector), 0) }
+
+            let got = transferFully(fd: file.fd, isWrite: false, buffer: current.baseAddress, length: sector, offset: offset)
+            try check(got, sector, offset)
+            guard current.contentEquals(expected) else { return .mismatch(current: current) }
+            let put = transferFully(fd: file.fd, isWrite: true, buffer: new.baseAddress, length: sector, offset: offset)
+            try check(put, sector, offset)
+            return .written
+        }
+    }
+
+    private func check(_ result: Int64, _ sector: Int, _ offset: UInt64) throws(IOError) {
+        if result < 0 {
+            throw file.error(.system, .compareAndWrite, offset: offset, length: sector, errno: Int32(-result))
+        }
+        if result != Int64(sector) {
+            throw file.error(.shortTransfer(transferred: Int(result)), .compareAndWrite, offset: offset, length: sector)
+        }
+    }
+}
