@@ -71,19 +71,14 @@ public final class BlockDevice: Sendable {
 
     /// Opens an existing image file or block device.
     public static func open(_ path: String, options: Options = Options()) throws(IOError) -> BlockDevice {
-        if let s = options.sectorSize, s != 512 && s != 4096 {
-            throw IOError(.invalidArgument("sector size must be 512 or 4096, not \(s)"), .open, path: path)
-        }
+        try validate(options, path: path)
         let engine = options.engine ?? IOEngineKind.automatic
         let access = options.readOnly ? O_RDONLY : O_RDWR
         var direct = options.direct
         var fd = lunar_open(path, access | (direct ? lunar_o_direct() : 0), 0)
         if fd == -EINVAL && direct {
             fd = lunar_open(path, access, 0)
-            if fd >= 0 {
-                direct = false
-                options.warningHandler("the file system holding \(path) refuses O_DIRECT; using buffered I/O (slower, and durability then rests on flush)")
-            }
+            direct = false
         }
         guard fd >= 0 else { throw IOError(.system, .open, path: path, errno: -fd) }
 
@@ -116,6 +111,9 @@ public final class BlockDevice: Sendable {
             Glibc.close(fd)
             throw IOError(.unsupported("not a regular file or block device"), .open, path: path)
         }
+        if options.direct && !direct {
+            options.warningHandler("the file system holding \(path) refuses O_DIRECT; using buffered I/O (slower, and durability then rests on flush)")
+        }
         let file = DeviceFile(fd: fd, path: path, size: size, sectorSize: sector, isBlockDevice: isBlock,
                               isDirect: direct, isReadOnly: options.readOnly)
         if let minimum = options.minimumSize, size < minimum {
@@ -126,8 +124,15 @@ public final class BlockDevice: Sendable {
         return BlockDevice(file: file, engine: engine, options: options)
     }
 
+    private static func validate(_ options: Options, path: String) throws(IOError) {
+        if let s = options.sectorSize, s != 512 && s != 4096 {
+            throw IOError(.invalidArgument("sector size must be 512 or 4096, not \(s)"), .open, path: path)
+        }
+    }
+
     /// Creates a sparse image file of `size` bytes (it must not exist yet) and opens it.
     public static func createImage(_ path: String, size: UInt64, options: Options = Options()) throws(IOError) -> BlockDevice {
+        try validate(options, path: path)
         let fd = lunar_open(path, O_RDWR | O_CREAT | O_EXCL, 0o644)
         guard fd >= 0 else { throw IOError(.system, .open, path: path, errno: -fd) }
         let r = ftruncate(fd, off_t(size))
@@ -137,7 +142,12 @@ public final class BlockDevice: Sendable {
             unlink(path)
             throw IOError(.system, .open, path: path, length: Int(clamping: size), errno: e)
         }
-        return try open(path, options: options)
+        do {
+            return try open(path, options: options)
+        } catch {
+            unlink(path)
+            throw error
+        }
     }
 
     /// A submit/complete queue of its own for one thread's hot path.

@@ -75,7 +75,8 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         case .system: reason = "system error"
         }
         if let errno {
-            return "\(what): \(reason): \(String(cString: strerror(errno))) (\(IOError.errnoName(errno)))"
+            let system = "\(String(cString: strerror(errno))) (\(IOError.errnoName(errno)))"
+            return kind == .system ? "\(what): \(system)" : "\(what): \(reason): \(system)"
         }
         return "\(what): \(reason)"
     }
@@ -98,6 +99,7 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         case ENOMEM: "ENOMEM"
         case EFBIG: "EFBIG"
         case EISDIR: "EISDIR"
+        case EEXIST: "EEXIST"
         default: "errno \(code)"
         }
     }

@@ -1,0 +1,50 @@
+import Foundation
+
+nonisolated(unsafe) var standardError = FileHandleOutputStream(.standardError)
+
+struct FileHandleOutputStream: TextOutputStream {
+    let handle: FileHandle
+    init(_ handle: FileHandle) { self.handle = handle }
+    mutating func write(_ string: String) { handle.write(Data(string.utf8)) }
+}
+
+func printJSON(_ object: Any) {
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) else {
+        print("{}")
+        return
+    }
+    print(String(decoding: data, as: UTF8.self))
+}
+
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
+
+/// A one-line progress bar on standard error, drawn only when it is a terminal.
+final class Progress {
+    private let label: String
+    private let total: UInt64
+    private let enabled: Bool
+    private var lastPercent = -1
+
+    init(label: String, total: UInt64, enabled: Bool) {
+        self.label = label
+        self.total = max(total, 1)
+        self.enabled = enabled && isatty(STDERR_FILENO) == 1
+    }
+
+    func update(_ done: UInt64) {
+        guard enabled else { return }
+        let percent = Int(min(done, total) * 100 / total)
+        guard percent != lastPercent else { return }
+        lastPercent = percent
+        let width = 30
+        let filled = percent * width / 100
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        print("\r\(label) [\(bar)] \(percent)%", terminator: "", to: &standardError)
+    }
+
+    func finish() {
+        if enabled && lastPercent >= 0 { print("", to: &standardError) }
+    }
+}
