@@ -27,6 +27,13 @@ public final class IOQueue {
     public var engine: IOEngineKind { backend.kind }
     /// Requests prepared or in flight whose completion has not been reaped.
     public private(set) var outstanding = 0
+    /// While `reap` hands out a burst of completions, requests its handler prepares go to the
+    /// kernel as soon as this many have gathered, not after the whole burst. 1 (the default)
+    /// keeps the device busiest: a device that completes a batch together and is refilled in
+    /// one batch falls into lock-step and idles between batches (measured on virtio-blk:
+    /// ~0.8x the IOPS at QD 32). Larger values trade that for fewer system calls.
+    public var resubmitThreshold = 1
+    private var unsubmitted = 0
 
     let file: DeviceFile
     private let backend: any IOEngine
@@ -117,11 +124,13 @@ public final class IOQueue {
         offsets[i] = offset
         lengths[i] = length
         outstanding += 1
+        unsubmitted += 1
     }
 
     /// Hands every prepared request to the kernel in one call. Returns how many went.
     @discardableResult
     public func submit() throws(IOError) -> Int {
+        unsubmitted = 0
         let r = backend.submit()
         if r < 0 { throw file.error(.system, .setup, errno: -r) }
         return Int(r)
@@ -133,10 +142,18 @@ public final class IOQueue {
     @discardableResult
     public func reap(minimum: Int = 1, _ handler: (IOCompletion) -> Void) throws(IOError) -> Int {
         let want = min(max(minimum, 0), outstanding)
+        unsubmitted = 0  // the engine's reap submits everything prepared so far
+        var submitError: Int32 = 0
         let n = backend.reap(minimum: want) { userData, result in
             handler(complete(slot: Int(userData), result: result))
+            if unsubmitted >= resubmitThreshold {
+                unsubmitted = 0
+                let r = backend.submit()
+                if r < 0 && submitError == 0 { submitError = -r }
+            }
         }
         if n < 0 { throw file.error(.system, .setup, errno: Int32(-n)) }
+        if submitError != 0 { throw file.error(.system, .setup, errno: submitError) }
         return n
     }
 
