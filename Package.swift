@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .executable(name: "lunar", targets: ["lunar"]),
         .library(name: "LunarIO", targets: ["LunarIO"]),
+        .library(name: "LunarFS", targets: ["LunarFS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -18,14 +19,17 @@ let package = Package(
             linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("aio")]
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
+        .target(name: "LunarFS", dependencies: ["LunarIO"]),
         .executableTarget(
             name: "lunar",
             dependencies: [
                 "LunarIO",
+                "LunarFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO"]),
+        .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
         .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO"]),
     ],

@@ -33,6 +33,17 @@ int lunar_ofd_lock(int fd, int lock, uint64_t start, uint64_t len, int wait) {
     return r < 0 ? -errno : 0;
 }
 
+int lunar_ofd_probe(int fd, uint64_t start, uint64_t len) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)start;
+    fl.l_len = (off_t)len;
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) return -errno;
+    return fl.l_type == F_UNLCK ? 0 : 1;
+}
+
 int lunar_open(const char *path, int flags, int mode) {
     int fd;
     do { fd = open(path, flags | O_CLOEXEC, mode); } while (fd < 0 && errno == EINTR);

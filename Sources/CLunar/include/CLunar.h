@@ -49,6 +49,8 @@ int lunar_punch_hole_mode(void);
 /// Open-file-description byte-range lock: write-lock (lock != 0) or unlock. Waits for the lock
 /// when `wait` is non-zero, retrying EINTR. 0 or -errno.
 int lunar_ofd_lock(int fd, int lock, uint64_t start, uint64_t len, int wait);
+/// 1 if another open file description holds a lock overlapping the range, 0 if not, or -errno.
+int lunar_ofd_probe(int fd, uint64_t start, uint64_t len);
 /// A non-blocking, close-on-exec eventfd, or -errno.
 int lunar_eventfd(void);
 int lunar_open(const char *path, int flags, int mode);

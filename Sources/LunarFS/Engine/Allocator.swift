@@ -1,0 +1,80 @@
+import LunarIO
+
+/// Hands out resources from the clusters of each area, starting where the last allocation of
+/// that kind left off, so a run of allocations touches one cluster header, not the volume.
+struct AllocationCursors {
+    var cluster: [ResourceKind: Int] = [:]
+    var bit: [ResourceKind: Int] = [:]
+}
+
+extension VolumeCore {
+    func clusterHeader(_ kind: ResourceKind, _ cluster: Int, forWriting: Bool) throws(FSError) -> ClusterHeader {
+        let area = header.area(kind)
+        let offset = area.clusterOffset(cluster)
+        let b = forWriting ? try store.modify(offset, .cluster) : try store.read(offset, .cluster)
+        let c = ClusterHeader(buffer: b)
+        if let problem = c.geometryProblem(area: area, cluster: cluster) {
+            throw .corrupt(RecordKind.cluster.name, at: offset, problem)
+        }
+        return c
+    }
+
+    /// Allocates one resource of `kind`; the bitmap change is part of the running transaction.
+    func allocate(_ kind: ResourceKind) throws(FSError) -> UInt64 {
+        let area = header.area(kind)
+        let clusters = area.clusterCount
+        var c = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters
+        var startBit = cursors.bit[kind] ?? 0
+        for _ in 0..<clusters {
+            let readOnly = try clusterHeader(kind, c, forWriting: false)
+            if readOnly.freeCount > 0, let bit = readOnly.firstFree(from: startBit) {
+                let cluster = try clusterHeader(kind, c, forWriting: true)
+                cluster.setUsed(bit, true)
+                cluster.freeCount -= 1
+                cursors.cluster[kind] = c
+                cursors.bit[kind] = bit + 1
+                return cluster.firstResource + UInt64(bit)
+            }
+            c = (c + 1) % clusters
+            startBit = 0
+        }
+        throw FSError(.noSpace(resource: kind.description))
+    }
+
+    /// Bitmap changes for resources freed by the transaction being committed.
+    func applyFrees(_ frees: [(ResourceKind, UInt64)]) throws(FSError) {
+        for (kind, index) in frees {
+            let area = header.area(kind)
+            guard index > 0, index < area.count else {
+                throw .corrupt(kind.description, at: area.dataOffset, "free of resource \(index) outside the area")
+            }
+            let c = area.cluster(of: index)
+            let cluster = try clusterHeader(kind, c, forWriting: true)
+            let bit = Int(index - cluster.firstResource)
+            guard cluster.isUsed(bit) else {
+                throw .corrupt(RecordKind.cluster.name, at: area.clusterOffset(c), "\(kind) \(index) freed twice")
+            }
+            cluster.setUsed(bit, false)
+            cluster.freeCount += 1
+        }
+    }
+
+    /// After the commit that freed them is durable: give data space back to the backing store.
+    func releaseFreedSpace(_ frees: [(ResourceKind, UInt64)]) {
+        for (kind, index) in frees where kind == .fileBlock || kind == .smallBlock {
+            let area = header.area(kind)
+            // Best effort: a device without discard keeps the bytes, which is harmless.
+            try? storage.discardBlocking(at: area.offset(of: index), length: UInt64(area.resourceSize))
+        }
+    }
+
+    /// Free and total counts of every area, from the cluster headers.
+    func resourceUsage(_ kind: ResourceKind) throws(FSError) -> (free: UInt64, total: UInt64) {
+        let area = header.area(kind)
+        var free: UInt64 = 0
+        for c in 0..<area.clusterCount {
+            free += UInt64(try clusterHeader(kind, c, forWriting: false).freeCount)
+        }
+        return (free, area.count - 1)
+    }
+}

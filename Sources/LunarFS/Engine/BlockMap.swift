@@ -1,0 +1,247 @@
+import LunarIO
+
+/// A file's map from unit index (offset / unit size) to data unit numbers: up to 960 root
+/// entries in the inode, each the top of a pointer-block tree of the inode's height. Grows in
+/// height as the file grows; holes cost nothing.
+extension VolumeCore {
+    static let fanout = UInt64(PointerBlock.entries)
+    static let rootEntries = UInt64(InodeRecord.rootEntries)
+
+    /// Units a map of `height` can address.
+    static func capacity(height: UInt8) -> UInt64 {
+        var span: UInt64 = 1
+        for _ in 0..<height { span *= fanout }
+        return rootEntries * span
+    }
+
+    static func span(height: UInt8) -> UInt64 {
+        var span: UInt64 = 1
+        for _ in 0..<height { span *= fanout }
+        return span
+    }
+
+    func unitArea(_ storage: InodeRecord.Storage) -> ResourceArea {
+        storage == .small ? header.smallBlocks : header.fileBlocks
+    }
+
+    func unitSize(_ ino: InodeRecord) -> UInt64 {
+        ino.storage == .small ? UInt64(header.smallBlockSize) : UInt64(header.blockSize)
+    }
+
+    private func pointerOffset(_ p: UInt32) -> UInt64 { header.pointerBlocks.offset(of: UInt64(p)) }
+
+    func pointerBlock(_ p: UInt32, owner: UInt32, level: UInt8, forWriting: Bool = false) throws(FSError) -> PointerBlock {
+        guard p > 0, UInt64(p) < header.pointerBlocks.count else {
+            throw .corrupt(RecordKind.inode.name, at: inodeOffset(owner), "map refers to pointer block \(p), outside its area")
+        }
+        let offset = pointerOffset(p)
+        let b = forWriting ? try store.modify(offset, .pointerBlock) : try store.read(offset, .pointerBlock)
+        let pb = PointerBlock(buffer: b)
+        guard pb.owner == owner, pb.level == level else {
+            throw .corrupt(RecordKind.pointerBlock.name, at: offset,
+                           "belongs to inode \(pb.owner) at level \(pb.level), reached from inode \(owner) at level \(level)")
+        }
+        return pb
+    }
+
+    private func checkUnit(_ unit: UInt32, _ ino: InodeRecord, from offset: UInt64, _ what: RecordKind) throws(FSError) {
+        guard let storage = ino.storage, UInt64(unit) < unitArea(storage).count else {
+            throw .corrupt(what.name, at: offset, "maps a data unit \(unit) outside its area")
+        }
+    }
+
+    /// The data unit behind unit index `u`, or 0 for a hole.
+    func lookupUnit(_ ino: InodeRecord, _ u: UInt64) throws(FSError) -> UInt32 {
+        let h = ino.height
+        guard u < Self.capacity(height: h) else { return 0 }
+        var span = Self.span(height: h)
+        var entry = ino.rootEntry(Int(u / span))
+        var rem = u % span
+        var level = h
+        var from = inodeOffset(ino.number), fromKind = RecordKind.inode
+        while level > 0 {
+            if entry == 0 { return 0 }
+            let pb = try pointerBlock(entry, owner: ino.number, level: level)
+            from = pointerOffset(entry); fromKind = .pointerBlock
+            span /= Self.fanout
+            entry = pb.entry(Int(rem / span))
+            rem %= span
+            level -= 1
+        }
+        if entry != 0 { try checkUnit(entry, ino, from: from, fromKind) }
+        return entry
+    }
+
+    /// Points unit index `u` of inode `n` at `unit` (0 makes it a hole), building pointer
+    /// blocks and height as needed. Returns the unit it pointed at before.
+    @discardableResult
+    func setUnit(_ n: UInt32, _ u: UInt64, _ unit: UInt32) throws(FSError) -> UInt32 {
+        var ino = try modifyInode(n)
+        guard u < Self.capacity(height: InodeRecord.maxHeight) else { throw FSError(.fileTooLarge) }
+        while u >= Self.capacity(height: ino.height) {
+            if unit == 0 { return 0 }
+            try growHeight(n)
+            ino = try modifyInode(n)
+        }
+        let h = ino.height
+        var span = Self.span(height: h)
+        let rootIndex = Int(u / span)
+        var rem = u % span
+        if h == 0 {
+            let old = ino.rootEntry(rootIndex)
+            ino.setRootEntry(rootIndex, unit)
+            adjustAllocated(ino, old: old, new: unit)
+            return old
+        }
+        var pbNumber = ino.rootEntry(rootIndex)
+        if pbNumber == 0 {
+            if unit == 0 { return 0 }
+            pbNumber = try newPointerBlock(owner: n, level: h)
+            try modifyInode(n).setRootEntry(rootIndex, pbNumber)
+        }
+        var level = h
+        while true {
+            span /= Self.fanout
+            let index = Int(rem / span)
+            rem %= span
+            let pb = try pointerBlock(pbNumber, owner: n, level: level, forWriting: true)
+            if level == 1 {
+                let old = pb.entry(index)
+                pb.setEntry(index, unit)
+                adjustAllocated(try modifyInode(n), old: old, new: unit)
+                return old
+            }
+            var child = pb.entry(index)
+            if child == 0 {
+                if unit == 0 { return 0 }
+                child = try newPointerBlock(owner: n, level: level - 1)
+                try pointerBlock(pbNumber, owner: n, level: level, forWriting: true).setEntry(index, child)
+            }
+            pbNumber = child
+            level -= 1
+        }
+    }
+
+    private func adjustAllocated(_ ino: InodeRecord, old: UInt32, new: UInt32) {
+        if old == 0 && new != 0 { ino.allocatedUnits += 1 }
+        if old != 0 && new == 0 { ino.allocatedUnits -= 1 }
+    }
+
+    private func newPointerBlock(owner: UInt32, level: UInt8) throws(FSError) -> UInt32 {
+        let p = UInt32(try allocate(.pointerBlock))
+        PointerBlock.initialize(try store.create(pointerOffset(p), .pointerBlock), owner: owner, level: level)
+        return p
+    }
+
+    /// One level more: the old root becomes the first 960 entries of a new top pointer block.
+    private func growHeight(_ n: UInt32) throws(FSError) {
+        let ino = try modifyInode(n)
+        let h = ino.height
+        guard h < InodeRecord.maxHeight else { throw FSError(.fileTooLarge) }
+        let p = try newPointerBlock(owner: n, level: h + 1)
+        let pb = try pointerBlock(p, owner: n, level: h + 1, forWriting: true)
+        let ino2 = try modifyInode(n)
+        for i in 0..<InodeRecord.rootEntries {
+            pb.setEntry(i, ino2.rootEntry(i))
+            ino2.setRootEntry(i, 0)
+        }
+        ino2.setRootEntry(0, p)
+        ino2.height = h + 1
+    }
+
+    /// Calls `body(unitIndex, unit)` for every mapped unit at or after `from`, in order;
+    /// `body` returns false to stop. `pointerBlock(p, level)` sees every pointer block walked.
+    func walkMap(_ ino: InodeRecord, from: UInt64 = 0,
+                 pointerBlock visit: ((UInt32, UInt8) throws(FSError) -> Void)? = nil,
+                 _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) {
+        let h = ino.height
+        let span = Self.span(height: h)
+        for i in 0..<InodeRecord.rootEntries {
+            let e = ino.rootEntry(i)
+            if e == 0 { continue }
+            let base = UInt64(i) * span
+            if base + span <= from { continue }
+            if h == 0 {
+                try checkUnit(e, ino, from: inodeOffset(ino.number), .inode)
+                if try !body(base, e) { return }
+            } else if try !walkSubtree(ino, e, level: h, base: base, span: span, from: from, visit, body) {
+                return
+            }
+        }
+    }
+
+    private func walkSubtree(_ ino: InodeRecord, _ p: UInt32, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
+                             _ visit: ((UInt32, UInt8) throws(FSError) -> Void)?,
+                             _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) -> Bool {
+        let pb = try pointerBlock(p, owner: ino.number, level: level)
+        try visit?(p, level)
+        let child = span / Self.fanout
+        for i in 0..<PointerBlock.entries {
+            let e = pb.entry(i)
+            if e == 0 { continue }
+            let lo = base + UInt64(i) * child
+            if lo + child <= from { continue }
+            if level == 1 {
+                try checkUnit(e, ino, from: pointerOffset(p), .pointerBlock)
+                if try !body(lo, e) { return false }
+            } else if try !walkSubtree(ino, e, level: level - 1, base: lo, span: child, from: from, visit, body) {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Unmaps every unit at index `from` or beyond and frees it, and every pointer block left
+    /// empty, committing along the way when the transaction grows large (each step leaves a
+    /// consistent file: a hole where data was).
+    func freeUnits(_ n: UInt32, from: UInt64) throws(FSError) {
+        let ino = try inode(n)
+        guard let storage = ino.storage, storage != .inline else { return }
+        let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+        let h = ino.height
+        let span = Self.span(height: h)
+        for i in 0..<InodeRecord.rootEntries {
+            let e = try inode(n).rootEntry(i)
+            if e == 0 { continue }
+            let base = UInt64(i) * span
+            if base + span <= from { continue }
+            if h == 0 {
+                store.freeAtCommit(kind, UInt64(e))
+                let m = try modifyInode(n)
+                m.setRootEntry(i, 0)
+                m.allocatedUnits -= 1
+            } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind) {
+                store.freeAtCommit(.pointerBlock, UInt64(e))
+                try modifyInode(n).setRootEntry(i, 0)
+            }
+            try store.commitIfLarge()
+        }
+    }
+
+    /// Returns whether the subtree is empty afterwards.
+    private func freeSubtree(_ n: UInt32, _ p: UInt32, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
+                             kind: ResourceKind) throws(FSError) -> Bool {
+        let child = span / Self.fanout
+        var empty = true
+        for i in 0..<PointerBlock.entries {
+            // Re-read each time: a commit in between may have moved the sector out of the
+            // running transaction.
+            let e = try pointerBlock(p, owner: n, level: level).entry(i)
+            if e == 0 { continue }
+            let lo = base + UInt64(i) * child
+            if lo + child <= from { empty = false; continue }
+            if level == 1 {
+                store.freeAtCommit(kind, UInt64(e))
+                try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
+                try modifyInode(n).allocatedUnits -= 1
+            } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind) {
+                store.freeAtCommit(.pointerBlock, UInt64(e))
+                try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
+            } else {
+                empty = false
+            }
+            try store.commitIfLarge()
+        }
+        return empty
+    }
+}

@@ -1,0 +1,252 @@
+import LunarIO
+
+/// Directory content: entries inline in the inode while they fit (a few dozen names), then an
+/// extendible hash of 4 KiB leaves in the directory's small blocks (see `DirectoryLayout`).
+extension VolumeCore {
+    private static let sectorsPerUnit = UInt64(Geometry.smallBlockSize) / UInt64(RecordHeader.sectorSize)
+
+    func nameHash(_ name: [UInt8]) -> UInt64 { SipHash24.hash(name, key: header.hashKey) }
+
+    /// The volume offset of logical sector `l` of directory `dir`, allocating its small block
+    /// when `allocate` is set; nil for a hole.
+    private func directorySector(_ dir: UInt32, _ l: UInt32, allocate: Bool) throws(FSError) -> UInt64? {
+        let ino = try inode(dir)
+        let u = UInt64(l) / Self.sectorsPerUnit
+        var unit = try lookupUnit(ino, u)
+        if unit == 0 {
+            guard allocate else { return nil }
+            unit = UInt32(try self.allocate(.smallBlock))
+            try setUnit(dir, u, unit)
+        }
+        return header.smallBlocks.offset(of: UInt64(unit)) + (UInt64(l) % Self.sectorsPerUnit) * sectorSize
+    }
+
+    private func directoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind, forWriting: Bool = false) throws(FSError) -> (IOBuffer, UInt64) {
+        guard let offset = try directorySector(dir, l, allocate: false) else {
+            throw .corrupt(RecordKind.inode.name, at: inodeOffset(dir), "directory \(dir) has no \(kind.name) at logical sector \(l)")
+        }
+        let b = forWriting ? try store.modify(offset, kind) : try store.read(offset, kind)
+        guard b.load(32, as: UInt32.self) == dir else {
+            throw .corrupt(kind.name, at: offset, "belongs to directory \(b.load(32, as: UInt32.self)), reached from directory \(dir)")
+        }
+        return (b, offset)
+    }
+
+    private func newDirectoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        guard let offset = try directorySector(dir, l, allocate: true) else { throw FSError(.noSpace(resource: "small-file blocks")) }
+        return try store.create(offset, kind)
+    }
+
+    private func inlineEntries(_ ino: InodeRecord) throws(FSError) -> [DirectoryEntry] {
+        guard ino.size <= UInt64(InodeRecord.inlineCapacity) else {
+            throw .corrupt(RecordKind.inode.name, at: inodeOffset(ino.number), "inline directory size \(ino.size)")
+        }
+        switch DirectoryEntry.decodeAll(UnsafeRawBufferPointer(rebasing: ino.inlineBytes[0..<Int(ino.size)]), count: nil) {
+        case .success(let e): return e
+        case .failure(let damage): throw .corrupt(RecordKind.inode.name, at: inodeOffset(ino.number), "inline directory: \(damage.reason)")
+        }
+    }
+
+    private func directoryHeader(_ dir: UInt32, forWriting: Bool = false) throws(FSError) -> DirectoryHeader {
+        let (b, offset) = try directoryRecord(dir, DirectoryLayout.headerSector, .directoryHeader, forWriting: forWriting)
+        let h = DirectoryHeader(buffer: b)
+        guard h.depth <= DirectoryLayout.maxDepth, h.tableSectors == DirectoryLayout.tableSectors(depth: h.depth),
+              h.nextFreeSector >= DirectoryLayout.firstLeafSector + 1,
+              UInt64(h.nextFreeSector) <= VolumeCore.capacity(height: InodeRecord.maxHeight) * Self.sectorsPerUnit else {
+            throw .corrupt(RecordKind.directoryHeader.name, at: offset, "depth \(h.depth), \(h.tableSectors) table sectors, next sector \(h.nextFreeSector)")
+        }
+        return h
+    }
+
+    private func tableSlot(_ dir: UInt32, _ slot: Int, limit: UInt32) throws(FSError) -> UInt32 {
+        let sector = DirectoryLayout.firstTableSector + UInt32(slot / DirectoryLayout.slotsPerTableSector)
+        let (b, offset) = try directoryRecord(dir, sector, .directoryTable)
+        let leaf = DirectoryTableSector(buffer: b).slot(slot % DirectoryLayout.slotsPerTableSector)
+        guard leaf >= DirectoryLayout.firstLeafSector, leaf < limit else {
+            throw .corrupt(RecordKind.directoryTable.name, at: offset, "slot \(slot) points at logical sector \(leaf)")
+        }
+        return leaf
+    }
+
+    private func setTableSlot(_ dir: UInt32, _ slot: Int, _ leaf: UInt32) throws(FSError) {
+        let sector = DirectoryLayout.firstTableSector + UInt32(slot / DirectoryLayout.slotsPerTableSector)
+        let (b, _) = try directoryRecord(dir, sector, .directoryTable, forWriting: true)
+        DirectoryTableSector(buffer: b).setSlot(slot % DirectoryLayout.slotsPerTableSector, leaf)
+    }
+
+    private func slotIndex(_ hash: UInt64, depth: UInt8) -> Int {
+        depth == 0 ? 0 : Int(hash >> (64 - UInt64(depth)))
+    }
+
+    /// The leaf that holds (or would hold) `name`.
+    private func leafFor(_ dir: UInt32, hash: UInt64) throws(FSError) -> (leafSector: UInt32, entries: [DirectoryEntry], depth: UInt8) {
+        let h = try directoryHeader(dir)
+        let l = try tableSlot(dir, slotIndex(hash, depth: h.depth), limit: h.nextFreeSector)
+        let (b, offset) = try directoryRecord(dir, l, .directoryLeaf)
+        let leaf = DirectoryLeaf(buffer: b)
+        guard leaf.localDepth <= h.depth else {
+            throw .corrupt(RecordKind.directoryLeaf.name, at: offset, "local depth \(leaf.localDepth) above global depth \(h.depth)")
+        }
+        return (l, try leaf.entries(at: offset), leaf.localDepth)
+    }
+
+    // MARK: the directory interface
+
+    func lookup(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry? {
+        let ino = try inode(dir)
+        guard ino.type == .directory else { throw FSError(.notDirectory) }
+        if ino.storage == .inline { return try inlineEntries(ino).first { $0.name == name } }
+        return try leafFor(dir, hash: nameHash(name)).entries.first { $0.name == name }
+    }
+
+    func entries(_ dir: UInt32) throws(FSError) -> [DirectoryEntry] {
+        let ino = try inode(dir)
+        guard ino.type == .directory else { throw FSError(.notDirectory) }
+        if ino.storage == .inline { return try inlineEntries(ino) }
+        let h = try directoryHeader(dir)
+        var all: [DirectoryEntry] = []
+        all.reserveCapacity(Int(h.entryCount))
+        for l in DirectoryLayout.firstLeafSector..<h.nextFreeSector {
+            let (b, offset) = try directoryRecord(dir, l, .directoryLeaf)
+            all += try DirectoryLeaf(buffer: b).entries(at: offset)
+        }
+        return all
+    }
+
+    func isEmptyDirectory(_ dir: UInt32) throws(FSError) -> Bool {
+        let ino = try inode(dir)
+        if ino.storage == .inline { return ino.size == 0 }
+        return try directoryHeader(dir).entryCount == 0
+    }
+
+    func insert(_ dir: UInt32, _ entry: DirectoryEntry) throws(FSError) {
+        let ino = try modifyInode(dir)
+        guard ino.type == .directory else { throw FSError(.notDirectory) }
+        ino.mtime = wallClockNanoseconds()
+        ino.ctime = ino.mtime
+        if ino.storage == .inline {
+            var list = try inlineEntries(ino)
+            if list.contains(where: { $0.name == entry.name }) { throw FSError(.exists) }
+            list.append(entry)
+            let bytes = list.reduce(0) { $0 + $1.encodedSize }
+            if bytes <= InodeRecord.inlineCapacity {
+                ino.size = UInt64(DirectoryEntry.encodeAll(list, into: ino.inlineBytes))
+                return
+            }
+            list.removeLast()
+            try convertToHashed(dir, list)
+        }
+        try hashedInsert(dir, entry)
+    }
+
+    /// Moves inline entries into a fresh hashed layout: header, one table sector, one leaf.
+    private func convertToHashed(_ dir: UInt32, _ list: [DirectoryEntry]) throws(FSError) {
+        let ino = try modifyInode(dir)
+        ino.clearBody()
+        ino.setStorage(.small)
+        ino.height = 0
+        ino.size = 0
+        let hb = try newDirectoryRecord(dir, DirectoryLayout.headerSector, .directoryHeader)
+        DirectoryHeader.initialize(hb, directory: dir)
+        let h = DirectoryHeader(buffer: hb)
+        h.depth = 0
+        h.tableSectors = 1
+        h.nextFreeSector = DirectoryLayout.firstLeafSector + 1
+        h.entryCount = UInt64(list.count)
+        let tb = try newDirectoryRecord(dir, DirectoryLayout.firstTableSector, .directoryTable)
+        DirectoryTableSector.initialize(tb, directory: dir, index: 0)
+        DirectoryTableSector(buffer: tb).setSlot(0, DirectoryLayout.firstLeafSector)
+        let lb = try newDirectoryRecord(dir, DirectoryLayout.firstLeafSector, .directoryLeaf)
+        DirectoryLeaf.initialize(lb, directory: dir, depth: 0)
+        guard DirectoryLeaf(buffer: lb).setEntries(list) else {
+            throw FSError(.invalidArgument("inline directory entries do not fit one leaf"))
+        }
+        try modifyInode(dir).size = UInt64(h.nextFreeSector) * sectorSize
+    }
+
+    private func hashedInsert(_ dir: UInt32, _ entry: DirectoryEntry) throws(FSError) {
+        let hash = nameHash(entry.name)
+        while true {
+            let found = try leafFor(dir, hash: hash)
+            if found.entries.contains(where: { $0.name == entry.name }) { throw FSError(.exists) }
+            let (b, _) = try directoryRecord(dir, found.leafSector, .directoryLeaf, forWriting: true)
+            if DirectoryLeaf(buffer: b).setEntries(found.entries + [entry]) {
+                try directoryHeader(dir, forWriting: true).entryCount += 1
+                return
+            }
+            try split(dir, leafSector: found.leafSector, entries: found.entries, localDepth: found.depth, hash: hash)
+        }
+    }
+
+    /// Splits a full leaf by the next hash bit, doubling the table first when the leaf is
+    /// already as deep as the table.
+    private func split(_ dir: UInt32, leafSector: UInt32, entries: [DirectoryEntry], localDepth: UInt8, hash: UInt64) throws(FSError) {
+        var h = try directoryHeader(dir, forWriting: true)
+        if localDepth == h.depth {
+            guard h.depth < DirectoryLayout.maxDepth else {
+                throw FSError(.noSpace(resource: "room in this directory's hash table (too many names share a hash prefix)"))
+            }
+            let old = 1 << Int(h.depth)
+            var slots: [UInt32] = []
+            slots.reserveCapacity(old * 2)
+            for i in 0..<old { slots.append(try tableSlot(dir, i, limit: h.nextFreeSector)) }
+            let newDepth = h.depth + 1
+            let newSectors = DirectoryLayout.tableSectors(depth: newDepth)
+            for s in h.tableSectors..<newSectors {
+                let tb = try newDirectoryRecord(dir, DirectoryLayout.firstTableSector + s, .directoryTable)
+                DirectoryTableSector.initialize(tb, directory: dir, index: s)
+            }
+            for i in 0..<(old * 2) { try setTableSlot(dir, i, slots[i / 2]) }
+            h = try directoryHeader(dir, forWriting: true)
+            h.depth = newDepth
+            h.tableSectors = newSectors
+        }
+        let depth = h.depth
+        let newLeaf = h.nextFreeSector
+        h.nextFreeSector += 1
+        try modifyInode(dir).size = UInt64(newLeaf + 1) * sectorSize
+
+        let bit = 63 - UInt64(localDepth)
+        var stay: [DirectoryEntry] = [], move: [DirectoryEntry] = []
+        for e in entries {
+            if (nameHash(e.name) >> bit) & 1 == 1 { move.append(e) } else { stay.append(e) }
+        }
+        let (ob, _) = try directoryRecord(dir, leafSector, .directoryLeaf, forWriting: true)
+        let oldLeaf = DirectoryLeaf(buffer: ob)
+        _ = oldLeaf.setEntries(stay)
+        oldLeaf.localDepth = localDepth + 1
+        let nb = try newDirectoryRecord(dir, newLeaf, .directoryLeaf)
+        DirectoryLeaf.initialize(nb, directory: dir, depth: localDepth + 1)
+        _ = DirectoryLeaf(buffer: nb).setEntries(move)
+
+        // The slots that shared the old leaf: a run of 2^(depth - localDepth); its upper half
+        // now points at the new leaf.
+        let prefix = localDepth == 0 ? 0 : Int(hash >> (64 - UInt64(localDepth)))
+        let run = 1 << Int(depth - localDepth)
+        let first = prefix << Int(depth - localDepth)
+        for i in (first + run / 2)..<(first + run) { try setTableSlot(dir, i, newLeaf) }
+    }
+
+    @discardableResult
+    func removeEntry(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry {
+        let ino = try modifyInode(dir)
+        guard ino.type == .directory else { throw FSError(.notDirectory) }
+        ino.mtime = wallClockNanoseconds()
+        ino.ctime = ino.mtime
+        if ino.storage == .inline {
+            var list = try inlineEntries(ino)
+            guard let i = list.firstIndex(where: { $0.name == name }) else { throw FSError(.notFound) }
+            let removed = list.remove(at: i)
+            ino.size = UInt64(DirectoryEntry.encodeAll(list, into: ino.inlineBytes))
+            return removed
+        }
+        let found = try leafFor(dir, hash: nameHash(name))
+        guard let i = found.entries.firstIndex(where: { $0.name == name }) else { throw FSError(.notFound) }
+        var list = found.entries
+        let removed = list.remove(at: i)
+        let (b, _) = try directoryRecord(dir, found.leafSector, .directoryLeaf, forWriting: true)
+        _ = DirectoryLeaf(buffer: b).setEntries(list)
+        try directoryHeader(dir, forWriting: true).entryCount -= 1
+        return removed
+    }
+}

@@ -1,0 +1,314 @@
+import Glibc
+import LunarIO
+
+/// Regular-file content. Small files live in the inode (up to 3 840 bytes), then in one 64 KiB
+/// small block, then in file blocks. Data never goes through the journal: a new unit is zeroed
+/// (or fully written) before the transaction that maps it commits, and commit flushes data
+/// first, so a crash never exposes stale bytes.
+extension VolumeCore {
+    static let smallFileLimit = UInt64(Geometry.smallBlockSize)
+
+    private var sector: Int { RecordHeader.sectorSize }
+
+    // MARK: reading
+
+    /// Reads up to `into.count` bytes at `offset`; returns how many (fewer at end of file).
+    func read(_ n: UInt32, at offset: UInt64, into: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        let ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        guard offset < ino.size, into.count > 0 else { return 0 }
+        let length = Int(min(UInt64(into.count), ino.size - offset))
+        let target = UnsafeMutableRawBufferPointer(rebasing: into[0..<length])
+        if ino.storage == .inline {
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: ino.inlineBytes[Int(offset)..<(Int(offset) + length)]))
+            return length
+        }
+        let unit = unitSize(ino)
+        let area = unitArea(ino.storage ?? .blocks)
+        var done = 0
+        while done < length {
+            let at = offset + UInt64(done)
+            let u = at / unit
+            let within = at % unit
+            let count = Int(min(UInt64(length - done), unit - within))
+            let piece = UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + count)])
+            let mapped = try lookupUnit(ino, u)
+            if mapped == 0 {
+                piece.initializeMemory(as: UInt8.self, repeating: 0)
+            } else {
+                try readData(at: area.offset(of: UInt64(mapped)) + within, into: piece)
+            }
+            done += count
+        }
+        return length
+    }
+
+    /// A device read that goes straight into `piece` when it is sector-aligned, and through
+    /// one bounce buffer when not.
+    private func readData(at physical: UInt64, into piece: UnsafeMutableRawBufferPointer) throws(FSError) {
+        let s = UInt64(sector)
+        if physical % s == 0, piece.count % sector == 0, let base = piece.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 {
+            try io { () throws(IOError) in try storage.readBlocking(into: piece, at: physical) }
+            return
+        }
+        let start = physical / s * s
+        let end = (physical + UInt64(piece.count) + s - 1) / s * s
+        let bounce = IOBuffer(count: Int(end - start))
+        try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: start) }
+        let skip = Int(physical - start)
+        piece.copyMemory(from: UnsafeRawBufferPointer(bounce.slice(skip..<(skip + piece.count))))
+    }
+
+    /// A device write from `data`, direct when aligned, else read-modify-write of the sectors
+    /// it touches.
+    private func writeData(at physical: UInt64, from data: UnsafeRawBufferPointer) throws(FSError) {
+        let s = UInt64(sector)
+        if physical % s == 0, data.count % sector == 0, let base = data.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 {
+            try io { () throws(IOError) in try storage.writeBlocking(from: data, at: physical) }
+            return
+        }
+        let start = physical / s * s
+        let end = (physical + UInt64(data.count) + s - 1) / s * s
+        let bounce = IOBuffer(count: Int(end - start))
+        let skip = Int(physical - start)
+        // Only the first and last sectors can hold bytes outside `data`.
+        if skip != 0 || (physical + UInt64(data.count)) % s != 0 {
+            try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: start) }
+        }
+        bounce.slice(skip..<(skip + data.count)).copyMemory(from: data)
+        try io { () throws(IOError) in try storage.writeBlocking(from: bounce, at: start) }
+    }
+
+    // MARK: writing
+
+    func write(_ n: UInt32, at offset: UInt64, from data: UnsafeRawBufferPointer) throws(FSError) {
+        guard !data.isEmpty else { return }
+        var ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !overflow else { throw FSError(.fileTooLarge) }
+        try prepareStorage(n, forSize: end)
+        ino = try inode(n)
+        if ino.storage == .inline {
+            let m = try modifyInode(n)
+            UnsafeMutableRawBufferPointer(rebasing: m.inlineBytes[Int(offset)..<Int(end)]).copyMemory(from: data)
+            if end > m.size { m.size = end }
+            m.mtime = wallClockNanoseconds()
+            return
+        }
+        let unit = unitSize(ino)
+        let storageKind = ino.storage ?? .blocks
+        let area = unitArea(storageKind)
+        let kind: ResourceKind = storageKind == .small ? .smallBlock : .fileBlock
+        guard (end - 1) / unit < Self.capacity(height: InodeRecord.maxHeight) else { throw FSError(.fileTooLarge) }
+        var done = 0
+        var grew = false
+        while done < data.count {
+            let at = offset + UInt64(done)
+            let u = at / unit
+            let within = at % unit
+            let count = Int(min(UInt64(data.count - done), unit - within))
+            let piece = UnsafeRawBufferPointer(rebasing: data[done..<(done + count)])
+            var mapped = try lookupUnit(try inode(n), u)
+            if mapped == 0 {
+                mapped = UInt32(try allocate(kind))
+                let physical = area.offset(of: UInt64(mapped))
+                if UInt64(count) < unit {
+                    // The rest of the unit must read as zeros, whatever it held before.
+                    try io { () throws(IOError) in try storage.discardBlocking(at: physical, length: unit) }
+                }
+                try writeData(at: physical + within, from: piece)
+                try setUnit(n, u, mapped)
+                grew = true
+            } else {
+                try writeData(at: area.offset(of: UInt64(mapped)) + within, from: piece)
+            }
+            done += count
+        }
+        if end > ino.size || grew {
+            let m = try modifyInode(n)
+            if end > m.size { m.size = end }
+            m.mtime = wallClockNanoseconds()
+        }
+    }
+
+    /// Moves a file to the storage its new size needs: inline → small block → file blocks.
+    private func prepareStorage(_ n: UInt32, forSize size: UInt64) throws(FSError) {
+        let ino = try inode(n)
+        switch ino.storage {
+        case .inline where size > UInt64(InodeRecord.inlineCapacity):
+            let old = Array(ino.inlineBytes[0..<Int(ino.size)])
+            let m = try modifyInode(n)
+            m.clearBody()
+            m.height = 0
+            m.allocatedUnits = 0
+            let target: InodeRecord.Storage = size <= Self.smallFileLimit && header.blockSize > header.smallBlockSize ? .small : .blocks
+            m.setStorage(target)
+            if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
+        case .small where size > Self.smallFileLimit:
+            let unit = try lookupUnit(ino, 0)
+            var old = [UInt8](repeating: 0, count: Int(min(ino.size, Self.smallFileLimit)))
+            if unit != 0, !old.isEmpty {
+                let bounce = IOBuffer(count: Int(Self.smallFileLimit))
+                try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: header.smallBlocks.offset(of: UInt64(unit))) }
+                old = Array(bounce.bytes[0..<old.count])
+                store.freeAtCommit(.smallBlock, UInt64(unit))
+            } else if unit != 0 {
+                store.freeAtCommit(.smallBlock, UInt64(unit))
+            }
+            let m = try modifyInode(n)
+            m.clearBody()
+            m.height = 0
+            m.allocatedUnits = 0
+            m.setStorage(.blocks)
+            if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
+        default:
+            return
+        }
+    }
+
+    // MARK: size and space
+
+    func truncate(_ n: UInt32, to size: UInt64) throws(FSError) {
+        let ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        let old = ino.size
+        if size > old {
+            try prepareStorage(n, forSize: size)
+            let m = try modifyInode(n)
+            m.size = size
+            m.mtime = wallClockNanoseconds()
+            return
+        }
+        if ino.storage == .inline {
+            let m = try modifyInode(n)
+            UnsafeMutableRawBufferPointer(rebasing: m.inlineBytes[Int(size)...]).initializeMemory(as: UInt8.self, repeating: 0)
+            m.size = size
+            m.mtime = wallClockNanoseconds()
+            return
+        }
+        let unit = unitSize(ino)
+        // Drop whole units past the new end first, then the size: a crash in between leaves the
+        // old size with zeros at its end, never blocks past the end.
+        try freeUnits(n, from: (size + unit - 1) / unit)
+        try zeroTail(n, from: size)
+        let m = try modifyInode(n)
+        m.size = size
+        m.mtime = wallClockNanoseconds()
+    }
+
+    /// Zeros from `from` to the end of its unit, so that growing the file later reads zeros.
+    private func zeroTail(_ n: UInt32, from: UInt64) throws(FSError) {
+        let ino = try inode(n)
+        let unit = unitSize(ino)
+        guard from % unit != 0 else { return }
+        let mapped = try lookupUnit(ino, from / unit)
+        guard mapped != 0 else { return }
+        let physical = unitArea(ino.storage ?? .blocks).offset(of: UInt64(mapped)) + from % unit
+        try zeroBytes(at: physical, count: unit - from % unit)
+    }
+
+    private func zeroBytes(at physical: UInt64, count: UInt64) throws(FSError) {
+        let s = UInt64(sector)
+        var at = physical
+        var left = count
+        // The unaligned head through a bounce, whole sectors by discard.
+        if at % s != 0 {
+            let head = min(left, s - at % s)
+            let zeros = [UInt8](repeating: 0, count: Int(head))
+            try withBytes(zeros) { (b) throws(FSError) in try writeData(at: at, from: b) }
+            at += head; left -= head
+        }
+        let whole = left / s * s
+        if whole > 0 {
+            try io { () throws(IOError) in try storage.discardBlocking(at: at, length: whole) }
+            at += whole; left -= whole
+        }
+        if left > 0 {
+            let zeros = [UInt8](repeating: 0, count: Int(left))
+            try withBytes(zeros) { (b) throws(FSError) in try writeData(at: at, from: b) }
+        }
+    }
+
+    /// Makes `[offset, offset + length)` read as zeros; whole units inside it are freed.
+    func discard(_ n: UInt32, at offset: UInt64, length: UInt64) throws(FSError) {
+        let ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        let end = min(offset.addingReportingOverflow(length).overflow ? UInt64.max : offset + length, ino.size)
+        guard offset < end else { return }
+        if ino.storage == .inline {
+            let m = try modifyInode(n)
+            UnsafeMutableRawBufferPointer(rebasing: m.inlineBytes[Int(offset)..<Int(end)]).initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
+        let unit = unitSize(ino)
+        let kind: ResourceKind = ino.storage == .small ? .smallBlock : .fileBlock
+        let area = unitArea(ino.storage ?? .blocks)
+        var at = offset
+        while at < end {
+            let u = at / unit
+            let within = at % unit
+            let count = min(end - at, unit - within)
+            let mapped = try lookupUnit(try inode(n), u)
+            if mapped != 0 {
+                if count == unit {
+                    try setUnit(n, u, 0)
+                    store.freeAtCommit(kind, UInt64(mapped))
+                    try store.commitIfLarge()
+                } else {
+                    try zeroBytes(at: area.offset(of: UInt64(mapped)) + within, count: count)
+                }
+            }
+            at += count
+        }
+    }
+
+    /// Byte ranges that hold data (everything else reads as zeros without costing space).
+    func allocatedRanges(_ n: UInt32) throws(FSError) -> [Range<UInt64>] {
+        let ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        if ino.storage == .inline { return ino.size > 0 ? [0..<ino.size] : [] }
+        let unit = unitSize(ino)
+        var ranges: [Range<UInt64>] = []
+        try walkMap(ino) { (u, _) throws(FSError) -> Bool in
+            let lo = u * unit
+            guard lo < ino.size else { return false }
+            let hi = min(lo + unit, ino.size)
+            if let last = ranges.last, last.upperBound == lo {
+                ranges[ranges.count - 1] = last.lowerBound..<hi
+            } else {
+                ranges.append(lo..<hi)
+            }
+            return true
+        }
+        return ranges
+    }
+
+    /// Where the bytes of `range` live on the device: (file range, device offset or nil for
+    /// a hole). For hot paths that drive their own I/O queue.
+    func extents(_ n: UInt32, _ range: Range<UInt64>) throws(FSError) -> [(Range<UInt64>, UInt64?)] {
+        let ino = try inode(n)
+        guard ino.type == .regular else { throw FSError(.isDirectory) }
+        guard ino.storage != .inline else {
+            throw FSError(.invalidArgument("file is stored inline in its inode; read it through the file API"))
+        }
+        let unit = unitSize(ino)
+        let area = unitArea(ino.storage ?? .blocks)
+        var out: [(Range<UInt64>, UInt64?)] = []
+        var at = range.lowerBound
+        while at < range.upperBound {
+            let within = at % unit
+            let end = min(range.upperBound, at - within + unit)
+            let mapped = try lookupUnit(ino, at / unit)
+            let physical: UInt64? = mapped == 0 ? nil : area.offset(of: UInt64(mapped)) + within
+            if let last = out.last, last.0.upperBound == at,
+               (last.1 == nil && physical == nil) || (last.1.map { $0 + UInt64(last.0.count) } == physical && physical != nil) {
+                out[out.count - 1] = (last.0.lowerBound..<end, last.1)
+            } else {
+                out.append((at..<end, physical))
+            }
+            at = end
+        }
+        return out
+    }
+}

@@ -1,0 +1,242 @@
+import LunarIO
+
+/// The metadata sectors a volume has in memory, and the running transaction.
+///
+/// Every change to metadata goes through `modify`/`create`, which put a private copy of the
+/// sector into the running transaction. `commit` seals the copies (generation, self offset,
+/// CRC32C), makes earlier data writes durable, writes the transaction to the host's journal,
+/// makes it durable, and only then writes the sectors in place. Nothing reaches its home
+/// location before its journal commit is on disk, so a crash leaves either the old or the new
+/// state once the journal is replayed.
+///
+/// `operation` makes one file-system call all-or-nothing inside the running transaction: if it
+/// throws, every sector it touched gets its previous content back.
+final class MetadataStore {
+    let storage: any BlockStorage
+    let volumeSize: UInt64
+    private(set) var journal: Journal?
+
+    private struct Dirty {
+        var buffer: IOBuffer
+        var kind: RecordKind
+        var baseGeneration: UInt64
+    }
+
+    private var clean: [UInt64: IOBuffer] = [:]
+    /// Images replayed into memory on a read-only open: never evicted, never written.
+    private var overlay: [UInt64: IOBuffer] = [:]
+    private var dirty: [UInt64: Dirty] = [:]
+    private var undo: [(UInt64, Dirty?)]?
+    private var undoSeen: Set<UInt64> = []
+    private(set) var pendingFrees: [(ResourceKind, UInt64)] = []
+    /// Called at commit, before sealing, to turn `pendingFrees` into bitmap changes.
+    var applyFrees: (([(ResourceKind, UInt64)]) throws(FSError) -> Void)?
+    /// Called after a durable commit with the data units freed by it, to hand the space back.
+    var releaseFreedSpace: (([(ResourceKind, UInt64)]) -> Void)?
+    /// Set when a commit failed half-way: the volume refuses further changes until reopened.
+    private(set) var failure: FSError?
+
+    static let cacheLimit = 32_768
+
+    init(storage: any BlockStorage, volumeSize: UInt64) {
+        self.storage = storage
+        self.volumeSize = volumeSize
+    }
+
+    func attach(_ journal: Journal) { self.journal = journal }
+
+    var dirtyCount: Int { dirty.count }
+    var hasChanges: Bool { !dirty.isEmpty || !pendingFrees.isEmpty }
+
+    /// Journal sectors one commit may use; operations commit early to stay under it.
+    var commitThreshold: Int { max(16, (journal?.maxImagesPerTransaction ?? 64) / 2) }
+
+    // MARK: reading
+
+    /// The current image of the `kind` record at `offset`, verified. Callers read it only.
+    func read(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        if let d = dirty[offset] {
+            guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
+            return d.buffer
+        }
+        if let b = overlay[offset] ?? clean[offset] {
+            try b.verify(kind, at: offset)
+            return b
+        }
+        let b = try readSector(offset)
+        try b.verify(kind, at: offset)
+        remember(offset, b)
+        return b
+    }
+
+    /// The sector as stored, unverified (fsck, probes).
+    func readRaw(_ offset: UInt64) throws(FSError) -> IOBuffer {
+        if let d = dirty[offset] { return d.buffer }
+        if let b = overlay[offset] ?? clean[offset] { return b }
+        return try readSector(offset)
+    }
+
+    private func readSector(_ offset: UInt64) throws(FSError) -> IOBuffer {
+        guard offset % UInt64(RecordHeader.sectorSize) == 0, offset + UInt64(RecordHeader.sectorSize) <= volumeSize else {
+            throw .corrupt("metadata reference", at: offset, "points outside the volume")
+        }
+        let b = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
+        return b
+    }
+
+    private func remember(_ offset: UInt64, _ b: IOBuffer) {
+        if clean.count >= Self.cacheLimit {
+            // Forget about half, arbitrarily: a cache, not a working set manager.
+            var dropped = 0
+            for key in clean.keys where dropped < Self.cacheLimit / 2 {
+                clean[key] = nil
+                dropped += 1
+            }
+        }
+        clean[offset] = b
+    }
+
+    // MARK: changing
+
+    /// A private, writable copy of the `kind` record at `offset` in the running transaction.
+    func modify(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        try checkWritable()
+        if let d = dirty[offset] {
+            guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
+            noteUndo(offset, d)
+            return d.buffer
+        }
+        let current = try read(offset, kind)
+        noteUndo(offset, nil)
+        let copy = current.clone()
+        dirty[offset] = Dirty(buffer: copy, kind: kind, baseGeneration: current.recordGeneration)
+        return copy
+    }
+
+    /// A new `kind` record at `offset`, zeroed, replacing whatever the sector held (a free
+    /// resource's stale content, or nothing).
+    func create(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        try checkWritable()
+        guard offset % UInt64(RecordHeader.sectorSize) == 0, offset + UInt64(RecordHeader.sectorSize) <= volumeSize else {
+            throw .corrupt(kind.name, at: offset, "would lie outside the volume")
+        }
+        var generation: UInt64 = 0
+        if let d = dirty[offset] {
+            noteUndo(offset, d)
+            generation = d.baseGeneration
+        } else {
+            noteUndo(offset, nil)
+            if let old = overlay[offset] ?? clean[offset] { generation = old.recordGeneration }
+        }
+        let b = IOBuffer(count: RecordHeader.sectorSize)
+        dirty[offset] = Dirty(buffer: b, kind: kind, baseGeneration: generation)
+        return b
+    }
+
+    /// Frees a resource when the running transaction commits (not before: until then the
+    /// committed state still uses it, so nothing may reuse it).
+    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) {
+        pendingFrees.append((kind, index))
+    }
+
+    func isPendingFree(_ kind: ResourceKind, _ index: UInt64) -> Bool {
+        pendingFrees.contains { $0.0 == kind && $0.1 == index }
+    }
+
+    private func checkWritable() throws(FSError) {
+        if let failure { throw failure }
+        guard journal != nil else { throw FSError(.readOnly) }
+    }
+
+    private func noteUndo(_ offset: UInt64, _ previous: Dirty?) {
+        guard undo != nil, !undoSeen.contains(offset) else { return }
+        undoSeen.insert(offset)
+        var saved = previous
+        if let p = previous { saved = Dirty(buffer: p.buffer.clone(), kind: p.kind, baseGeneration: p.baseGeneration) }
+        undo?.append((offset, saved))
+    }
+
+    /// Runs `body` as one all-or-nothing change of the running transaction.
+    func operation<T>(_ body: () throws(FSError) -> T) throws(FSError) -> T {
+        precondition(undo == nil, "operations do not nest")
+        try checkWritable()
+        if dirty.count >= commitThreshold { try commit() }
+        undo = []
+        undoSeen = []
+        let freesMark = pendingFrees.count
+        defer { undo = nil; undoSeen = [] }
+        do {
+            return try body()
+        } catch {
+            for (offset, previous) in (undo ?? []).reversed() { dirty[offset] = previous }
+            pendingFrees.removeSubrange(freesMark...)
+            throw error
+        }
+    }
+
+    /// Inside a long operation (freeing a huge file): commits what is done so far when the
+    /// transaction grows large. Only call where the volume is consistent as it stands.
+    func commitIfLarge() throws(FSError) {
+        guard dirty.count + pendingFrees.count / 64 >= commitThreshold else { return }
+        let saved = undo
+        undo = nil
+        defer { undo = saved.map { _ in [] }; undoSeen = [] }
+        try commit()
+    }
+
+    // MARK: committing
+
+    func commit() throws(FSError) {
+        try checkWritable()
+        guard hasChanges, let journal else { return }
+        do {
+            let frees = pendingFrees
+            if !frees.isEmpty {
+                try applyFrees?(frees)
+            }
+            var images: [(UInt64, IOBuffer)] = []
+            images.reserveCapacity(dirty.count)
+            for (offset, d) in dirty {
+                d.buffer.seal(d.kind, at: offset, generation: d.baseGeneration &+ 1)
+                images.append((offset, d.buffer))
+            }
+            images.sort { $0.0 < $1.0 }
+            // Data written before this commit must be durable before metadata that points at it.
+            try io { () throws(IOError) in try storage.flushBlocking() }
+            try journal.append(images)
+            for (offset, image) in images {
+                try io { () throws(IOError) in try storage.writeBlocking(from: image, at: offset) }
+            }
+            dirty.removeAll(keepingCapacity: true)
+            pendingFrees.removeAll()
+            for (offset, image) in images { remember(offset, image) }
+            if !frees.isEmpty { releaseFreedSpace?(frees) }
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    /// After a clean commit: nothing in the journal is needed any more.
+    func checkpoint() throws(FSError) {
+        guard let journal, failure == nil else { return }
+        try io { () throws(IOError) in try storage.flushBlocking() }
+        try journal.markEmpty()
+    }
+
+    // MARK: replay
+
+    /// Puts replayed images in place (read-write) or in memory only (read-only).
+    func applyReplayed(_ offset: UInt64, _ image: IOBuffer, inPlace: Bool) throws(FSError) {
+        clean[offset] = nil
+        if inPlace {
+            try io { () throws(IOError) in try storage.writeBlocking(from: image, at: offset) }
+            remember(offset, image)
+        } else {
+            overlay[offset] = image
+        }
+    }
+
+    func dropCache() { clean.removeAll() }
+}

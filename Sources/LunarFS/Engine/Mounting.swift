@@ -1,0 +1,232 @@
+import Glibc
+import LunarIO
+
+/// Options for opening a volume.
+public struct OpenOptions: Sendable {
+    public var readOnly: Bool
+    /// How long to wait for another process working on the volume to finish.
+    public var lockTimeout: Double
+    public var hostName: String
+
+    public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil) {
+        self.readOnly = readOnly
+        self.lockTimeout = lockTimeout
+        self.hostName = hostName ?? OpenOptions.localHostName()
+    }
+
+    public static func localHostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// What opening found and did, for `lunar fs fsck` and the curious.
+public struct MountReport: Sendable {
+    public var usedBackupHeader = false
+    public var primaryHeaderProblem: String?
+    /// Host slots whose holder had died, whose journals this open replayed.
+    public var recoveredSlots: [UInt32] = []
+    public var replayedTransactions = 0
+}
+
+/// Opening and closing: host slot, volume lock, journal recovery.
+///
+/// LunarFS v1 lets one process at a time work on a volume: it claims a host slot (its own
+/// journal), then takes the volume lock by compare-and-write. Whether the holder of a slot or
+/// of the lock is still running is told by its presence token (`BlockDevice.tryHoldPresence`),
+/// exact among the processes of one host. A holder found dead is recovered: its journal is
+/// replayed, its slot freed, its lock broken.
+extension VolumeCore {
+    static func mount(_ storage: any BlockStorage, options: OpenOptions) throws(FSError) -> (VolumeCore, MountReport) {
+        let (header, usedBackup, primaryProblem) = try Formatter.readHeader(storage)
+        var report = MountReport(usedBackupHeader: usedBackup, primaryHeaderProblem: primaryProblem)
+        guard header.volumeSize <= storage.size else {
+            throw FSError(.corrupt(record: RecordKind.volumeHeader.name, offset: 0,
+                                   reason: "volume of \(header.volumeSize) bytes on a device of \(storage.size)"), path: storage.path)
+        }
+        let store = MetadataStore(storage: storage, volumeSize: header.volumeSize)
+        if options.readOnly || storage.isReadOnly {
+            // Read-only: no slot, no lock; journals of dead hosts are replayed into memory only.
+            for s in 0..<header.hostSlots {
+                let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
+                    try store.applyReplayed(offset, image, inPlace: false)
+                }
+                report.replayedTransactions += r.transactions
+            }
+            return (VolumeCore(storage: storage, header: header, store: store, slot: LockRecord.noOwner, isReadOnly: true), report)
+        }
+
+        let device = storage.underlyingDevice
+        let me = VolumeID.random()
+        let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName)
+        do throws(FSError) {
+            try takeVolumeLock(storage, header, device: device, slot: slot, host: me, timeout: options.lockTimeout)
+            // Recover every dead holder's journal, ours (a dead predecessor's) included.
+            var ownNext: UInt64 = 1
+            for s in 0..<header.hostSlots {
+                let record = try readSlot(storage, header, Int(s))
+                let other = s != slot.index
+                if other {
+                    guard record.state != .free, try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(s) }) else { continue }
+                }
+                let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
+                    try store.applyReplayed(offset, image, inPlace: true)
+                }
+                if r.transactions > 0 {
+                    report.replayedTransactions += r.transactions
+                    report.recoveredSlots.append(s)
+                }
+                try io { () throws(IOError) in try storage.flushBlocking() }
+                let journal = Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence)
+                try journal.markEmpty()
+                if other {
+                    try updateSlot(storage, header, Int(s)) { $0 = HeartbeatSlot.empty(s) }
+                } else {
+                    ownNext = r.nextSequence
+                }
+            }
+            store.attach(Journal(storage: storage, header: header, slot: slot.index, sequence: ownNext))
+            let core = VolumeCore(storage: storage, header: header, store: store, slot: slot.index, isReadOnly: false)
+            core.heldLock = true
+            return (core, report)
+        } catch {
+            try? releaseVolumeLock(storage, header, slot: slot.index)
+            try? updateSlot(storage, header, Int(slot.index)) { $0 = HeartbeatSlot.empty(slot.index) }
+            device.releasePresence(slot.index)
+            throw error
+        }
+    }
+
+    /// Commits, empties the journal, lets go of the lock and the slot.
+    func unmount() throws(FSError) {
+        guard !isReadOnly else { return }
+        defer { storage.underlyingDevice.releasePresence(slot) }
+        try store.commit()
+        try store.checkpoint()
+        try Self.releaseVolumeLock(storage, header, slot: slot)
+        heldLock = false
+        try Self.updateSlot(storage, header, Int(slot)) { $0 = HeartbeatSlot.empty(slot) }
+        try io { () throws(IOError) in try storage.flushBlocking() }
+    }
+
+    // MARK: slots
+
+    static func readSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int) throws(FSError) -> HeartbeatSlot {
+        let offset = header.heartbeatSlotOffset(s)
+        let b = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
+        try b.verify(.heartbeat, at: offset)
+        return try HeartbeatSlot.decode(b, at: offset)
+    }
+
+    /// Rewrites a slot record by compare-and-write against what was just read.
+    static func updateSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int,
+                           _ change: (inout HeartbeatSlot) -> Void) throws(FSError) {
+        let offset = header.heartbeatSlotOffset(s)
+        for _ in 0..<100 {
+            let current = IOBuffer(count: RecordHeader.sectorSize)
+            try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
+            try current.verify(.heartbeat, at: offset)
+            var record = try HeartbeatSlot.decode(current, at: offset)
+            change(&record)
+            record.slot = UInt32(s)
+            let next = IOBuffer(count: RecordHeader.sectorSize)
+            record.encode(into: next)
+            next.seal(.heartbeat, at: offset, generation: current.recordGeneration &+ 1)
+            if try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten {
+                return
+            }
+        }
+        throw FSError(.busy("host slot \(s) keeps changing under us"), path: storage.path)
+    }
+
+    struct ClaimedSlot { var index: UInt32; var claim: UInt64 }
+
+    private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
+                                  host: VolumeID, name: String) throws(FSError) -> ClaimedSlot {
+        for s in 0..<header.hostSlots {
+            guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { continue }
+            do {
+                var claim: UInt64 = 0
+                try updateSlot(storage, header, Int(s)) { record in
+                    record.state = .live
+                    record.claimGeneration += 1
+                    record.counter += 1
+                    record.host = host
+                    record.hostName = name
+                    record.pid = UInt32(truncatingIfNeeded: getpid())
+                    record.recoveredBy = LockRecord.noOwner
+                    claim = record.claimGeneration
+                }
+                return ClaimedSlot(index: s, claim: claim)
+            } catch {
+                device.releasePresence(s)
+                throw error
+            }
+        }
+        throw FSError(.busy("all \(header.hostSlots) host slots are in use"), path: storage.path)
+    }
+
+    // MARK: the volume lock
+
+    private static func readLock(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> (IOBuffer, LockRecord) {
+        let offset = header.volumeLockOffset
+        let b = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
+        try b.verify(.volumeLock, at: offset)
+        guard let lock = LockRecord.decode(b, at: VolumeLockSector.lockOffset) else {
+            throw .corrupt(RecordKind.volumeLock.name, at: offset, "unknown lock mode")
+        }
+        return (b, lock)
+    }
+
+    private static func writeLock(_ storage: any BlockStorage, _ header: VolumeHeader, expected: IOBuffer, _ lock: LockRecord) throws(FSError) -> Bool {
+        let next = expected.clone()
+        lock.encode(into: next, at: VolumeLockSector.lockOffset)
+        next.seal(.volumeLock, at: header.volumeLockOffset, generation: expected.recordGeneration &+ 1)
+        return try io { () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: header.volumeLockOffset) }.isWritten
+    }
+
+    private static func takeVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
+                                       slot: ClaimedSlot, host: VolumeID, timeout: Double) throws(FSError) {
+        let deadline = monotonicSeconds() + timeout
+        while true {
+            let (sector, lock) = try readLock(storage, header)
+            var holderGone = lock.mode == .free || lock.ownerSlot == slot.index || lock.ownerSlot >= header.hostSlots
+            if !holderGone {
+                holderGone = try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(lock.ownerSlot) })
+            }
+            if holderGone {
+                let mine = LockRecord(mode: .exclusive, ownerSlot: slot.index, ownerClaim: slot.claim,
+                                      lockGeneration: lock.lockGeneration + 1, ownerHost: host, acquired: wallClockNanoseconds())
+                if try writeLock(storage, header, expected: sector, mine) {
+                    try io { () throws(IOError) in try storage.flushBlocking() }
+                    return
+                }
+                continue
+            }
+            if monotonicSeconds() >= deadline {
+                let holder = (try? readSlot(storage, header, Int(lock.ownerSlot))).map { "\($0.hostName) pid \($0.pid)" } ?? "unknown"
+                throw FSError(.busy("volume is in use by another lunar process (host slot \(lock.ownerSlot), \(holder)); LunarFS v1 lets one process at a time work on a volume — retry when it is done"), path: storage.path)
+            }
+            usleep(20_000)
+        }
+    }
+
+    static func releaseVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, slot: UInt32) throws(FSError) {
+        for _ in 0..<100 {
+            let (sector, lock) = try readLock(storage, header)
+            guard lock.mode != .free, lock.ownerSlot == slot else { return }
+            var free = LockRecord.free
+            free.lockGeneration = lock.lockGeneration + 1
+            if try writeLock(storage, header, expected: sector, free) { return }
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

@@ -1,0 +1,104 @@
+import LunarIO
+
+/// Paths, names and the operations that change the tree.
+extension VolumeCore {
+    var root: UInt32 { header.rootInode }
+
+    static func components(_ path: String) -> [[UInt8]] {
+        path.split(separator: "/", omittingEmptySubsequences: true).map { Array($0.utf8) }.filter { $0 != [0x2E] }
+    }
+
+    static func checkName(_ name: [UInt8]) throws(FSError) {
+        if name.count > DirectoryEntry.maxNameLength { throw FSError(.nameTooLong) }
+        if !DirectoryEntry.isValidName(name) { throw FSError(.invalidName) }
+    }
+
+    /// The inode a path names.
+    func resolve(_ path: String) throws(FSError) -> UInt32 {
+        var current = root
+        for name in Self.components(path) {
+            if name == [0x2E, 0x2E] {
+                current = try inode(current).parent
+                continue
+            }
+            let ino = try inode(current)
+            guard ino.type == .directory else { throw FSError(.notDirectory) }
+            guard let entry = try lookup(current, name) else { throw FSError(.notFound) }
+            try checkInodeNumber(entry.inode, referencedFrom: RecordKind.directoryLeaf.name, at: inodeOffset(current))
+            current = entry.inode
+        }
+        return current
+    }
+
+    /// The directory that holds the last component of `path`, and that component.
+    func resolveParent(_ path: String) throws(FSError) -> (UInt32, [UInt8]) {
+        var parts = Self.components(path)
+        guard let name = parts.popLast() else { throw FSError(.invalidArgument("the root directory has no name")) }
+        try Self.checkName(name)
+        let dir = try resolve(parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/"))
+        guard try inode(dir).type == .directory else { throw FSError(.notDirectory) }
+        return (dir, name)
+    }
+
+    func createNode(in dir: UInt32, name: [UInt8], type: InodeRecord.FileType, mode: UInt32) throws(FSError) -> UInt32 {
+        if try lookup(dir, name) != nil { throw FSError(.exists) }
+        let ino = try allocateInode(type: type, mode: mode, parent: dir)
+        try insert(dir, DirectoryEntry(name: name, inode: ino.number, type: type))
+        return ino.number
+    }
+
+    /// Frees a node's content and its inode. Large files free their blocks over several
+    /// transactions, flagged orphan in the first so that fsck can finish a cut-short removal.
+    func destroyNode(_ n: UInt32) throws(FSError) {
+        let m = try modifyInode(n)
+        m.isOrphan = true
+        m.linkCount = 0
+        try freeUnits(n, from: 0)
+        let ino = try inode(n)
+        if ino.height > 0 || ino.allocatedUnits != 0 {
+            // freeUnits leaves only empty top-level trees behind; make sure none remain.
+            try freeUnits(n, from: 0)
+        }
+        try releaseInode(n)
+    }
+
+    func removeNode(_ path: String) throws(FSError) {
+        let (dir, name) = try resolveParent(path)
+        guard let entry = try lookup(dir, name) else { throw FSError(.notFound) }
+        if entry.type == .directory, try !isEmptyDirectory(entry.inode) { throw FSError(.directoryNotEmpty) }
+        try removeEntry(dir, name)
+        try destroyNode(entry.inode)
+    }
+
+    func rename(_ from: String, _ to: String) throws(FSError) {
+        let (sourceDir, sourceName) = try resolveParent(from)
+        guard let entry = try lookup(sourceDir, sourceName) else { throw FSError(.notFound, path: from) }
+        let (targetDir, targetName) = try resolveParent(to)
+        if sourceDir == targetDir && sourceName == targetName { return }
+        if entry.type == .directory {
+            // A directory may not move into its own subtree.
+            var d = targetDir
+            while true {
+                if d == entry.inode { throw FSError(.invalidArgument("cannot move a directory into itself"), path: to) }
+                if d == root { break }
+                d = try inode(d).parent
+            }
+        }
+        if let existing = try lookup(targetDir, targetName) {
+            switch (entry.type, existing.type) {
+            case (.directory, .regular): throw FSError(.notDirectory, path: to)
+            case (.regular, .directory): throw FSError(.isDirectory, path: to)
+            case (.directory, .directory):
+                if try !isEmptyDirectory(existing.inode) { throw FSError(.directoryNotEmpty, path: to) }
+            default: break
+            }
+            try removeEntry(targetDir, targetName)
+            try destroyNode(existing.inode)
+        }
+        try removeEntry(sourceDir, sourceName)
+        try insert(targetDir, DirectoryEntry(name: targetName, inode: entry.inode, type: entry.type))
+        let m = try modifyInode(entry.inode)
+        m.parent = targetDir
+        m.ctime = wallClockNanoseconds()
+    }
+}

@@ -1,0 +1,85 @@
+import LunarIO
+
+/// The mounted state of one volume in this process. Not thread-safe by itself: `Volume`
+/// serializes every call into it.
+final class VolumeCore {
+    let storage: any BlockStorage
+    let header: VolumeHeader
+    let store: MetadataStore
+    /// The host slot this process holds (or, read-only, a placeholder it does not write).
+    let slot: UInt32
+    let isReadOnly: Bool
+    var cursors = AllocationCursors()
+    var heldLock = false
+
+    init(storage: any BlockStorage, header: VolumeHeader, store: MetadataStore, slot: UInt32, isReadOnly: Bool) {
+        self.storage = storage
+        self.header = header
+        self.store = store
+        self.slot = slot
+        self.isReadOnly = isReadOnly
+        store.applyFrees = { [unowned self] frees throws(FSError) in try self.applyFrees(frees) }
+        store.releaseFreedSpace = { [unowned self] frees in self.releaseFreedSpace(frees) }
+    }
+
+    var sectorSize: UInt64 { UInt64(RecordHeader.sectorSize) }
+
+    // MARK: inodes
+
+    func inodeOffset(_ n: UInt32) -> UInt64 { header.inodes.offset(of: UInt64(n)) }
+
+    func checkInodeNumber(_ n: UInt32, referencedFrom what: String, at offset: UInt64) throws(FSError) {
+        guard n > 0, UInt64(n) < header.inodes.count else {
+            throw .corrupt(what, at: offset, "refers to inode \(n), outside the inode area")
+        }
+    }
+
+    /// A live inode, verified.
+    func inode(_ n: UInt32) throws(FSError) -> InodeRecord {
+        guard n > 0, UInt64(n) < header.inodes.count else { throw FSError(.notFound) }
+        let offset = inodeOffset(n)
+        let ino = InodeRecord(buffer: try store.read(offset, .inode))
+        try check(ino, n, offset)
+        return ino
+    }
+
+    func modifyInode(_ n: UInt32) throws(FSError) -> InodeRecord {
+        let offset = inodeOffset(n)
+        let ino = InodeRecord(buffer: try store.modify(offset, .inode))
+        try check(ino, n, offset)
+        return ino
+    }
+
+    private func check(_ ino: InodeRecord, _ n: UInt32, _ offset: UInt64) throws(FSError) {
+        if let problem = ino.problem(expectedNumber: n) { throw .corrupt(RecordKind.inode.name, at: offset, problem) }
+        guard ino.type != .free else { throw .corrupt(RecordKind.inode.name, at: offset, "inode \(n) is referenced but free") }
+    }
+
+    /// Allocates and initializes an inode.
+    func allocateInode(type: InodeRecord.FileType, mode: UInt32, parent: UInt32) throws(FSError) -> InodeRecord {
+        let n = UInt32(try allocate(.inode))
+        let offset = inodeOffset(n)
+        // A never-used inode sector holds zeros (or a previous volume's bytes): start afresh
+        // unless it holds a sound free inode whose reuse generation should carry on.
+        let raw = try store.readRaw(offset)
+        let b: IOBuffer
+        if raw.problem(as: .inode, at: offset) == nil {
+            b = try store.modify(offset, .inode)
+        } else {
+            b = try store.create(offset, .inode)
+        }
+        let ino = InodeRecord(buffer: b)
+        ino.initialize(number: n, type: type, mode: mode, parent: parent, now: wallClockNanoseconds())
+        return ino
+    }
+
+    /// Marks an inode free (its map must already be empty) and frees its number at commit.
+    func releaseInode(_ n: UInt32) throws(FSError) {
+        let ino = try modifyInode(n)
+        let reuse = ino.reuseGeneration
+        ino.buffer.slice(32..<RecordHeader.sectorSize).initializeMemory(as: UInt8.self, repeating: 0)
+        ino.reuseGeneration = reuse
+        ino.number = n
+        store.freeAtCommit(.inode, UInt64(n))
+    }
+}

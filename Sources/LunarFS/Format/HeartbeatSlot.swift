@@ -1,0 +1,54 @@
+import LunarIO
+
+/// One host slot of the heartbeat region (slot `i` at heartbeat offset + i × 4 KiB). A host
+/// claims a free (or dead) slot by compare-and-write, owns the journal of the same index, and
+/// keeps `counter` moving while alive.
+///
+/// ```
+///   0 32 record header (magic "LHBT")
+///  32  4 slot index
+///  36  4 state           0 free, 1 live, 2 being recovered by another host
+///  40  8 claim generation bumped at every claim; lock records name it
+///  48  8 counter         bumped every heartbeat interval
+///  56 16 host UUID       random per running host
+///  72 64 host name       UTF-8, NUL-padded
+/// 136  4 process id      of the holder, informational
+/// 140  4 recovered by    slot recovering this one (state 2), else 0xFFFFFFFF
+/// ```
+struct HeartbeatSlot: Sendable, Equatable {
+    enum State: UInt32, Sendable { case free = 0, live = 1, recovering = 2 }
+
+    var slot: UInt32
+    var state: State
+    var claimGeneration: UInt64
+    var counter: UInt64
+    var host: VolumeID
+    var hostName: String
+    var pid: UInt32
+    var recoveredBy: UInt32
+
+    static func empty(_ slot: UInt32) -> HeartbeatSlot {
+        HeartbeatSlot(slot: slot, state: .free, claimGeneration: 0, counter: 0, host: .zero, hostName: "", pid: 0,
+                      recoveredBy: LockRecord.noOwner)
+    }
+
+    func encode(into b: IOBuffer) {
+        b.store(slot, at: 32)
+        b.store(state.rawValue, at: 36)
+        b.store(claimGeneration, at: 40)
+        b.store(counter, at: 48)
+        b.storeBytes(host.bytes, at: 56, padTo: 16)
+        b.storeBytes(Array(hostName.utf8.prefix(64)), at: 72, padTo: 64)
+        b.store(pid, at: 136)
+        b.store(recoveredBy, at: 140)
+    }
+
+    static func decode(_ b: IOBuffer, at offset: UInt64) throws(FSError) -> HeartbeatSlot {
+        guard let state = State(rawValue: b.load(36)) else {
+            throw .corrupt(RecordKind.heartbeat.name, at: offset, "unknown state \(b.load(36, as: UInt32.self))")
+        }
+        return HeartbeatSlot(slot: b.load(32), state: state, claimGeneration: b.load(40), counter: b.load(48),
+                             host: VolumeID(bytes: b.loadBytes(56, count: 16)), hostName: b.loadString(72, width: 64),
+                             pid: b.load(136), recoveredBy: b.load(140))
+    }
+}

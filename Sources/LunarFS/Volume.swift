@@ -1,0 +1,279 @@
+import LunarIO
+import Synchronization
+
+public enum FileType: String, Sendable, Codable {
+    case file, directory
+}
+
+/// What `stat` says about a file or directory.
+public struct FileInfo: Sendable, Equatable {
+    public var inode: UInt32
+    public var type: FileType
+    /// Bytes of content (a directory: bytes of its entry storage).
+    public var size: UInt64
+    /// Bytes of volume space its data holds (thin files: less than `size`).
+    public var allocatedBytes: UInt64
+    public var mode: UInt32
+    public var linkCount: UInt32
+    public var created: Int64
+    public var modified: Int64
+    public var changed: Int64
+    public var accessed: Int64
+    /// Where the data lives: "inline", "small blocks" or "file blocks".
+    public var storage: String
+    public var unitSize: UInt64
+}
+
+public struct DirectoryItem: Sendable, Equatable {
+    public var name: String
+    public var inode: UInt32
+    public var type: FileType
+}
+
+/// Space on a volume: what files could grow to, what they hold.
+public struct VolumeUsage: Sendable {
+    public struct Resource: Sendable {
+        public var kind: ResourceKind
+        public var total: UInt64
+        public var free: UInt64
+        public var unitSize: UInt64
+    }
+    public var resources: [Resource]
+    /// Data capacity: file blocks plus small blocks, in bytes.
+    public var capacityBytes: UInt64
+    /// Bytes of data blocks in use.
+    public var allocatedBytes: UInt64
+    /// Sum of file sizes: what thin files have promised.
+    public var provisionedBytes: UInt64
+    public var files: UInt64
+    public var directories: UInt64
+}
+
+/// A LunarFS volume opened by this process.
+///
+/// Calls are serialized by one lock: metadata calls do their own (blocking) I/O through the
+/// journal, and data calls go straight to the device. Changes become durable on `sync()`,
+/// `File.flush()`, `close()`, or when the running transaction grows large or 5 s old.
+public final class Volume: @unchecked Sendable {
+    public let header: VolumeHeader
+    public let mountReport: MountReport
+    public var path: String { core.storage.path }
+    public var isReadOnly: Bool { core.isReadOnly }
+
+    let core: VolumeCore
+    private let lock = Mutex<Bool>(false)
+    private let ownedDevice: BlockDevice?
+    private let lastCommit = Mutex<Double>(0)
+    static let commitInterval = 5.0
+
+    private init(core: VolumeCore, report: MountReport, ownedDevice: BlockDevice?) {
+        self.core = core
+        self.header = core.header
+        self.mountReport = report
+        self.ownedDevice = ownedDevice
+        lastCommit.withLock { $0 = monotonicSeconds() }
+    }
+
+    deinit {
+        if !lock.withLock({ $0 }) { try? core.unmount() }
+        ownedDevice?.close()
+    }
+
+    // MARK: making and opening
+
+    /// Lays out an empty volume on `storage` (everything on it is lost).
+    @discardableResult
+    public static func format(_ storage: any BlockStorage, options: FormatOptions = FormatOptions()) throws(FSError) -> VolumeHeader {
+        try Formatter.format(storage, options: options)
+    }
+
+    /// Formats the image file or block device at `path`; an image file that does not exist is
+    /// created, sparse, with `size` bytes.
+    @discardableResult
+    public static func format(path: String, size: UInt64? = nil, options: FormatOptions = FormatOptions(),
+                              deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> VolumeHeader {
+        let device: BlockDevice
+        do {
+            if let size, !fileExists(path) {
+                device = try BlockDevice.createImage(path, size: size, options: deviceOptions)
+            } else {
+                device = try BlockDevice.open(path, options: deviceOptions)
+            }
+        } catch {
+            throw FSError(.io(error), path: path)
+        }
+        defer { device.close() }
+        if let size, device.size < size, !device.isBlockDevice {
+            throw FSError(.invalidArgument("\(path) exists and holds \(device.size) bytes, less than the \(size) asked"), path: path)
+        }
+        return try format(device, options: options)
+    }
+
+    public static func open(_ storage: any BlockStorage, options: OpenOptions = OpenOptions()) throws(FSError) -> Volume {
+        let (core, report) = try VolumeCore.mount(storage, options: options)
+        return Volume(core: core, report: report, ownedDevice: nil)
+    }
+
+    public static func open(path: String, options: OpenOptions = OpenOptions(),
+                            deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> Volume {
+        var deviceOptions = deviceOptions
+        deviceOptions.readOnly = deviceOptions.readOnly || options.readOnly
+        let device: BlockDevice
+        do { device = try BlockDevice.open(path, options: deviceOptions) } catch { throw FSError(.io(error), path: path) }
+        do {
+            let (core, report) = try VolumeCore.mount(device, options: options)
+            return Volume(core: core, report: report, ownedDevice: device)
+        } catch {
+            device.close()
+            throw error.at(path)
+        }
+    }
+
+    /// Commits, lets go of the volume. Later calls fail.
+    public func close() throws(FSError) {
+        try lock.withLock { (closed: inout Bool) throws(FSError) -> Void in
+            guard !closed else { return }
+            closed = true
+            try core.unmount()
+        }
+    }
+
+    // MARK: serialization
+
+    func locked<T>(_ path: String? = nil, _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
+        do {
+            return try lock.withLock { (closed: inout Bool) throws(FSError) -> T in
+                guard !closed else { throw FSError(.invalidArgument("volume is closed")) }
+                return try body(core)
+            }
+        } catch {
+            throw path.map { error.at($0) } ?? error
+        }
+    }
+
+    /// One all-or-nothing change.
+    func change<T>(_ path: String? = nil, _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
+        let result = try locked(path) { (core) throws(FSError) -> T in
+            guard !core.isReadOnly else { throw FSError(.readOnly) }
+            return try core.store.operation { () throws(FSError) -> T in try body(core) }
+        }
+        let due = lastCommit.withLock { monotonicSeconds() - $0 >= Self.commitInterval }
+        if due { try sync() }
+        return result
+    }
+
+    /// Makes every change so far durable.
+    public func sync() throws(FSError) {
+        try locked { (core) throws(FSError) -> Void in
+            guard !core.isReadOnly else { return }
+            try core.store.commit()
+        }
+        lastCommit.withLock { $0 = monotonicSeconds() }
+    }
+
+    // MARK: the tree
+
+    public func stat(_ path: String) throws(FSError) -> FileInfo {
+        try locked(path) { (core) throws(FSError) -> FileInfo in try core.info(try core.resolve(path)) }
+    }
+
+    public func exists(_ path: String) throws(FSError) -> Bool {
+        do {
+            _ = try stat(path)
+            return true
+        } catch where error.kind == .notFound {
+            return false
+        }
+    }
+
+    public func list(_ path: String = "/") throws(FSError) -> [DirectoryItem] {
+        try locked(path) { (core) throws(FSError) -> [DirectoryItem] in
+            let dir = try core.resolve(path)
+            return try core.entries(dir).map {
+                DirectoryItem(name: String(decoding: $0.name, as: UTF8.self), inode: $0.inode, type: $0.type == .directory ? .directory : .file)
+            }.sorted { $0.name < $1.name }
+        }
+    }
+
+    /// Makes a directory; with `parents`, also every missing one above it, and an existing
+    /// directory is no error.
+    public func mkdir(_ path: String, mode: UInt32 = 0o755, parents: Bool = false) throws(FSError) {
+        if parents {
+            var prefix = ""
+            for part in VolumeCore.components(path) {
+                prefix += "/" + String(decoding: part, as: UTF8.self)
+                let current = prefix
+                if let info = try? stat(current) {
+                    guard info.type == .directory else { throw FSError(.notDirectory, path: current) }
+                    continue
+                }
+                try change(current) { (core) throws(FSError) -> Void in
+                    let (dir, name) = try core.resolveParent(current)
+                    _ = try core.createNode(in: dir, name: name, type: .directory, mode: mode)
+                }
+            }
+            return
+        }
+        try change(path) { (core) throws(FSError) -> Void in
+            let (dir, name) = try core.resolveParent(path)
+            _ = try core.createNode(in: dir, name: name, type: .directory, mode: mode)
+        }
+    }
+
+    /// Creates an empty file (`exclusive`: failing if it exists) or opens the existing one.
+    public func create(_ path: String, mode: UInt32 = 0o644, exclusive: Bool = false) throws(FSError) -> File {
+        let n = try change(path) { (core) throws(FSError) -> UInt32 in
+            let (dir, name) = try core.resolveParent(path)
+            if let e = try core.lookup(dir, name) {
+                if exclusive { throw FSError(.exists) }
+                guard e.type == .regular else { throw FSError(.isDirectory) }
+                return e.inode
+            }
+            return try core.createNode(in: dir, name: name, type: .regular, mode: mode)
+        }
+        return try handle(n, path)
+    }
+
+    public func openFile(_ path: String) throws(FSError) -> File {
+        let n = try locked(path) { (core) throws(FSError) -> UInt32 in
+            let n = try core.resolve(path)
+            guard try core.inode(n).type == .regular else { throw FSError(.isDirectory) }
+            return n
+        }
+        return try handle(n, path)
+    }
+
+    private func handle(_ n: UInt32, _ path: String) throws(FSError) -> File {
+        let reuse = try locked(path) { (core) throws(FSError) -> UInt32 in try core.inode(n).reuseGeneration }
+        return File(volume: self, inode: n, reuseGeneration: reuse, path: path)
+    }
+
+    /// Atomically renames; an existing target file (or empty directory) is replaced.
+    public func rename(_ from: String, to: String) throws(FSError) {
+        try change(from) { (core) throws(FSError) -> Void in try core.rename(from, to) }
+    }
+
+    /// Removes a file or an empty directory; `recursive` removes a directory with its content,
+    /// one entry per transaction.
+    public func remove(_ path: String, recursive: Bool = false) throws(FSError) {
+        if recursive, try stat(path).type == .directory {
+            for item in try list(path) {
+                try remove(path + "/" + item.name, recursive: true)
+            }
+        }
+        try change(path) { (core) throws(FSError) -> Void in try core.removeNode(path) }
+    }
+
+    public func usage() throws(FSError) -> VolumeUsage {
+        try locked { (core) throws(FSError) -> VolumeUsage in try core.usage() }
+    }
+}
+
+private func fileExists(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

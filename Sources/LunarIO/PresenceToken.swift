@@ -1,0 +1,32 @@
+import CLunar
+import Glibc
+
+/// Presence tokens: which processes of this host have a LUN open as a given role (a host slot
+/// of a cluster file system, say). A token is an OFD lock on one byte far past the end of the
+/// device, so it never overlaps the sector locks of compare-and-write, and the kernel drops it
+/// when the holder exits or is killed — which makes "is the holder of slot N still running?"
+/// exact for processes of one host, with no timeout. Across hosts it means nothing: there, a
+/// cluster layer watches on-disk heartbeats instead.
+extension BlockDevice {
+    private static let presenceBase: UInt64 = 1 << 62
+
+    /// Takes token `token` unless another open of this LUN holds it. Never waits.
+    public func tryHoldPresence(_ token: UInt32) throws(IOError) -> Bool {
+        let r = lunar_ofd_lock(file.fd, 1, Self.presenceBase + UInt64(token), 1, 0)
+        if r == 0 { return true }
+        if r == -EAGAIN || r == -EACCES { return false }
+        throw file.error(.system, .setup, errno: -r)
+    }
+
+    public func releasePresence(_ token: UInt32) {
+        _ = lunar_ofd_lock(file.fd, 0, Self.presenceBase + UInt64(token), 1, 0)
+    }
+
+    /// Whether another open of this LUN (another process, or another `BlockDevice` here)
+    /// holds token `token`. Tokens this device holds itself do not count.
+    public func isPresenceHeldElsewhere(_ token: UInt32) throws(IOError) -> Bool {
+        let r = lunar_ofd_probe(file.fd, Self.presenceBase + UInt64(token), 1)
+        if r < 0 { throw file.error(.system, .setup, errno: -r) }
+        return r == 1
+    }
+}
