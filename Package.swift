@@ -20,6 +20,8 @@ let package = Package(
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
+        // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
+        .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         .executableTarget(
             name: "lunar",
             dependencies: [
@@ -28,10 +30,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "LunarIOTests", dependencies: ["LunarIO"]),
-        .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO"]),
+        .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
-        .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO", "LunarTesting"]),
     ],
     swiftLanguageModes: [.v6]
 )

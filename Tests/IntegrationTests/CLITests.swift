@@ -1,3 +1,4 @@
+import LunarTesting
 import Foundation
 import LunarIO
 import Testing
@@ -6,8 +7,8 @@ import Testing
 struct CLITests {
     @Test("info --json describes an image file")
     func infoJSON() throws {
-        let scratch = ScratchDirectory()
-        let lun = scratch.file("lun.img")
+        let scratch = Scratch()
+        let lun = scratch.path("lun.img")
         _ = try BlockDevice.createImage(lun, size: 8 << 20)
         let output = try LunarProcess.run(["io", "info", lun, "--json"])
         #expect(output.status == 0)
@@ -39,8 +40,8 @@ struct CLITests {
         #expect(workload.status == 64)
         #expect(workload.stderr.contains("unknown workload 'randtrim'"))
 
-        let scratch = ScratchDirectory()
-        let lun = scratch.file("small.img")
+        let scratch = Scratch()
+        let lun = scratch.path("small.img")
         _ = try BlockDevice.createImage(lun, size: 64 << 20)
         let misaligned = try LunarProcess.run(["io", "ats-counter", lun, "--offset", "100", "--increments", "1"])
         #expect(misaligned.status != 0)
@@ -49,8 +50,8 @@ struct CLITests {
 
     @Test("bench runs every workload on every engine and reports JSON", arguments: IOEngineKind.allCases)
     func benchRuns(engine: IOEngineKind) throws {
-        let scratch = ScratchDirectory()
-        let lun = scratch.file("bench.img")
+        let scratch = Scratch()
+        let lun = scratch.path("bench.img")
         let output = try LunarProcess.run(["io", "bench", "--file", lun, "--size", "64M", "--runtime", "0.2",
                                            "--engine", engine.rawValue, "--json"])
         #expect(output.status == 0, "\(output.stderr)")

@@ -1,3 +1,4 @@
+import LunarTesting
 import Foundation
 import LunarIO
 import Testing
@@ -27,8 +28,8 @@ struct CompareAndWriteProcessTests {
 
     @Test("8 processes x 500 increments on an image file count exactly 4000")
     func imageFile() throws {
-        let scratch = ScratchDirectory()
-        let lun = scratch.file("lun.img")
+        let scratch = Scratch()
+        let lun = scratch.path("lun.img")
         _ = try BlockDevice.createImage(lun, size: 16 << 20)
         let result = try hammer(lun, offset: 40960)
         #expect(result.value == UInt64(Self.processes * Self.incrementsEach))
@@ -40,8 +41,8 @@ struct CompareAndWriteProcessTests {
           .enabled(if: getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/loop-control"),
                    "needs root and /dev/loop-control"))
     func loopDevice() throws {
-        let scratch = ScratchDirectory()
-        let backing = scratch.file("backing.img")
+        let scratch = Scratch()
+        let backing = scratch.path("backing.img")
         _ = try BlockDevice.createImage(backing, size: 16 << 20)
         let attach = try system("/usr/sbin/losetup", ["--find", "--show", "--direct-io=on", backing])
         try #require(attach.status == 0 && attach.output.hasPrefix("/dev/loop"), "losetup failed: \(attach.output)")

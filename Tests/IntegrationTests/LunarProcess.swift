@@ -1,3 +1,4 @@
+import LunarTesting
 import Foundation
 
 /// Runs the real `lunar` binary built beside this test bundle.
@@ -48,16 +49,6 @@ struct LunarProcess {
 }
 
 /// A scratch directory on the disk-backed temporary area, removed afterwards.
-final class ScratchDirectory {
-    let path: String
-    init() {
-        path = NSTemporaryDirectory() + "/lunar-it-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    func file(_ name: String) -> String { path + "/" + name }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
 @discardableResult
 func system(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let process = Process()

@@ -1,5 +1,6 @@
 import Glibc
 import LunarIO
+import LunarTesting
 import Testing
 
 @Suite("Compare-and-write")

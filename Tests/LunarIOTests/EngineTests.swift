@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import LunarIO
+import LunarTesting
 import Testing
 
 /// Every engine passes the same cases.

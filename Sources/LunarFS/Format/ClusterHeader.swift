@@ -1,3 +1,4 @@
+import Glibc
 import LunarIO
 
 /// A resource cluster's header sector: its lock and the allocation bitmap of the resources it
@@ -23,6 +24,7 @@ struct ClusterHeader {
     static let maxResources: UInt32 = UInt32(RecordHeader.sectorSize - bitmapOffset) * 8
 
     let buffer: IOBuffer
+    private static let zeroSector = IOBuffer(count: RecordHeader.sectorSize)
 
     var kindRaw: UInt16 { buffer.load(32) }
     var index: UInt32 { buffer.load(36) }
@@ -90,8 +92,15 @@ struct ClusterHeader {
             return "describes cluster \(index) (resources from \(firstResource), \(resourceCount)) instead of cluster \(cluster)"
         }
         if freeCount > resourceCount { return "free count \(freeCount) exceeds its \(resourceCount) resources" }
-        for bit in Int(resourceCount)..<Int(Self.maxResources) where isUsed(bit) {
+        // Bits past the last resource must be clear: the partial byte bit by bit, then whole bytes.
+        let n = Int(resourceCount)
+        for bit in n..<min(Int(Self.maxResources), (n + 7) / 8 * 8) where isUsed(bit) {
             return "bitmap has bit \(bit) set beyond its \(resourceCount) resources"
+        }
+        let start = Self.bitmapOffset + (n + 7) / 8
+        let rest = RecordHeader.sectorSize - start
+        if rest > 0, memcmp(buffer.baseAddress + start, Self.zeroSector.baseAddress, rest) != 0 {
+            return "bitmap has bits set beyond its \(resourceCount) resources"
         }
         return nil
     }

@@ -58,7 +58,10 @@ struct DirectoryEntry: Equatable, Sendable {
 
     static func isValidName(_ name: [UInt8]) -> Bool {
         guard !name.isEmpty, name.count <= maxNameLength, name != [0x2E], name != [0x2E, 0x2E] else { return false }
-        return !name.contains(0) && !name.contains(0x2F)
+        return name.withUnsafeBufferPointer { b in
+            for byte in b where byte == 0 || byte == 0x2F { return false }
+            return true
+        }
     }
 }
 

@@ -1,0 +1,40 @@
+import LunarFS
+import LunarIO
+import LunarTesting
+
+/// A formatted sparse image in a scratch directory.
+final class TestVolume {
+    let scratch = Scratch()
+    let path: String
+    let size: UInt64
+
+    init(size: UInt64 = 2 << 30, options: FormatOptions = FormatOptions()) throws {
+        self.size = size
+        path = scratch.path("lun.img")
+        try Volume.format(path: path, size: size, options: options)
+    }
+
+    func open(readOnly: Bool = false) throws -> Volume {
+        try Volume.open(path: path, options: OpenOptions(readOnly: readOnly, lockTimeout: 5))
+    }
+}
+
+/// Runs `body` and returns the FSError it threw, or nil.
+func fsError(_ body: () throws -> Void) -> FSError? {
+    do {
+        try body()
+        return nil
+    } catch let error as FSError {
+        return error
+    } catch {
+        return nil
+    }
+}
+
+extension FSError.Kind {
+    var isCorrupt: Bool { if case .corrupt = self { true } else { false } }
+    var isNoSpace: Bool { if case .noSpace = self { true } else { false } }
+    var isBusy: Bool { if case .busy = self { true } else { false } }
+}
+
+func bytes(_ count: Int, seed: UInt64) -> [UInt8] { pattern(count, seed: seed).array }

@@ -1,0 +1,107 @@
+import Foundation
+import LunarFS
+import LunarIO
+import LunarTesting
+import Testing
+
+@Suite("Volume: format, open, tree")
+struct VolumeTests {
+    @Test("format then open reads back the header; the root is an empty directory")
+    func formatAndOpen() throws {
+        let t = try TestVolume(options: FormatOptions(label: "test vol", blockSize: 1 << 20))
+        let v = try t.open()
+        #expect(v.header.label == "test vol")
+        #expect(v.header.blockSize == 1 << 20)
+        #expect(v.header.hostSlots == 256)
+        #expect(try v.list("/").isEmpty)
+        let usage = try v.usage()
+        #expect(usage.allocatedBytes == 0)
+        try v.close()
+        let report = try t.open(readOnly: true).check()
+        #expect(report.isClean, "\(report.problems)")
+    }
+
+    @Test("mkdir, create, list, stat, rename and remove")
+    func tree() throws {
+        let t = try TestVolume()
+        let v = try t.open()
+        try v.mkdir("/vms")
+        try v.mkdir("/vms/web01/disks", parents: true)
+        let f = try v.create("/vms/web01/web01.vmx")
+        try f.write(Array("memsize = 1024\n".utf8), at: 0)
+        #expect(try v.list("/vms").map(\.name) == ["web01"])
+        #expect(try v.list("/vms/web01").map(\.name) == ["disks", "web01.vmx"])
+        #expect(try v.stat("/vms/web01/web01.vmx").size == 15)
+        #expect(try v.stat("/vms/web01").type == .directory)
+        #expect(fsError { try v.mkdir("/vms") }?.kind == .exists)
+        #expect(fsError { _ = try v.create("/vms/web01/web01.vmx", exclusive: true) }?.kind == .exists)
+        #expect(fsError { _ = try v.stat("/nope") }?.kind == .notFound)
+        #expect(fsError { try v.mkdir("/vms/web01/web01.vmx/x") }?.kind == .notDirectory)
+        #expect(fsError { try v.mkdir("/" + String(repeating: "a", count: 256)) }?.kind == .nameTooLong)
+        try v.mkdir("/" + String(repeating: "é", count: 127))
+
+        try v.rename("/vms/web01", to: "/vms/web02")
+        #expect(try v.list("/vms").map(\.name) == ["web02"])
+        #expect(try v.openFile("/vms/web02/web01.vmx").read(at: 0, count: 100) == Array("memsize = 1024\n".utf8))
+        #expect(fsError { try v.rename("/vms", to: "/vms/web02/inside") }?.kind == .invalidArgument("cannot move a directory into itself"))
+        #expect(fsError { try v.remove("/vms") }?.kind == .directoryNotEmpty)
+        try v.remove("/vms", recursive: true)
+        #expect(try v.list("/").count == 1)
+        try v.close()
+        let report = try t.open(readOnly: true).check()
+        #expect(report.isClean, "\(report.problems)")
+    }
+
+    @Test("rename replaces an existing file atomically")
+    func renameReplaces() throws {
+        let t = try TestVolume()
+        let v = try t.open()
+        try v.create("/a").write(bytes(200_000, seed: 1), at: 0)
+        try v.create("/b").write(bytes(5000, seed: 2), at: 0)
+        let before = try v.usage().allocatedBytes
+        try v.rename("/a", to: "/b")
+        #expect(try v.list("/").map(\.name) == ["b"])
+        #expect(try v.openFile("/b").read(at: 0, count: 300_000) == bytes(200_000, seed: 1))
+        try v.sync()
+        #expect(try v.usage().allocatedBytes <= before)
+        try v.close()
+        #expect(try t.open(readOnly: true).check().isClean)
+    }
+
+    @Test("changes survive close and reopen; a second opener waits for the first")
+    func persistence() throws {
+        let t = try TestVolume()
+        do {
+            let v = try t.open()
+            try v.mkdir("/d")
+            try v.create("/d/f").write(bytes(3 << 20, seed: 3), at: 12345)
+            let other = fsError { _ = try Volume.open(path: t.path, options: OpenOptions(lockTimeout: 0.2)) }
+            #expect(other?.kind.isBusy == true, "\(String(describing: other))")
+            try v.close()
+        }
+        let v = try t.open()
+        let f = try v.openFile("/d/f")
+        #expect(try f.size == 12345 + 3 << 20)
+        #expect(try f.read(at: 12345, count: 3 << 20) == bytes(3 << 20, seed: 3))
+        #expect(try f.read(at: 0, count: 12345) == [UInt8](repeating: 0, count: 12345))
+        try v.close()
+    }
+
+    @Test("a directory of 100 000 entries: every name found, list complete, fsck clean")
+    func bigDirectory() throws {
+        let t = try TestVolume(size: 4 << 30, options: FormatOptions(maxFiles: 120_000))
+        let v = try t.open()
+        try v.mkdir("/big")
+        let count = Int(ProcessInfo.processInfo.environment["LUNAR_BIG_DIRECTORY"] ?? "") ?? 100_000
+        for i in 0..<count { _ = try v.create("/big/file-\(i).vmdk") }
+        for i in stride(from: 0, to: count, by: 997) { #expect(try v.stat("/big/file-\(i).vmdk").type == .file) }
+        #expect(fsError { _ = try v.stat("/big/file-\(count).vmdk") }?.kind == .notFound)
+        let names = Set(try v.list("/big").map(\.name))
+        #expect(names.count == count)
+        for i in stride(from: 0, to: count, by: 2) { try v.remove("/big/file-\(i).vmdk") }
+        #expect(try v.list("/big").count == count / 2)
+        try v.close()
+        let report = try t.open(readOnly: true).check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+    }
+}
