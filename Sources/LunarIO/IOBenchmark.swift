@@ -46,11 +46,13 @@ public struct IOBenchmarkResult: Sendable {
 /// Drives a workload through one `IOQueue` on the calling thread, the way fio drives its
 /// io_uring engine: keep `depth` requests in flight, re-issue each slot as it completes.
 public enum IOBenchmark {
-    /// Runs `workload` over the first `span` bytes of `device` for `seconds`.
+    /// Runs `workload` over the first `span` bytes of `device` for `seconds`. With
+    /// `deviceOffset`, offsets are those of a file whose blocks lie scattered on the device
+    /// (each request stays inside one of its blocks), and the closure says where each lies.
     public static func run(_ workload: IOWorkload, on device: BlockDevice, span: UInt64? = nil,
-                           seconds: Double) throws(IOError) -> IOBenchmarkResult {
+                           seconds: Double, deviceOffset: ((UInt64) -> UInt64)? = nil) throws(IOError) -> IOBenchmarkResult {
         let bs = UInt64(workload.blockSize)
-        let limit = min(span ?? device.size, device.size) / bs * bs
+        let limit = (deviceOffset == nil ? min(span ?? device.size, device.size) : span ?? device.size) / bs * bs
         guard limit >= bs * UInt64(workload.depth) else {
             throw IOError(.deviceTooSmall(actual: limit, required: bs * UInt64(workload.depth)), .setup, path: device.path)
         }
@@ -66,9 +68,14 @@ public enum IOBenchmark {
         let blocks = limit / bs
         var cursor: UInt64 = 0
         func nextOffset() -> UInt64 {
-            if workload.random { return (random.next() % blocks) * bs }
-            defer { cursor = (cursor + bs) % limit }
-            return cursor
+            let logical: UInt64
+            if workload.random {
+                logical = (random.next() % blocks) * bs
+            } else {
+                logical = cursor
+                cursor = (cursor + bs) % limit
+            }
+            return deviceOffset?(logical) ?? logical
         }
         func issue(_ slot: Int) throws(IOError) {
             let region = arena.slice(slot * workload.blockSize..<(slot + 1) * workload.blockSize)

@@ -1,0 +1,61 @@
+import LunarIO
+
+/// Where a metadata record lives: for `lunar fs` debugging output and for tests that damage
+/// one record on purpose.
+public struct MetadataRecordLocation: Sendable, Equatable {
+    /// The record type's name, as errors and fsck print it.
+    public var record: String
+    public var offset: UInt64
+}
+
+extension Volume {
+    /// The volume-wide records: both headers, the volume lock, slot 0's heartbeat and journal
+    /// header, and cluster 0 of every resource area.
+    public func fixedRecords() -> [MetadataRecordLocation] {
+        let h = header
+        var out = [
+            MetadataRecordLocation(record: RecordKind.volumeHeader.name, offset: VolumeHeader.primaryOffset),
+            MetadataRecordLocation(record: RecordKind.volumeHeader.name, offset: h.backupOffset),
+            MetadataRecordLocation(record: RecordKind.volumeLock.name, offset: h.volumeLockOffset),
+            MetadataRecordLocation(record: RecordKind.heartbeat.name, offset: h.heartbeatSlotOffset(0)),
+            MetadataRecordLocation(record: RecordKind.journalHeader.name, offset: h.journalStart(0)),
+        ]
+        for kind in ResourceKind.allCases {
+            out.append(MetadataRecordLocation(record: RecordKind.cluster.name, offset: h.area(kind).clusterOffset(0)))
+        }
+        return out
+    }
+
+    /// The records a file or directory is made of: its inode, its pointer blocks, and for a
+    /// hashed directory its header, table and leaf sectors.
+    public func records(of path: String) throws(FSError) -> [MetadataRecordLocation] {
+        try locked(path) { (core) throws(FSError) -> [MetadataRecordLocation] in
+            let n = try core.resolve(path)
+            let ino = try core.inode(n)
+            var out = [MetadataRecordLocation(record: RecordKind.inode.name, offset: core.inodeOffset(n))]
+            var units: [(UInt64, UInt32)] = []
+            try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
+                out.append(MetadataRecordLocation(record: RecordKind.pointerBlock.name,
+                                                  offset: core.header.pointerBlocks.offset(of: UInt64(p))))
+            }) { (u, unit) throws(FSError) -> Bool in
+                units.append((u, unit))
+                return true
+            }
+            guard ino.type == .directory, ino.storage == .small else { return out }
+            let perUnit = UInt64(core.header.smallBlockSize) / UInt64(RecordHeader.sectorSize)
+            let used = ino.size / UInt64(RecordHeader.sectorSize)
+            for (u, unit) in units {
+                for i in 0..<perUnit {
+                    let l = u * perUnit + i
+                    guard l < used else { break }
+                    let offset = core.header.smallBlocks.offset(of: UInt64(unit)) + i * UInt64(RecordHeader.sectorSize)
+                    let kind: RecordKind = l == 0 ? .directoryHeader : l < UInt64(DirectoryLayout.firstLeafSector) ? .directoryTable : .directoryLeaf
+                    // Table sectors past those in use are holes inside an allocated block.
+                    if kind == .directoryTable, (try? core.store.read(offset, .directoryTable)) == nil { continue }
+                    out.append(MetadataRecordLocation(record: kind.name, offset: offset))
+                }
+            }
+            return out
+        }
+    }
+}
