@@ -60,7 +60,7 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         case .fileTooLarge: return "\(subject)file would exceed the largest size this volume can map"
         case .readOnly: return "\(subject)volume opened read-only"
         case .busy(let why): return "\(subject)\(why)"
-        case .io(let error): return "\(subject)\(error)"
+        case .io(let error): return error.path == path || path == nil ? "\(error)" : "\(subject)\(error)"
         }
     }
 }

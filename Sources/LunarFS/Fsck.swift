@@ -179,6 +179,7 @@ final class Checker {
         while let dir = queue.popLast() {
             guard checkInode(dir, expectedType: .directory, parent: reached[dir] ?? root) else { continue }
             report.directoriesChecked += 1
+            for message in core.structuralProblems(dir) { problem(message) }
             let entries: [DirectoryEntry]
             do throws(FSError) {
                 entries = try core.entries(dir)
@@ -199,10 +200,13 @@ final class Checker {
                 }
                 let isUsed = (try? core.clusterHeader(.inode, core.header.inodes.cluster(of: UInt64(e.inode)), forWriting: false))
                     .map { $0.isUsed(Int(UInt64(e.inode) - $0.firstResource)) } ?? false
-                let live = (try? core.inode(e.inode)) != nil
-                if !live {
+                var damage: String?
+                do throws(FSError) { _ = try core.inode(e.inode) } catch { damage = error.description }
+                if let damage {
+                    // Either way the entry goes; a damaged inode's map cannot be trusted, so its
+                    // number and blocks then count as leaked and are freed below.
                     let fixed = fix { () throws(FSError) in try core.removeEntry(dir, e.name) }
-                    problem("directory inode \(dir): entry '\(name)' points at inode \(e.inode), which is \(isUsed ? "damaged" : "free") (dangling entry)\(fixed ? "; entry removed" : "")", repaired: fixed)
+                    problem("directory inode \(dir): entry '\(name)' points at inode \(e.inode), which is \(isUsed ? "damaged: \(damage)" : "free (dangling entry)")\(fixed ? "; entry removed" : "")", repaired: fixed)
                     if isUsed { badInodes.insert(e.inode) }
                     continue
                 }

@@ -93,8 +93,9 @@ public final class Volume: @unchecked Sendable {
     public static func format(path: String, size: UInt64? = nil, options: FormatOptions = FormatOptions(),
                               deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> VolumeHeader {
         let device: BlockDevice
+        let creating = size != nil && !fileExists(path)
         do {
-            if let size, !fileExists(path) {
+            if let size, creating {
                 device = try BlockDevice.createImage(path, size: size, options: deviceOptions)
             } else {
                 device = try BlockDevice.open(path, options: deviceOptions)
@@ -103,10 +104,16 @@ public final class Volume: @unchecked Sendable {
             throw FSError(.io(error), path: path)
         }
         defer { device.close() }
-        if let size, device.size < size, !device.isBlockDevice {
-            throw FSError(.invalidArgument("\(path) exists and holds \(device.size) bytes, less than the \(size) asked"), path: path)
+        do throws(FSError) {
+            if let size, device.size < size, !device.isBlockDevice {
+                throw FSError(.invalidArgument("\(path) exists and holds \(device.size) bytes, less than the \(size) asked"), path: path)
+            }
+            return try format(device, options: options)
+        } catch {
+            // Leave nothing behind that the failed mkfs made.
+            if creating { unlink(path) }
+            throw error.at(path)
         }
-        return try format(device, options: options)
     }
 
     public static func open(_ storage: any BlockStorage, options: OpenOptions = OpenOptions()) throws(FSError) -> Volume {

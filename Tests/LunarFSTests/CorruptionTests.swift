@@ -62,6 +62,7 @@ struct CorruptionTests {
             let message = Self.failure {
                 _ = try v.list("/dir")
                 for i in 0..<400 { _ = try v.stat("/dir/entry-\(i)") }
+                _ = try v.openFile("/dir/big").read(at: 0, count: 4096)
                 _ = try v.openFile("/dir/big").read(at: 100 << 20, count: 8192)
             }
             #expect(message?.contains("corrupt \(kind) at byte offset \(target.offset)") == true, "\(kind): \(message ?? "no error")")

@@ -138,6 +138,10 @@ extension VolumeCore {
         let ino = try modifyInode(n)
         let h = ino.height
         guard h < InodeRecord.maxHeight else { throw FSError(.fileTooLarge) }
+        if (0..<InodeRecord.rootEntries).allSatisfy({ ino.rootEntry($0) == 0 }) {
+            ino.height = h + 1
+            return
+        }
         let p = try newPointerBlock(owner: n, level: h + 1)
         let pb = try pointerBlock(p, owner: n, level: h + 1, forWriting: true)
         let ino2 = try modifyInode(n)

@@ -90,6 +90,48 @@ extension VolumeCore {
         return (l, try leaf.entries(at: offset), leaf.localDepth)
     }
 
+    /// fsck's view of a hashed directory: header, every table sector and slot, every leaf, and
+    /// each name in the leaf its hash leads to. Each problem names the record and its offset.
+    func structuralProblems(_ dir: UInt32) -> [String] {
+        guard let ino = try? inode(dir), ino.storage == .small else { return [] }
+        var problems: [String] = []
+        let h: DirectoryHeader
+        do throws(FSError) { h = try directoryHeader(dir) } catch { return ["directory inode \(dir): \(error)"] }
+        for s in 0..<h.tableSectors {
+            do throws(FSError) { _ = try directoryRecord(dir, DirectoryLayout.firstTableSector + s, .directoryTable) } catch {
+                problems.append("directory inode \(dir): \(error)")
+            }
+        }
+        guard problems.isEmpty else { return problems }
+        var table: [UInt32] = []
+        for i in 0..<(1 << Int(h.depth)) {
+            do throws(FSError) { table.append(try tableSlot(dir, i, limit: h.nextFreeSector)) } catch {
+                return problems + ["directory inode \(dir): \(error)"]
+            }
+        }
+        var count: UInt64 = 0
+        for l in DirectoryLayout.firstLeafSector..<h.nextFreeSector {
+            do throws(FSError) {
+                let (b, offset) = try directoryRecord(dir, l, .directoryLeaf)
+                let leaf = DirectoryLeaf(buffer: b)
+                let entries = try leaf.entries(at: offset)
+                count += UInt64(entries.count)
+                if leaf.localDepth > h.depth {
+                    problems.append("directory inode \(dir): leaf at byte offset \(offset) is deeper (\(leaf.localDepth)) than its table (\(h.depth))")
+                }
+                for e in entries where table[slotIndex(nameHash(e.name), depth: h.depth)] != l {
+                    problems.append("directory inode \(dir): '\(String(decoding: e.name, as: UTF8.self))' in the leaf at byte offset \(offset) is not where its hash leads (unreachable by lookup)")
+                }
+            } catch {
+                problems.append("directory inode \(dir): \(error)")
+            }
+        }
+        if problems.isEmpty && count != h.entryCount {
+            problems.append("directory inode \(dir): header counts \(h.entryCount) entries, leaves hold \(count)")
+        }
+        return problems
+    }
+
     // MARK: the directory interface
 
     func lookup(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry? {

@@ -195,6 +195,12 @@ extension VolumeCore {
         let m = try modifyInode(n)
         m.size = size
         m.mtime = wallClockNanoseconds()
+        if size == 0 && m.allocatedUnits == 0 {
+            // Emptied: start over inline, so that rewriting it small does not take a block.
+            m.clearBody()
+            m.height = 0
+            m.setStorage(.inline)
+        }
     }
 
     /// Zeros from `from` to the end of its unit, so that growing the file later reads zeros.

@@ -29,6 +29,10 @@ final class MetadataStore {
     private var undo: [(UInt64, Dirty?)]?
     private var undoSeen: Set<UInt64> = []
     private(set) var pendingFrees: [(ResourceKind, UInt64)] = []
+    /// The cluster header sectors those frees will change at commit.
+    private var pendingFreeSectors: Set<UInt64> = []
+    /// Where the bitmap bit of a resource lives; set by the volume.
+    var clusterSector: ((ResourceKind, UInt64) -> UInt64)?
     /// Called at commit, before sealing, to turn `pendingFrees` into bitmap changes.
     var applyFrees: (([(ResourceKind, UInt64)]) throws(FSError) -> Void)?
     /// Called after a durable commit with the data units freed by it, to hand the space back.
@@ -139,11 +143,11 @@ final class MetadataStore {
     /// committed state still uses it, so nothing may reuse it).
     func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) {
         pendingFrees.append((kind, index))
+        if let sector = clusterSector?(kind, index) { pendingFreeSectors.insert(sector) }
     }
 
-    func isPendingFree(_ kind: ResourceKind, _ index: UInt64) -> Bool {
-        pendingFrees.contains { $0.0 == kind && $0.1 == index }
-    }
+    /// Sectors the running transaction will write if committed now (an upper bound).
+    private var transactionSize: Int { dirty.count + pendingFreeSectors.count }
 
     private func checkWritable() throws(FSError) {
         if let failure { throw failure }
@@ -162,7 +166,7 @@ final class MetadataStore {
     func operation<T>(_ body: () throws(FSError) -> T) throws(FSError) -> T {
         precondition(undo == nil, "operations do not nest")
         try checkWritable()
-        if dirty.count >= commitThreshold { try commit() }
+        if transactionSize >= commitThreshold { try commit() }
         undo = []
         undoSeen = []
         let freesMark = pendingFrees.count
@@ -171,7 +175,10 @@ final class MetadataStore {
             return try body()
         } catch {
             for (offset, previous) in (undo ?? []).reversed() { dirty[offset] = previous }
-            pendingFrees.removeSubrange(freesMark...)
+            if freesMark < pendingFrees.count {
+                pendingFrees.removeSubrange(freesMark...)
+                pendingFreeSectors = Set(pendingFrees.compactMap { clusterSector?($0.0, $0.1) })
+            }
             throw error
         }
     }
@@ -179,7 +186,7 @@ final class MetadataStore {
     /// Inside a long operation (freeing a huge file): commits what is done so far when the
     /// transaction grows large. Only call where the volume is consistent as it stands.
     func commitIfLarge() throws(FSError) {
-        guard dirty.count + pendingFrees.count / 64 >= commitThreshold else { return }
+        guard transactionSize >= commitThreshold else { return }
         let saved = undo
         undo = nil
         defer { undo = saved.map { _ in [] }; undoSeen = [] }
@@ -211,6 +218,7 @@ final class MetadataStore {
             }
             dirty.removeAll(keepingCapacity: true)
             pendingFrees.removeAll()
+            pendingFreeSectors.removeAll()
             for (offset, image) in images { remember(offset, image) }
             if !frees.isEmpty { releaseFreedSpace?(frees) }
         } catch {

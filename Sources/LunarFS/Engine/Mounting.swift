@@ -47,7 +47,8 @@ extension VolumeCore {
         }
         let store = MetadataStore(storage: storage, volumeSize: header.volumeSize)
         if options.readOnly || storage.isReadOnly {
-            // Read-only: no slot, no lock; journals of dead hosts are replayed into memory only.
+            // Read-only: no slot, no lock. Every slot's journal is replayed into memory only, so
+            // what was committed but not yet written in place (by a dead or a live host) is seen.
             for s in 0..<header.hostSlots {
                 let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
                     try store.applyReplayed(offset, image, inPlace: false)
@@ -81,7 +82,7 @@ extension VolumeCore {
                 let journal = Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence)
                 try journal.markEmpty()
                 if other {
-                    try updateSlot(storage, header, Int(s)) { $0 = HeartbeatSlot.empty(s) }
+                    try updateSlot(storage, header, Int(s)) { $0.release() }
                 } else {
                     ownNext = r.nextSequence
                 }
@@ -92,7 +93,7 @@ extension VolumeCore {
             return (core, report)
         } catch {
             try? releaseVolumeLock(storage, header, slot: slot.index)
-            try? updateSlot(storage, header, Int(slot.index)) { $0 = HeartbeatSlot.empty(slot.index) }
+            try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.releasePresence(slot.index)
             throw error
         }
@@ -106,7 +107,7 @@ extension VolumeCore {
         try store.checkpoint()
         try Self.releaseVolumeLock(storage, header, slot: slot)
         heldLock = false
-        try Self.updateSlot(storage, header, Int(slot)) { $0 = HeartbeatSlot.empty(slot) }
+        try Self.updateSlot(storage, header, Int(slot)) { $0.release() }
         try io { () throws(IOError) in try storage.flushBlocking() }
     }
 

@@ -20,6 +20,10 @@ final class VolumeCore {
         self.isReadOnly = isReadOnly
         store.applyFrees = { [unowned self] frees throws(FSError) in try self.applyFrees(frees) }
         store.releaseFreedSpace = { [unowned self] frees in self.releaseFreedSpace(frees) }
+        store.clusterSector = { [header] kind, index in
+            let area = header.area(kind)
+            return area.clusterOffset(area.cluster(of: index))
+        }
     }
 
     var sectorSize: UInt64 { UInt64(RecordHeader.sectorSize) }
@@ -80,6 +84,7 @@ final class VolumeCore {
         ino.buffer.slice(32..<RecordHeader.sectorSize).initializeMemory(as: UInt8.self, repeating: 0)
         ino.reuseGeneration = reuse
         ino.number = n
+        LockRecord.free.encode(into: ino.buffer, at: InodeRecord.lockOffset)
         store.freeAtCommit(.inode, UInt64(n))
     }
 }

@@ -8,9 +8,11 @@ import LunarIO
 ///   0 32 record header (magic "LHBT")
 ///  32  4 slot index
 ///  36  4 state           0 free, 1 live, 2 being recovered by another host
-///  40  8 claim generation bumped at every claim; lock records name it
-///  48  8 counter         bumped every heartbeat interval
-///  56 16 host UUID       random per running host
+///  40  8 claim generation bumped at every claim (kept when the slot is freed); lock
+///                        records name it
+///  48  8 counter         heartbeat counter: v1 bumps it at each claim; the multi-host
+///                        heartbeat bumps it every interval
+///  56 16 host UUID       random per read-write open of the volume
 ///  72 64 host name       UTF-8, NUL-padded
 /// 136  4 process id      of the holder, informational
 /// 140  4 recovered by    slot recovering this one (state 2), else 0xFFFFFFFF
@@ -30,6 +32,13 @@ struct HeartbeatSlot: Sendable, Equatable {
     static func empty(_ slot: UInt32) -> HeartbeatSlot {
         HeartbeatSlot(slot: slot, state: .free, claimGeneration: 0, counter: 0, host: .zero, hostName: "", pid: 0,
                       recoveredBy: LockRecord.noOwner)
+    }
+
+    /// Back to free, keeping the claim generation moving so that lock records naming an
+    /// earlier claim of this slot stay recognizably stale.
+    mutating func release() {
+        self = HeartbeatSlot(slot: slot, state: .free, claimGeneration: claimGeneration, counter: counter, host: .zero,
+                             hostName: "", pid: 0, recoveredBy: LockRecord.noOwner)
     }
 
     func encode(into b: IOBuffer) {

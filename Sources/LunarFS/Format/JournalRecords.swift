@@ -17,8 +17,10 @@ import LunarIO
 /// `descriptor × D, image × N, commit`. Each image is the full new content of one metadata
 /// sector (itself a checksummed record); the descriptors list where each image belongs.
 /// Replay starts at (start sequence, start position) and applies transaction after transaction
-/// while each is complete — right sequence, sound descriptors, images that verify, a commit
-/// whose checksum covers descriptors and images — and stops at the first that is not.
+/// while each is complete — right sequence and volume tag, sound descriptors, a commit whose
+/// checksum covers descriptors and images — and stops at the first that is not. A complete
+/// transaction whose images do not verify as records at their targets was written wrong, not
+/// torn: replay refuses it with an error rather than guess.
 /// Replaying twice writes the same images again: idempotent.
 ///
 /// Descriptor:
@@ -29,7 +31,8 @@ import LunarIO
 /// 44  4 descriptors in the transaction (D)
 /// 48  4 images in the transaction (N)
 /// 52  4 images listed in this descriptor (at most 504)
-/// 56  8 reserved
+/// 56  8 volume tag       the volume UUID's first 8 bytes, little-endian: a journal left by
+///                        an earlier volume on the same device never replays into this one
 /// 64  8 × n  target byte offsets of the images, in log order
 /// ```
 /// Commit:

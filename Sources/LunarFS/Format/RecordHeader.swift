@@ -7,7 +7,8 @@ import LunarIO
 ///      0    4 magic         record type, four ASCII letters read as a little-endian u32
 ///      4    2 version       format version that wrote it (1)
 ///      6    2 reserved      0
-///      8    8 generation    bumped every time the record is rewritten
+///      8    8 generation    bumped each time a transaction rewrites the record (a record made
+///                           afresh over a sector not in memory starts again from 1)
 ///     16    8 self offset   byte offset of this record on the volume (catches misplaced writes)
 ///     24    4 crc32c        CRC32C (Castagnoli) of the whole record with this field zero
 ///     28    4 reserved      0

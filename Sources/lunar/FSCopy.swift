@@ -1,0 +1,287 @@
+import Foundation
+import LunarFS
+import LunarIO
+
+// `lunar fs cp`: the data paths between host files and volume files. Both directions keep
+// holes: VM disks are mostly empty, and copying their zeros would fill a thin volume.
+
+/// What a copy moved, for the closing line.
+struct CopyResult {
+    var source: String
+    var destination: String
+    /// Logical size of the file.
+    var size: UInt64
+    /// Bytes actually read and written (the rest were holes or zeros).
+    var dataBytes: UInt64
+    var seconds: Double
+
+    var summary: String {
+        let rate = seconds > 0 && size > 0 ? ByteSize.format(UInt64(Double(size) / seconds)) + "/s" : "-"
+        let skipped = size > dataBytes ? ", \(ByteSize.format(size - dataBytes)) of holes skipped" : ""
+        return "copied \(source) to \(destination): \(ByteSize.format(size)) (\(size) bytes\(skipped)) in "
+            + String(format: "%.2f s", seconds) + ", \(rate)"
+    }
+}
+
+/// Files from this size on show a progress bar (when standard error is a terminal).
+let progressThreshold: UInt64 = 64 << 20
+
+/// Linux values, spelled out because Glibc's module map only exposes them under _GNU_SOURCE.
+private let seekData: Int32 = 3
+private let seekHole: Int32 = 4
+
+/// Whether every byte is zero. Comparing the region with itself shifted by one byte lets
+/// memcmp's vectorized loop do the work.
+func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    guard let base = bytes.baseAddress, !bytes.isEmpty else { return true }
+    return base.load(as: UInt8.self) == 0 && memcmp(base, base + 1, bytes.count - 1) == 0
+}
+
+/// An open host file descriptor that closes itself.
+final class HostFile {
+    let fd: Int32
+    let path: String
+
+    init(path: String, flags: Int32, mode: mode_t = 0) throws(CLIError) {
+        let fd = open(path, flags | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw CLIError.system(path) }
+        self.fd = fd
+        self.path = path
+    }
+
+    deinit { close(fd) }
+
+    func status() throws(CLIError) -> stat {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw CLIError.system(path) }
+        return st
+    }
+
+    /// Reads until `buffer` is full or the file ends; returns the count.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CLIError) -> Int {
+        var done = 0
+        while done < buffer.count, let base = buffer.baseAddress {
+            let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CLIError.system(path)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Writes all of `bytes` at `offset`, or sequentially when `offset` is nil (pipes,
+    /// character devices).
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64?) throws(CLIError) {
+        var done = 0
+        while done < bytes.count, let base = bytes.baseAddress {
+            let n = offset.map { pwrite(fd, base + done, bytes.count - done, off_t($0) + off_t(done)) }
+                ?? Glibc.write(fd, base + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CLIError.system(path)
+            }
+            done += n
+        }
+    }
+}
+
+/// Writes everything to standard output.
+func writeStandardOutput(_ bytes: UnsafeRawBufferPointer) throws(CLIError) {
+    var done = 0
+    while done < bytes.count, let base = bytes.baseAddress {
+        let n = Glibc.write(STDOUT_FILENO, base + done, bytes.count - done)
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw CLIError.system("standard output")
+        }
+        done += n
+    }
+}
+
+// MARK: host to volume
+
+/// Copies host file `hostPath` to `ref` (into it, under the host file's name, when `ref` is a
+/// directory). An existing volume file is replaced; a file this copy created is removed again
+/// if the copy fails, so a failed copy never leaves a truncated file under a new name.
+func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool) throws -> CopyResult {
+    let source = try HostFile(path: hostPath, flags: O_RDONLY)
+    let st = try source.status()
+    switch st.st_mode & S_IFMT {
+    case S_IFREG: break
+    case S_IFDIR: throw CLIError("\(hostPath): is a directory (cp copies one file at a time)")
+    default: throw CLIError("\(hostPath): not a regular file")
+    }
+    // Its own image as the source would be read while being written: nothing good comes of it.
+    if sameHostFile(hostPath, ref.lun) {
+        throw CLIError("\(hostPath) is the LUN \(ref.lun) itself; a volume cannot be copied into itself")
+    }
+    let size = UInt64(st.st_size)
+    let started = monotonicNow()
+    var data: UInt64 = 0
+    var destination = ref
+    try withVolume(ref.lun, readOnly: false) { volume in
+        destination.path = try copyTarget(volume, ref, name: baseName(hostPath))
+        let existed = try volume.exists(destination.path)
+        let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777)
+        do {
+            if existed, try file.size > 0 { try file.truncate(to: 0) }
+            data = try copyData(from: source, size: size, to: file, blockSize: UInt64(volume.header.blockSize),
+                                progress: Progress(label: "copying \(baseName(hostPath))", total: size,
+                                                   enabled: !quiet && size >= progressThreshold))
+            // Trailing holes were never written: the size says where the file ends.
+            if try file.size != size { try file.truncate(to: size) }
+        } catch {
+            if !existed { try? volume.remove(destination.path) }
+            throw error
+        }
+    }
+    return CopyResult(source: hostPath, destination: destination.display, size: size, dataBytes: data,
+                      seconds: monotonicNow() - started)
+}
+
+/// Where a copy into the volume lands: `ref` itself, or `ref/name` when `ref` is a directory.
+private func copyTarget(_ volume: Volume, _ ref: VolumeRef, name: String) throws(FSError) -> String {
+    guard try volume.exists(ref.path) else {
+        if ref.namesDirectory { throw FSError(.notFound, path: ref.path) }
+        return ref.path
+    }
+    if try volume.stat(ref.path).type == .directory { return joinPath(ref.path, name) }
+    if ref.namesDirectory { throw FSError(.notDirectory, path: ref.path) }
+    return ref.path
+}
+
+/// Moves the data extents of `source` into `file` in aligned chunks of at least 1 MiB, skipping
+/// host holes (SEEK_DATA/SEEK_HOLE) and whole volume blocks of zeros; returns the bytes
+/// written.
+///
+/// Chunks start at multiples of the chunk size and pieces at multiples of the volume's block
+/// size, in page-aligned memory: LunarFS then writes each piece straight to the device, whole
+/// blocks at a time, with no read-modify-write and no zeroing of freshly mapped blocks.
+private func copyData(from source: HostFile, size: UInt64, to file: File, blockSize: UInt64, progress: Progress) throws -> UInt64 {
+    let chunk = max(UInt64(1 << 20), blockSize)
+    let buffer = IOBuffer(count: Int(chunk))
+    var written: UInt64 = 0
+    var canSeekData = true
+    var position: UInt64 = 0
+    defer { progress.finish() }
+    while position < size {
+        var dataStart = position
+        var dataEnd = size
+        if canSeekData {
+            let start = lseek(source.fd, off_t(position), seekData)
+            if start < 0 {
+                if errno == ENXIO { break } // only a hole from here on
+                canSeekData = false // the file system cannot tell: read it all
+            } else {
+                dataStart = UInt64(start)
+                let end = lseek(source.fd, start, seekHole)
+                dataEnd = end < 0 ? size : min(UInt64(end), size)
+            }
+        }
+        var at = max(position, dataStart / chunk * chunk)
+        while at < dataEnd && at < size {
+            let count = Int(min(chunk, size - at))
+            let region = buffer.slice(0..<count)
+            let got = try source.read(into: region, at: at)
+            // A file that shrank under us reads as zeros past its new end.
+            if got < count { buffer.slice(got..<count).initializeMemory(as: UInt8.self, repeating: 0) }
+            written += try writeNonZeroRuns(UnsafeRawBufferPointer(region), granule: Int(blockSize), at: at) { (piece, offset) throws(FSError) in
+                try file.write(piece, at: offset)
+            }
+            at += UInt64(count)
+            progress.update(at)
+        }
+        position = max(at, position)
+    }
+    progress.update(size)
+    return written
+}
+
+/// Splits `region` (file bytes from `offset`) into `granule`-sized pieces, skips the all-zero
+/// ones, and hands each run of the others to `write` as one request; returns the bytes handed.
+func writeNonZeroRuns<E: Error>(_ region: UnsafeRawBufferPointer, granule: Int, at offset: UInt64,
+                                _ write: (UnsafeRawBufferPointer, UInt64) throws(E) -> Void) throws(E) -> UInt64 {
+    var written: UInt64 = 0
+    var runStart: Int?
+    var piece = 0
+    while piece <= region.count {
+        let end = min(piece + granule, region.count)
+        let zero = piece == region.count || isAllZero(UnsafeRawBufferPointer(rebasing: region[piece..<end]))
+        if zero, let start = runStart {
+            try write(UnsafeRawBufferPointer(rebasing: region[start..<piece]), offset + UInt64(start))
+            written += UInt64(piece - start)
+            runStart = nil
+        } else if !zero && runStart == nil {
+            runStart = piece
+        }
+        if piece == region.count { break }
+        piece = end
+    }
+    return written
+}
+
+// MARK: volume to host
+
+/// Copies volume file `ref` to `hostPath` (into it, under the file's name, when `hostPath` is
+/// a directory). A regular host file gets only the volume file's allocated ranges, less any
+/// zero pages, and its size from ftruncate: holes stay holes. Devices and pipes get every byte.
+func copyOut(from ref: VolumeRef, to hostPath: String, quiet: Bool) throws -> CopyResult {
+    if ref.isRoot { throw CLIError("\(ref.display): is a directory (cp copies one file at a time)") }
+    let started = monotonicNow()
+    var target = hostPath
+    if hostIsDirectory(hostPath) {
+        target = (hostPath as NSString).appendingPathComponent(baseName(ref.path))
+    } else if hostPath.hasSuffix("/") {
+        throw CLIError("\(hostPath): not a directory")
+    }
+    // Truncating the LUN itself would destroy the volume being read.
+    if sameHostFile(target, ref.lun) {
+        throw CLIError("\(target) is the LUN \(ref.lun) itself; refusing to overwrite the volume")
+    }
+    var size: UInt64 = 0
+    var data: UInt64 = 0
+    try withVolume(ref.lun, readOnly: true) { volume in
+        let file = try volume.openFile(ref.path)
+        let info = try file.stat()
+        size = info.size
+        let output = try HostFile(path: target, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: mode_t(info.mode & 0o777))
+        let isRegular = try output.status().st_mode & S_IFMT == S_IFREG
+        let progress = Progress(label: "copying \(baseName(ref.path))", total: size,
+                                enabled: !quiet && size >= progressThreshold)
+        defer { progress.finish() }
+        let chunk = UInt64(1 << 20)
+        let buffer = IOBuffer(count: Int(chunk))
+        if isRegular {
+            for range in try file.allocatedRanges() {
+                var at = range.lowerBound
+                while at < range.upperBound {
+                    let count = Int(min(chunk, range.upperBound - at))
+                    let got = try file.read(into: buffer.slice(0..<count), at: at)
+                    // 4 KiB: the block size of the host file systems holes are made of.
+                    data += try writeNonZeroRuns(UnsafeRawBufferPointer(buffer.slice(0..<got)), granule: 4096, at: at) {
+                        (piece, offset) throws(CLIError) in try output.write(piece, at: offset)
+                    }
+                    at += UInt64(count)
+                    progress.update(at)
+                }
+            }
+            guard ftruncate(output.fd, off_t(size)) == 0 else { throw CLIError.system(target) }
+        } else {
+            var at: UInt64 = 0
+            while at < size {
+                let got = try file.read(into: buffer.slice(0..<Int(min(chunk, size - at))), at: at)
+                guard got > 0 else { break }
+                try output.write(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: nil)
+                at += UInt64(got)
+                data += UInt64(got)
+                progress.update(at)
+            }
+        }
+        progress.update(size)
+    }
+    return CopyResult(source: ref.display, destination: target, size: size, dataBytes: data,
+                      seconds: monotonicNow() - started)
+}

@@ -1,0 +1,281 @@
+import Foundation
+import LunarTesting
+import Testing
+
+/// `lunar fs`, through the real binary: each test makes its own sparse 2 GiB volume.
+@Suite("lunar fs command line")
+struct FSCommandTests {
+    /// A scratch directory with a freshly made volume in it.
+    final class Fixture {
+        let scratch = Scratch()
+        let lun: String
+        let mkfs: LunarProcess.Output
+
+        init() throws {
+            lun = scratch.path("vol.img")
+            mkfs = try LunarProcess.run(["fs", "mkfs", lun, "--size", "2G", "--label", "test", "--json"])
+            try #require(mkfs.status == 0, "mkfs: \(mkfs.stderr)")
+        }
+
+        func path(_ inside: String) -> String { "\(lun):\(inside)" }
+
+        /// Runs `lunar fs ARGS` and requires it to succeed.
+        @discardableResult
+        func fs(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> LunarProcess.Output {
+            let output = try LunarProcess.run(["fs"] + arguments)
+            #expect(output.status == 0, "lunar fs \(arguments.joined(separator: " ")): \(output.stderr)", sourceLocation: sourceLocation)
+            return output
+        }
+
+        func json(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> Any {
+            let output = try fs(arguments, sourceLocation: sourceLocation)
+            return try JSONSerialization.jsonObject(with: Data(output.stdout.utf8))
+        }
+    }
+
+    /// 5 MiB: 2 MiB of data, a 1 MiB hole, 2 MiB of data.
+    static func holeyFile(at path: String) throws -> Data {
+        let size = 5 << 20
+        #expect(FileManager.default.createFile(atPath: path, contents: nil))
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        let head = Data(pattern(2 << 20, seed: 1).array)
+        let tail = Data(pattern(2 << 20, seed: 2).array)
+        try handle.write(contentsOf: head)
+        try handle.seek(toOffset: 3 << 20)
+        try handle.write(contentsOf: tail)
+        try handle.truncate(atOffset: UInt64(size))
+        try handle.close()
+        // Whatever the umask: the listings below show the mode.
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path)
+        return head + Data(count: 1 << 20) + tail
+    }
+
+    static func blocks(_ path: String) -> (size: Int, allocated: Int) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return (-1, -1) }
+        return (Int(st.st_size), Int(st.st_blocks) * 512)
+    }
+
+    @Test("mkfs makes a sparse image; info and df describe it")
+    func mkfsInfoDf() throws {
+        let f = try Fixture()
+        #expect(f.mkfs.status == 0, "\(f.mkfs.stderr)")
+        let made = try #require(f.mkfs.json)
+        let (size, allocated) = Self.blocks(f.lun)
+        #expect(size == 2 << 30)
+        #expect(allocated < 64 << 20, "mkfs should leave the image sparse")
+        #expect((made["block_size"] as? NSNumber)?.intValue == 1 << 20)
+
+        let info = try #require(try f.json(["info", "--json", f.lun]) as? [String: Any])
+        #expect(info["uuid"] as? String == made["uuid"] as? String)
+        #expect(info["label"] as? String == "test")
+        #expect((info["size_bytes"] as? NSNumber)?.intValue == 2 << 30)
+        #expect((info["host_slots"] as? NSNumber)?.intValue == 256)
+        let human = try f.fs(["info", f.lun])
+        #expect(human.stdout.contains(made["uuid"] as? String ?? "?"))
+
+        let df = try #require(try f.json(["df", "--json", f.lun]) as? [String: Any])
+        #expect((df["allocated_bytes"] as? NSNumber)?.intValue == 0)
+        #expect((df["directories"] as? NSNumber)?.intValue == 1)
+        #expect((df["capacity_bytes"] as? NSNumber)?.intValue == (made["data_capacity_bytes"] as? NSNumber)?.intValue)
+
+        // A second mkfs would destroy the volume: it needs --force.
+        let again = try LunarProcess.run(["fs", "mkfs", f.lun])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("already holds a LunarFS volume"))
+        #expect(try LunarProcess.run(["fs", "mkfs", f.lun, "--force"]).status == 0)
+    }
+
+    @Test("cp in and out keeps the bytes and the holes; ls, stat, cat and df agree")
+    func copyRoundTrip() throws {
+        let f = try Fixture()
+        let source = f.scratch.path("disk.raw")
+        let content = try Self.holeyFile(at: source)
+
+        try f.fs(["mkdir", "-p", f.path("/vms/web01")])
+        let copied = try f.fs(["cp", source, f.path("/vms/web01/")])
+        #expect(copied.stdout.contains("5 MiB"))
+
+        let listing = try f.fs(["ls", "-l", f.path("/vms/web01")])
+        #expect(listing.stdout.contains("-rw-r--r--"))
+        #expect(listing.stdout.contains("5242880"))
+        #expect(listing.stdout.hasSuffix("disk.raw\n"))
+
+        let entries = try #require(try f.json(["ls", "--json", "-R", f.path("/vms")]) as? [[String: Any]])
+        #expect(entries.map { $0["path"] as? String } == ["/vms/web01", "/vms/web01/disk.raw"])
+        let file = try #require(entries.last)
+        #expect(file["name"] as? String == "disk.raw")
+        #expect(file["type"] as? String == "file")
+        #expect((file["size"] as? NSNumber)?.intValue == 5 << 20)
+        // The hole was not copied: four 1 MiB blocks hold the data.
+        #expect((file["allocated"] as? NSNumber)?.intValue == 4 << 20)
+        #expect(file["mode"] as? String == "-rw-r--r--")
+        #expect((file["modified"] as? String).flatMap(parseISO8601) != nil)
+
+        let stat = try #require(try f.json(["stat", "--json", f.path("/vms/web01/disk.raw")]) as? [String: Any])
+        #expect(stat["inode"] as? Int == file["inode"] as? Int)
+        #expect(stat["storage"] as? String == "file blocks")
+        #expect((stat["unit_size"] as? NSNumber)?.intValue == 1 << 20)
+        #expect((stat["links"] as? NSNumber)?.intValue == 1)
+        #expect((stat["allocated"] as? NSNumber)?.intValue == 4 << 20)
+
+        let back = f.scratch.path("back.raw")
+        try f.fs(["cp", "--quiet", f.path("/vms/web01/disk.raw"), back])
+        #expect(FileManager.default.contents(atPath: back) == content)
+        let (size, allocated) = Self.blocks(back)
+        #expect(size == 5 << 20)
+        #expect(allocated < size, "the copy out should keep the hole")
+
+        // Into a host directory: under the file's own name.
+        let directory = f.scratch.path("out")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        try f.fs(["cp", "-q", f.path("/vms/web01/disk.raw"), directory])
+        #expect(FileManager.default.contents(atPath: directory + "/disk.raw") == content)
+
+        let text = f.scratch.path("notes.txt")
+        try "hello, lunar\n".write(toFile: text, atomically: false, encoding: .utf8)
+        try f.fs(["cp", "-q", text, f.path("/notes.txt")])
+        #expect(try f.fs(["cat", f.path("/notes.txt")]).stdout == "hello, lunar\n")
+
+        let df = try #require(try f.json(["df", "--json", f.lun]) as? [String: Any])
+        let number = { (key: String) in (df[key] as? NSNumber)?.uint64Value ?? 0 }
+        #expect(number("capacity_bytes") == number("allocated_bytes") + number("free_bytes"))
+        #expect(number("provisioned_bytes") == 5 << 20 + 13)
+        #expect(number("allocated_bytes") >= 4 << 20)
+        #expect(number("files") == 2)
+        #expect(number("directories") == 3)
+        let resources = try #require(df["resources"] as? [[String: Any]])
+        #expect(Set(resources.compactMap { $0["kind"] as? String }) == ["inode", "pointer_block", "small_block", "file_block"])
+        for r in resources {
+            let total = (r["total"] as? NSNumber)?.uint64Value ?? 0
+            #expect(total == ((r["used"] as? NSNumber)?.uint64Value ?? 0) + ((r["free"] as? NSNumber)?.uint64Value ?? 0))
+        }
+        let inodes = try #require(resources.first { $0["kind"] as? String == "inode" })
+        #expect((inodes["used"] as? NSNumber)?.intValue == 5) // root, vms, web01, disk.raw, notes.txt
+    }
+
+    @Test("mv renames and moves into directories; rm -r removes a tree")
+    func moveAndRemove() throws {
+        let f = try Fixture()
+        let text = f.scratch.path("a.txt")
+        try "a\n".write(toFile: text, atomically: false, encoding: .utf8)
+        try f.fs(["mkdir", "-p", f.path("/one/two"), f.path("/archive")])
+        try f.fs(["cp", "-q", text, f.path("/one/two/a.txt")])
+
+        try f.fs(["mv", f.path("/one/two/a.txt"), f.path("/one/b.txt")])
+        #expect(try f.fs(["ls", f.path("/one")]).stdout == "b.txt\ntwo\n")
+        // A bare /path is in the same volume; an existing directory takes the entry under its name.
+        try f.fs(["mv", f.path("/one"), "/archive"])
+        #expect(try f.fs(["ls", "-R", f.lun]).stdout == "/:\narchive\n\n/archive:\none\n\n/archive/one:\nb.txt\ntwo\n\n/archive/one/two:\n")
+        #expect(try f.fs(["cat", f.path("/archive/one/b.txt")]).stdout == "a\n")
+
+        let notEmpty = try LunarProcess.run(["fs", "rm", f.path("/archive")])
+        #expect(notEmpty.status == 1)
+        #expect(notEmpty.stderr.contains("directory not empty"))
+        try f.fs(["rm", "-r", f.path("/archive")])
+        #expect(try f.fs(["ls", f.lun]).stdout == "")
+        let df = try #require(try f.json(["df", "--json", f.lun]) as? [String: Any])
+        #expect((df["files"] as? NSNumber)?.intValue == 0)
+        #expect((df["directories"] as? NSNumber)?.intValue == 1)
+        #expect(try f.fs(["fsck", f.lun]).stdout.contains("clean"))
+    }
+
+    @Test("fsck: 0 when clean, 4 with a corrupt inode, 1 after repairing it")
+    func fsckFindsCorruption() throws {
+        let f = try Fixture()
+        let clean = try f.fs(["fsck", f.lun])
+        #expect(clean.stdout.contains("clean"))
+
+        let source = f.scratch.path("disk.raw")
+        _ = try Self.holeyFile(at: source)
+        try f.fs(["mkdir", f.path("/vms")])
+        try f.fs(["cp", "-q", source, f.path("/vms/disk.raw")])
+        #expect(try LunarProcess.run(["fs", "fsck", f.lun]).status == 0)
+
+        let stat = try #require(try f.json(["stat", "--json", f.path("/vms/disk.raw")]) as? [String: Any])
+        let inode = try #require((stat["inode"] as? NSNumber)?.uint64Value)
+        let info = try #require(try f.json(["info", "--json", f.lun]) as? [String: Any])
+        let areas = try #require(info["areas"] as? [String: Any])
+        let inodeArea = try #require(areas["inode"] as? [String: Any])
+        let area = try #require((inodeArea["data_offset"] as? NSNumber)?.uint64Value)
+        let record = area + inode * 4096
+        // A byte of the reserved span: only the checksum can notice.
+        let handle = try #require(FileHandle(forUpdatingAtPath: f.lun))
+        try handle.seek(toOffset: record + 200)
+        let byte = try #require(try handle.read(upToCount: 1)?.first)
+        try handle.seek(toOffset: record + 200)
+        try handle.write(contentsOf: Data([byte ^ 0xFF]))
+        try handle.close()
+
+        let found = try LunarProcess.run(["fs", "fsck", f.lun])
+        #expect(found.status == 4, "\(found.stdout)\(found.stderr)")
+        #expect(found.stdout.contains("points at inode \(inode), which is damaged"), "\(found.stdout)")
+        #expect(found.stdout.contains("--repair"))
+        let report = try #require(try LunarProcess.run(["fs", "fsck", "--json", f.lun]).json)
+        #expect(report["exit_code"] as? Int == 4)
+        #expect(!((report["problems"] as? [Any])?.isEmpty ?? true))
+
+        // Reaching the file names the record and where it is.
+        let broken = try LunarProcess.run(["fs", "stat", f.path("/vms/disk.raw")])
+        #expect(broken.status == 1)
+        #expect(broken.stderr.contains("lunar: \(f.lun):/vms/disk.raw: corrupt file descriptor (inode) at byte offset \(record)"))
+
+        let repaired = try LunarProcess.run(["fs", "fsck", "--repair", f.lun])
+        #expect(repaired.status == 1, "\(repaired.stdout)\(repaired.stderr)")
+        #expect(repaired.stdout.contains("all repaired"))
+        #expect(try LunarProcess.run(["fs", "fsck", f.lun]).status == 0)
+    }
+
+    @Test("bad arguments and missing paths give clear errors")
+    func errors() throws {
+        let f = try Fixture()
+        let junk = f.scratch.path("junk.img")
+        #expect(FileManager.default.createFile(atPath: junk, contents: Data(count: 1 << 20)))
+        let notVolume = try LunarProcess.run(["fs", "ls", junk])
+        #expect(notVolume.status == 1)
+        #expect(notVolume.stderr.contains("not a LunarFS volume"))
+        #expect(try LunarProcess.run(["fs", "fsck", junk]).status == 8)
+
+        let local = f.scratch.path("a.txt")
+        try "a".write(toFile: local, atomically: false, encoding: .utf8)
+        let twoLocal = try LunarProcess.run(["fs", "cp", local, f.scratch.path("b.txt")])
+        #expect(twoLocal.status == 1)
+        #expect(twoLocal.stderr.contains("one side must be LUN:/path"))
+
+        let missing = try LunarProcess.run(["fs", "stat", f.path("/nope")])
+        #expect(missing.status == 1)
+        #expect(missing.stderr == "lunar: \(f.lun):/nope: no such file or directory\n")
+        let missingOut = try LunarProcess.run(["fs", "cp", f.path("/nope"), f.scratch.path("out")])
+        #expect(missingOut.stderr.contains("no such file or directory"))
+        #expect(!FileManager.default.fileExists(atPath: f.scratch.path("out")))
+        let missingLUN = try LunarProcess.run(["fs", "ls", f.scratch.path("none.img")])
+        #expect(missingLUN.status == 1)
+        #expect(missingLUN.stderr.contains("no such file or directory"))
+
+        let noColon = try LunarProcess.run(["fs", "mkdir", f.lun])
+        #expect(noColon.status == 1)
+        #expect(noColon.stderr.contains("is not a path inside a volume"))
+
+        let root = try LunarProcess.run(["fs", "rm", "-r", f.path("/")])
+        #expect(root.status == 1)
+        #expect(root.stderr.contains("refusing to remove the root"))
+
+        let otherVolume = try LunarProcess.run(["fs", "mv", f.path("/x"), "other.img:/x"])
+        #expect(otherVolume.status == 1)
+        #expect(otherVolume.stderr.contains("mv moves inside one volume"))
+
+        let size = try LunarProcess.run(["fs", "mkfs", f.scratch.path("new.img"), "--size", "12Q"])
+        #expect(size.status == 64)
+        #expect(size.stderr.contains("'12Q' is not a size"))
+        let tooSmall = try LunarProcess.run(["fs", "mkfs", f.scratch.path("new.img"), "--size", "16M"])
+        #expect(tooSmall.status == 1)
+        #expect(tooSmall.stderr.contains("needs at least"))
+        #expect(!FileManager.default.fileExists(atPath: f.scratch.path("new.img")), "a failed mkfs leaves no image behind")
+    }
+}
+
+private func parseISO8601(_ text: String) -> Date? {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return formatter.date(from: text)
+}
