@@ -7,6 +7,9 @@ public enum FSBenchmark {
     /// Returns MB/s of that first write: allocation, zeroing and journal commits included.
     public static func layOut(_ volume: Volume, path: String, size: UInt64,
                               progress: (UInt64) -> Void = { _ in }) throws(FSError) -> Double {
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            try volume.mkdir(String(path[..<slash]), parents: true)
+        }
         let file = try volume.create(path, exclusive: true)
         let chunk = IOBuffer(count: 1 << 20)
         var g = SystemRandomNumberGenerator()
@@ -57,7 +60,7 @@ public enum FSBenchmark {
     /// Creates `count` empty files in a new directory and syncs; returns files per second.
     public static func createFiles(_ volume: Volume, directory: String, count: Int,
                                    progress: (Int) -> Void = { _ in }) throws(FSError) -> Double {
-        try volume.mkdir(directory)
+        try volume.mkdir(directory, parents: true)
         let start = monotonicSeconds()
         for i in 0..<count {
             _ = try volume.create("\(directory)/file-\(i)", exclusive: true)

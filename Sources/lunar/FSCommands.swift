@@ -26,7 +26,7 @@ struct FSCommand: AsyncParsableCommand {
         subcommands: [
             FSMkfsCommand.self, FSLsCommand.self, FSMkdirCommand.self, FSCpCommand.self, FSCatCommand.self,
             FSRmCommand.self, FSMvCommand.self, FSStatCommand.self, FSDfCommand.self, FSFsckCommand.self,
-            FSInfoCommand.self,
+            FSInfoCommand.self, FSBenchCommand.self,
         ]
     )
 }

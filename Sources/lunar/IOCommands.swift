@@ -93,13 +93,7 @@ struct IOBenchCommand: AsyncParsableCommand {
             let object: [String: Any] = [
                 "path": device.path, "engine": device.engine.rawValue, "direct": device.isDirect,
                 "span_bytes": size.bytes,
-                "results": results.map { r in
-                    [
-                        "workload": r.workload.name, "block_size": r.workload.blockSize, "depth": r.workload.depth,
-                        "operations": r.operations, "bytes": r.bytes, "seconds": r.seconds,
-                        "iops": r.iops, "mb_per_s": r.megabytesPerSecond,
-                    ] as [String: Any]
-                },
+                "results": results.map(benchmarkJSON),
             ]
             printJSON(object)
         } else {
@@ -117,6 +111,15 @@ struct IOBenchCommand: AsyncParsableCommand {
         let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/var/tmp"
         return "\(base)/lunar-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).img"
     }
+}
+
+/// One benchmark result as `--json` prints it (`lunar io bench`, `lunar fs bench`).
+func benchmarkJSON(_ r: IOBenchmarkResult) -> [String: Any] {
+    [
+        "workload": r.workload.name, "block_size": r.workload.blockSize, "depth": r.workload.depth,
+        "operations": r.operations, "bytes": r.bytes, "seconds": r.seconds,
+        "iops": r.iops, "mb_per_s": r.megabytesPerSecond,
+    ]
 }
 
 struct IOInfoCommand: AsyncParsableCommand {

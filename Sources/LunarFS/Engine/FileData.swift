@@ -2,7 +2,7 @@ import Glibc
 import LunarIO
 
 /// Regular-file content. Small files live in the inode (up to 3 840 bytes), then in one 64 KiB
-/// small block, then in file blocks. Data never goes through the journal: a new unit is zeroed
+/// small block (unless file blocks are 64 KiB themselves), then in file blocks. Data never goes through the journal: a new unit is zeroed
 /// (or fully written) before the transaction that maps it commits, and commit flushes data
 /// first, so a crash never exposes stale bytes.
 extension VolumeCore {

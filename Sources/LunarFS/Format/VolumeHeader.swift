@@ -83,9 +83,9 @@ public struct ResourceArea: Sendable, Equatable {
 ///    124    4 small block size (64 KiB)
 ///    128    4 host slots (256)
 ///    132    4 root directory inode number (1)
-///    136    8 heartbeat region offset (host slots × 4 KiB)
+///    136    8 heartbeat region offset (the region holds host slots × 4 KiB)
 ///    144    8 volume lock record offset
-///    152    8 journal region offset (host slots × journal size)
+///    152    8 journal region offset (the region holds host slots × journal size)
 ///    160    8 journal size per host slot
 ///    168    8 created, nanoseconds since the Unix epoch
 ///    176   16 directory hash key (SipHash-2-4), random per volume
