@@ -106,7 +106,7 @@ struct CorruptionTests {
         #expect(Self.failure { _ = try t.open() }?.contains("corrupt volume header") == true)
 
         let foreign = t.scratch.path("foreign.img")
-        FileManager.default.createFile(atPath: foreign, contents: Data(repeating: 0x41, count: 1 << 20))
+        #expect(FileManager.default.createFile(atPath: foreign, contents: Data(repeating: 0x41, count: 1 << 20)))
         #expect(Self.failure { _ = try Volume.open(path: foreign) }?.contains("not a LunarFS volume") == true)
 
         let newer = try TestVolume(size: 1 << 30)
