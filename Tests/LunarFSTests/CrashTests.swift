@@ -23,14 +23,14 @@ struct CrashTests {
     }
 
     final class Workload {
-        var rng: SplitMix
+        var rng: SplitMix64
         var files: [String: [UInt8]] = [:]
         var directories: Set<String> = ["/"]
         var checkpoints: [Checkpoint] = []
         var steps: [Step] = []
         var serial = 0
 
-        init(seed: UInt64) { rng = SplitMix(seed: seed) }
+        init(seed: UInt64) { rng = SplitMix64(seed: seed) }
 
         func content(_ size: Int) -> [UInt8] {
             serial += 1
@@ -122,7 +122,7 @@ struct CrashTests {
 
         let events = recorder.events
         let image = CrashImage(events: events, size: size)
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         let count = Self.crashPoints
         var opened = 0
         for point in 0..<count {
@@ -154,18 +154,5 @@ struct CrashTests {
             if !report.isClean { break }
         }
         #expect(opened == count)
-    }
-}
-
-/// A small deterministic generator (SplitMix64).
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

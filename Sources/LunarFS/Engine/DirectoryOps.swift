@@ -161,11 +161,17 @@ extension VolumeCore {
         return try directoryHeader(dir).entryCount == 0
     }
 
-    func insert(_ dir: UInt32, _ entry: DirectoryEntry) throws(FSError) {
+    /// The directory's inode in the running transaction, its times set to now.
+    private func changingDirectory(_ dir: UInt32) throws(FSError) -> InodeRecord {
         let ino = try modifyInode(dir)
         guard ino.type == .directory else { throw FSError(.notDirectory) }
         ino.mtime = wallClockNanoseconds()
         ino.ctime = ino.mtime
+        return ino
+    }
+
+    func insert(_ dir: UInt32, _ entry: DirectoryEntry) throws(FSError) {
+        let ino = try changingDirectory(dir)
         if ino.storage == .inline {
             var list = try inlineEntries(ino)
             if list.contains(where: { $0.name == entry.name }) { throw FSError(.exists) }
@@ -271,10 +277,7 @@ extension VolumeCore {
 
     @discardableResult
     func removeEntry(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry {
-        let ino = try modifyInode(dir)
-        guard ino.type == .directory else { throw FSError(.notDirectory) }
-        ino.mtime = wallClockNanoseconds()
-        ino.ctime = ino.mtime
+        let ino = try changingDirectory(dir)
         if ino.storage == .inline {
             var list = try inlineEntries(ino)
             guard let i = list.firstIndex(where: { $0.name == name }) else { throw FSError(.notFound) }
