@@ -49,6 +49,15 @@ public struct VolumeUsage: Sendable {
     public var directories: UInt64
 }
 
+extension VolumeHeader {
+    /// The largest file the map of a file on this volume can address, in bytes.
+    public var maxFileSize: UInt64 {
+        let units = VolumeCore.capacity(height: InodeRecord.maxHeight)
+        let (bytes, overflow) = units.multipliedReportingOverflow(by: UInt64(blockSize))
+        return overflow ? UInt64.max : bytes
+    }
+}
+
 /// A LunarFS volume opened by this process.
 ///
 /// Calls are serialized by one lock: metadata calls do their own (blocking) I/O through the
@@ -114,6 +123,11 @@ public final class Volume: @unchecked Sendable {
             if creating { unlink(path) }
             throw error.at(path)
         }
+    }
+
+    /// The layout mkfs would give a device of `size` bytes, without touching one.
+    public static func plan(size: UInt64, options: FormatOptions = FormatOptions()) throws(FSError) -> VolumeHeader {
+        try Geometry.layout(volumeSize: size, options: options)
     }
 
     public static func open(_ storage: any BlockStorage, options: OpenOptions = OpenOptions()) throws(FSError) -> Volume {

@@ -105,3 +105,48 @@ struct VolumeTests {
         #expect(report.isClean, "\(report.problems.prefix(5))")
     }
 }
+
+@Suite("Limits")
+struct LimitTests {
+    @Test("a 64 TiB volume lays out with room for 10^6 files and 64 TiB files", arguments: [UInt32(64 << 10), 1 << 20, 8 << 20])
+    func sixtyFourTebibytes(blockSize: UInt32) throws {
+        let h = try Volume.plan(size: 64 << 40, options: FormatOptions(blockSize: blockSize, maxFiles: 1_000_000))
+        #expect(h.volumeSize == 64 << 40)
+        #expect(h.inodes.count - 1 >= 1_000_000)
+        #expect(h.fileBlocks.count * UInt64(blockSize) >= (64 << 40) * 9 / 10)
+        #expect(h.maxFileSize >= 64 << 40)
+        let defaults = try Volume.plan(size: 64 << 40)
+        #expect(defaults.inodes.count - 1 >= 1_000_000)
+    }
+
+    @Test("a 15 TiB sparse volume formats, opens, and holds a file written past 10 TiB")
+    func largeSparseVolume() throws {
+        let t = try TestVolume(size: 15 << 40)
+        let v = try t.open()
+        let f = try v.create("/far")
+        let data = bytes(1 << 20, seed: 11)
+        try f.write(data, at: 10 << 40)
+        try v.close()
+        let again = try t.open(readOnly: true)
+        #expect(try again.openFile("/far").read(at: 10 << 40, count: 1 << 20) == data)
+        #expect(try again.usage().allocatedBytes == 1 << 20)
+        #expect(try again.check().isClean)
+    }
+
+    @Test("running out of inodes fails the create cleanly; fsck stays clean")
+    func outOfInodes() throws {
+        let t = try TestVolume(size: 1 << 30, options: FormatOptions(maxFiles: 100))
+        let v = try t.open()
+        var failure: FSError?
+        var made = 0
+        while failure == nil && made < 10_000 {
+            failure = fsError { _ = try v.create("/f\(made)") }
+            if failure == nil { made += 1 }
+        }
+        #expect(failure?.kind == .noSpace(resource: "file descriptors (inodes)"))
+        #expect(made >= 100)
+        #expect(try v.list("/").count == made)
+        #expect(try v.check().isClean)
+        try v.close()
+    }
+}
