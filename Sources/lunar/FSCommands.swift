@@ -12,7 +12,7 @@ struct FSCommand: AsyncParsableCommand {
             LUN:/path, e.g. vol.img:/vms/web01/disk.vmdk; where a command takes a LUN alone, \
             that means the root directory.
 
-            LunarFS v1 lets one process at a time change a volume: a command that changes it \
+            Each process that changes a volume holds a host slot and renews its heartbeat every             3 s (LUNAR_HEARTBEAT_INTERVAL sets another interval, in seconds); `lunar fs hosts`             shows them. LunarFS v1 lets one process at a time change a volume: a command that changes it \
             waits up to 30 s for another to finish. ls, cat, stat, df, info, fsck without \
             --repair, and cp out of a volume open it read-only and never wait.
 
@@ -26,7 +26,7 @@ struct FSCommand: AsyncParsableCommand {
         subcommands: [
             FSMkfsCommand.self, FSLsCommand.self, FSMkdirCommand.self, FSCpCommand.self, FSCatCommand.self,
             FSRmCommand.self, FSMvCommand.self, FSStatCommand.self, FSDfCommand.self, FSFsckCommand.self,
-            FSInfoCommand.self, FSBenchCommand.self,
+            FSInfoCommand.self, FSHostsCommand.self, FSBenchCommand.self,
         ]
     )
 }

@@ -7,12 +7,18 @@ public struct OpenOptions: Sendable {
     /// How long to wait for another process working on the volume to finish.
     public var lockTimeout: Double
     public var hostName: String
+    /// Seconds between heartbeat renewals of this host's slot.
+    public var heartbeatInterval: Double
 
-    public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil) {
+    public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil, heartbeatInterval: Double = 3) {
         self.readOnly = readOnly
         self.lockTimeout = lockTimeout
         self.hostName = hostName ?? OpenOptions.localHostName()
+        self.heartbeatInterval = heartbeatInterval
     }
+
+    /// Silence that makes a holder dead, as observers judge it (5 intervals).
+    public static func lockBreakTimeout(interval: Double) -> Double { 5 * interval }
 
     public static func localHostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
@@ -45,8 +51,8 @@ extension VolumeCore {
             throw FSError(.corrupt(record: RecordKind.volumeHeader.name, offset: 0,
                                    reason: "volume of \(header.volumeSize) bytes on a device of \(storage.size)"), path: storage.path)
         }
-        let store = MetadataStore(storage: storage, volumeSize: header.volumeSize)
         if options.readOnly || storage.isReadOnly {
+            let store = MetadataStore(storage: storage, volumeSize: header.volumeSize)
             // Read-only: no slot, no lock. Every slot's journal is replayed into memory only, so
             // what was committed but not yet written in place (by a dead or a live host) is seen.
             for s in 0..<header.hostSlots {
@@ -58,9 +64,30 @@ extension VolumeCore {
             return (VolumeCore(storage: storage, header: header, store: store, slot: LockRecord.noOwner, isReadOnly: true), report)
         }
 
+        guard options.heartbeatInterval >= 0.05, options.heartbeatInterval <= 600 else {
+            throw FSError(.invalidArgument("heartbeat interval must be from 0.05 to 600 s"))
+        }
         let device = storage.underlyingDevice
         let me = VolumeID.random()
-        let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName)
+        let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName,
+                                 interval: options.heartbeatInterval)
+        // Every write of this host goes through the fence from here on.
+        let fenced = FencedStorage(storage)
+        let heartbeat: Heartbeat
+        do throws(FSError) {
+            let offset = header.heartbeatSlotOffset(Int(slot.index))
+            let current = IOBuffer(count: RecordHeader.sectorSize)
+            try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
+            heartbeat = Heartbeat(storage: storage, offset: offset, current: current, interval: options.heartbeatInterval,
+                                  fenceAfter: OpenOptions.lockBreakTimeout(interval: options.heartbeatInterval) - options.heartbeatInterval,
+                                  fence: { [fenced] why in fenced.fence(why) })
+        } catch {
+            try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
+            device.releasePresence(slot.index)
+            throw error
+        }
+        heartbeat.start()
+        let store = MetadataStore(storage: fenced, volumeSize: header.volumeSize)
         do throws(FSError) {
             try takeVolumeLock(storage, header, device: device, slot: slot, host: me, timeout: options.lockTimeout)
             // Recover every dead holder's journal, ours (a dead predecessor's) included.
@@ -87,11 +114,14 @@ extension VolumeCore {
                     ownNext = r.nextSequence
                 }
             }
-            store.attach(Journal(storage: storage, header: header, slot: slot.index, sequence: ownNext))
-            let core = VolumeCore(storage: storage, header: header, store: store, slot: slot.index, isReadOnly: false)
+            store.attach(Journal(storage: fenced, header: header, slot: slot.index, sequence: ownNext))
+            let core = VolumeCore(storage: fenced, header: header, store: store, slot: slot.index, isReadOnly: false)
             core.heldLock = true
+            core.heartbeat = heartbeat
+            core.fence = fenced
             return (core, report)
         } catch {
+            heartbeat.stop()
             try? releaseVolumeLock(storage, header, slot: slot.index)
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.releasePresence(slot.index)
@@ -103,6 +133,11 @@ extension VolumeCore {
     func unmount() throws(FSError) {
         guard !isReadOnly else { return }
         defer { storage.underlyingDevice.releasePresence(slot) }
+        heartbeat?.stop()
+        if let why = fence?.fencedBecause {
+            // The slot and the lock belong to whoever fenced us: touch nothing.
+            throw FSError(.busy("this host was fenced off the volume (\(why)); its last changes may be lost"))
+        }
         try store.commit()
         try store.checkpoint()
         try Self.releaseVolumeLock(storage, header, slot: slot)
@@ -145,7 +180,7 @@ extension VolumeCore {
     struct ClaimedSlot { var index: UInt32; var claim: UInt64 }
 
     private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
-                                  host: VolumeID, name: String) throws(FSError) -> ClaimedSlot {
+                                  host: VolumeID, name: String, interval: Double) throws(FSError) -> ClaimedSlot {
         for s in 0..<header.hostSlots {
             guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { continue }
             do {
@@ -158,6 +193,7 @@ extension VolumeCore {
                     record.hostName = name
                     record.pid = UInt32(truncatingIfNeeded: getpid())
                     record.recoveredBy = LockRecord.noOwner
+                    record.intervalMillis = UInt32(interval * 1000)
                     claim = record.claimGeneration
                 }
                 return ClaimedSlot(index: s, claim: claim)

@@ -11,6 +11,8 @@ final class VolumeCore {
     let isReadOnly: Bool
     var cursors = AllocationCursors()
     var heldLock = false
+    var heartbeat: Heartbeat?
+    var fence: FencedStorage?
 
     init(storage: any BlockStorage, header: VolumeHeader, store: MetadataStore, slot: UInt32, isReadOnly: Bool) {
         self.storage = storage

@@ -16,6 +16,8 @@ import LunarIO
 ///  72 64 host name       UTF-8, NUL-padded
 /// 136  4 process id      of the holder, informational
 /// 140  4 recovered by    slot recovering this one (state 2), else 0xFFFFFFFF
+/// 144  4 interval        the holder's heartbeat interval in milliseconds (0: none running),
+///                        so an observer knows how long silence must last to mean death
 /// ```
 struct HeartbeatSlot: Sendable, Equatable {
     enum State: UInt32, Sendable { case free = 0, live = 1, recovering = 2 }
@@ -28,6 +30,7 @@ struct HeartbeatSlot: Sendable, Equatable {
     var hostName: String
     var pid: UInt32
     var recoveredBy: UInt32
+    var intervalMillis: UInt32 = 0
 
     static func empty(_ slot: UInt32) -> HeartbeatSlot {
         HeartbeatSlot(slot: slot, state: .free, claimGeneration: 0, counter: 0, host: .zero, hostName: "", pid: 0,
@@ -50,6 +53,7 @@ struct HeartbeatSlot: Sendable, Equatable {
         b.storeBytes(Array(hostName.utf8.prefix(64)), at: 72, padTo: 64)
         b.store(pid, at: 136)
         b.store(recoveredBy, at: 140)
+        b.store(intervalMillis, at: 144)
     }
 
     static func decode(_ b: IOBuffer, at offset: UInt64) throws(FSError) -> HeartbeatSlot {
@@ -58,6 +62,6 @@ struct HeartbeatSlot: Sendable, Equatable {
         }
         return HeartbeatSlot(slot: b.load(32), state: state, claimGeneration: b.load(40), counter: b.load(48),
                              host: VolumeID(bytes: b.loadBytes(56, count: 16)), hostName: b.loadString(72, width: 64),
-                             pid: b.load(136), recoveredBy: b.load(140))
+                             pid: b.load(136), recoveredBy: b.load(140), intervalMillis: b.load(144))
     }
 }

@@ -1,0 +1,142 @@
+import Foundation
+import LunarIO
+import Synchronization
+
+/// A host's heartbeat: a thread that bumps the counter of its slot by compare-and-write every
+/// interval. The compare half is the fence: if the slot no longer holds the image this host
+/// last wrote, another host has claimed it (declared us dead) and this host must not write
+/// again. Nor may it when renewals have failed for longer than `fenceAfter`, because by then an
+/// observer may have declared it dead.
+final class Heartbeat: @unchecked Sendable {
+    let storage: any BlockStorage
+    let offset: UInt64
+    let interval: Double
+    let fenceAfter: Double
+    private let fence: @Sendable (String) -> Void
+    private let state = Mutex<(last: IOBuffer, lastRenewal: Double, stopping: Bool)>((IOBuffer(count: 0), 0, false))
+    private let wake = NSCondition()
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(storage: any BlockStorage, offset: UInt64, current: IOBuffer, interval: Double, fenceAfter: Double,
+         fence: @escaping @Sendable (String) -> Void) {
+        self.storage = storage
+        self.offset = offset
+        self.interval = interval
+        self.fenceAfter = fenceAfter
+        self.fence = fence
+        state.withLock { $0 = (current, monotonicSeconds(), false) }
+    }
+
+    func start() {
+        let t = Thread { [self] in
+            run()
+            finished.signal()
+        }
+        t.name = "lunarfs-heartbeat"
+        thread = t
+        t.start()
+    }
+
+    /// Stops renewing; returns once the thread is gone. The slot image it last wrote is
+    /// what the caller's next compare-and-write of the slot must expect.
+    func stop() {
+        guard thread != nil else { return }
+        wake.lock()
+        state.withLock { $0.stopping = true }
+        wake.signal()
+        wake.unlock()
+        finished.wait()
+        thread = nil
+    }
+
+    private func run() {
+        while true {
+            wake.lock()
+            let deadline = Date(timeIntervalSinceNow: interval)
+            while !state.withLock({ $0.stopping }) && Date() < deadline { _ = wake.wait(until: deadline) }
+            wake.unlock()
+            if state.withLock({ $0.stopping }) { return }
+            switch renew() {
+            case .renewed: continue
+            case .fenced(let why):
+                fence(why)
+                return
+            case .failed(let why):
+                let silent = monotonicSeconds() - state.withLock { $0.lastRenewal }
+                if silent >= fenceAfter {
+                    fence("could not renew the heartbeat for \(Int(silent)) s (\(why))")
+                    return
+                }
+            }
+        }
+    }
+
+    private enum Renewal { case renewed, fenced(String), failed(String) }
+
+    private func renew() -> Renewal {
+        let last = state.withLock { $0.last }
+        guard let record = try? HeartbeatSlot.decode(last, at: offset) else { return .fenced("own heartbeat slot unreadable") }
+        var next = record
+        next.counter &+= 1
+        let image = IOBuffer(count: RecordHeader.sectorSize)
+        next.encode(into: image)
+        image.seal(.heartbeat, at: offset, generation: last.recordGeneration &+ 1)
+        do {
+            switch try storage.compareAndWriteBlocking(expected: last, new: image, at: offset) {
+            case .written:
+                state.withLock { $0.last = image; $0.lastRenewal = monotonicSeconds() }
+                return .renewed
+            case .mismatch:
+                return .fenced("host slot \(record.slot) was claimed by another host")
+            }
+        } catch {
+            return .failed("\(error)")
+        }
+    }
+}
+
+/// The volume's device as a fenced host sees it: once `fence` is called, every write, discard
+/// and compare-and-write fails, so a host declared dead cannot touch the volume again.
+final class FencedStorage: BlockStorage, @unchecked Sendable {
+    let base: any BlockStorage
+    private let reason = Mutex<String?>(nil)
+
+    init(_ base: any BlockStorage) { self.base = base }
+
+    func fence(_ why: String) { reason.withLock { if $0 == nil { $0 = why } } }
+    var fencedBecause: String? { reason.withLock { $0 } }
+
+    private func check(_ op: IOOperationKind, _ offset: UInt64?) throws(IOError) {
+        if let why = fencedBecause {
+            throw IOError(.unsupported("this host is fenced off the volume: \(why)"), op, path: base.path, offset: offset)
+        }
+    }
+
+    var path: String { base.path }
+    var size: UInt64 { base.size }
+    var sectorSize: Int { base.sectorSize }
+    var isReadOnly: Bool { base.isReadOnly }
+    var underlyingDevice: BlockDevice { base.underlyingDevice }
+
+    func readBlocking(into region: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(IOError) {
+        try base.readBlocking(into: region, at: offset)
+    }
+
+    func writeBlocking(from region: UnsafeRawBufferPointer, at offset: UInt64) throws(IOError) {
+        try check(.write, offset)
+        try base.writeBlocking(from: region, at: offset)
+    }
+
+    func flushBlocking() throws(IOError) { try base.flushBlocking() }
+
+    func discardBlocking(at offset: UInt64, length: UInt64) throws(IOError) {
+        try check(.discard, offset)
+        try base.discardBlocking(at: offset, length: length)
+    }
+
+    func compareAndWriteBlocking(expected: IOBuffer, new: IOBuffer, at offset: UInt64) throws(IOError) -> CompareAndWriteOutcome {
+        try check(.compareAndWrite, offset)
+        return try base.compareAndWriteBlocking(expected: expected, new: new, at: offset)
+    }
+}

@@ -1,0 +1,67 @@
+import Glibc
+import LunarIO
+
+/// One host slot as an observer sees it.
+public struct HostSlotInfo: Sendable, Equatable {
+    public enum Liveness: String, Sendable {
+        /// Its counter moved while we watched.
+        case alive
+        /// Its counter stood still for the whole lock-break timeout.
+        case dead
+        /// Watched for less than the timeout without seeing a renewal.
+        case unknown
+    }
+
+    public var slot: UInt32
+    public var state: String
+    public var hostName: String
+    public var pid: UInt32
+    public var claimGeneration: UInt64
+    public var counter: UInt64
+    /// The holder's heartbeat interval; nil when it runs none.
+    public var heartbeatInterval: Double?
+    public var liveness: Liveness
+    /// Whether a process on this machine holds the slot's presence token right now.
+    public var runningHere: Bool
+    public var observedSeconds: Double
+}
+
+extension Volume {
+    /// The volume's host slots in use, watched for `observe` seconds (by default long enough to
+    /// see one renewal of the slowest holder, at most 10 s) on this process's monotonic clock.
+    public static func hosts(path: String, observe: Double? = nil) throws(FSError) -> [HostSlotInfo] {
+        let device: BlockDevice
+        do { device = try BlockDevice.open(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.close() }
+        let (header, _, _) = try Formatter.readHeader(device)
+        func snapshot() throws(FSError) -> [HeartbeatSlot] {
+            var slots: [HeartbeatSlot] = []
+            for s in 0..<Int(header.hostSlots) { slots.append(try VolumeCore.readSlot(device, header, s)) }
+            return slots
+        }
+        let before = try snapshot()
+        let busy = before.filter { $0.state != .free }
+        let slowest = busy.map { Double($0.intervalMillis) / 1000 }.max() ?? 0
+        let watch = observe ?? min(10, max(0.2, slowest * 1.5))
+        let start = monotonicSeconds()
+        if !busy.isEmpty && watch > 0 { usleep(UInt32(watch * 1_000_000)) }
+        let after = try snapshot()
+        let watched = monotonicSeconds() - start
+        return busy.map { b in
+            let a = after[Int(b.slot)]
+            let interval = b.intervalMillis > 0 ? Double(b.intervalMillis) / 1000 : nil
+            let liveness: HostSlotInfo.Liveness
+            if a.counter != b.counter || a.claimGeneration != b.claimGeneration {
+                liveness = .alive
+            } else if let interval, watched >= OpenOptions.lockBreakTimeout(interval: interval) {
+                liveness = .dead
+            } else {
+                liveness = .unknown
+            }
+            let here = (try? device.isPresenceHeldElsewhere(b.slot)) ?? false
+            return HostSlotInfo(slot: b.slot, state: "\(a.state)", hostName: a.hostName, pid: a.pid,
+                                claimGeneration: a.claimGeneration, counter: a.counter, heartbeatInterval: interval,
+                                liveness: liveness, runningHere: here, observedSeconds: watched)
+        }
+    }
+}
