@@ -73,3 +73,32 @@ public func pattern(_ count: Int, seed: UInt64) -> IOBuffer {
     return buffer
 }
 
+
+/// Copies a (sparse) image file, keeping its holes: only data extents are read and written.
+public func copySparse(from source: String, to target: String) throws {
+    let input = open(source, O_RDONLY | O_CLOEXEC)
+    guard input >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    defer { close(input) }
+    let output = open(target, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard output >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    defer { close(output) }
+    var st = stat()
+    guard fstat(input, &st) == 0, ftruncate(output, st.st_size) == 0 else { throw POSIXError(.EIO) }
+    // Linux's lseek whence values; Glibc's module does not export them.
+    let seekData: Int32 = 3, seekHole: Int32 = 4
+    let chunk = 1 << 20
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+    defer { buffer.deallocate() }
+    var at = lseek(input, 0, seekData)
+    while at >= 0 && at < st.st_size {
+        let end = lseek(input, at, seekHole)
+        guard end > at else { break }
+        var position = at
+        while position < end {
+            let n = pread(input, buffer, min(chunk, Int(end - position)), position)
+            guard n > 0, pwrite(output, buffer, n, position) == n else { throw POSIXError(.EIO) }
+            position += off_t(n)
+        }
+        at = lseek(input, end, seekData)
+    }
+}

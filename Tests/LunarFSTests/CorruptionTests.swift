@@ -56,7 +56,7 @@ struct CorruptionTests {
             guard let target = records.first(where: { $0.record == kind }) else { continue }
             let copy = t.scratch.path("damaged.img")
             try? FileManager.default.removeItem(atPath: copy)
-            try FileManager.default.copyItem(atPath: t.path, toPath: copy)
+            try copySparse(from: t.path, to: copy)
             try Self.damage(copy, at: target.offset, how)
             let v = try Volume.open(path: copy, options: OpenOptions(readOnly: true))
             let message = Self.failure {
@@ -79,7 +79,7 @@ struct CorruptionTests {
         for target in records {
             let copy = t.scratch.path("damaged.img")
             try? FileManager.default.removeItem(atPath: copy)
-            try FileManager.default.copyItem(atPath: t.path, toPath: copy)
+            try copySparse(from: t.path, to: copy)
             try Self.damage(copy, at: target.offset, how)
             var opened: Volume?
             let message = Self.failure { opened = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 1)) }
@@ -125,7 +125,7 @@ struct CorruptionTests {
         try v.sync()
         // A copy taken now is what a crash would leave: slot 0's journal holds the transaction.
         let copy = t.scratch.path("crashed.img")
-        try FileManager.default.copyItem(atPath: t.path, toPath: copy)
+        try copySparse(from: t.path, to: copy)
         try v.close()
         let journal = try #require(v.fixedRecords().first { $0.record == "journal header" }).offset
         for sector in 30..<40 { try Self.damage(copy, at: journal + 4096 * UInt64(sector), .garbage) }

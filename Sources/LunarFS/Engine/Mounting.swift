@@ -68,7 +68,7 @@ extension VolumeCore {
             throw FSError(.invalidArgument("heartbeat interval must be from 0.05 to 600 s"))
         }
         let device = storage.underlyingDevice
-        let me = VolumeID.random()
+        let me = LivenessJudge.thisMachine()
         let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName,
                                  interval: options.heartbeatInterval)
         // Every write of this host goes through the fence from here on.
@@ -88,32 +88,23 @@ extension VolumeCore {
         }
         heartbeat.start()
         let store = MetadataStore(storage: fenced, volumeSize: header.volumeSize)
+        let recovery = Recovery(storage: fenced, header: header, device: device, store: store, me: slot,
+                                judge: LivenessJudge(storage: storage, header: header, device: device, machine: me,
+                                                     defaultInterval: options.heartbeatInterval))
         do throws(FSError) {
-            try takeVolumeLock(storage, header, device: device, slot: slot, host: me, timeout: options.lockTimeout)
-            // Recover every dead holder's journal, ours (a dead predecessor's) included.
-            var ownNext: UInt64 = 1
-            for s in 0..<header.hostSlots {
+            try takeVolumeLock(recovery, host: me, timeout: options.lockTimeout)
+            // Recover every dead holder, then whatever a dead predecessor left in our own journal.
+            var others: [HeartbeatSlot] = []
+            for s in 0..<header.hostSlots where s != slot.index {
                 let record = try readSlot(storage, header, Int(s))
-                let other = s != slot.index
-                if other {
-                    guard record.state != .free, try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(s) }) else { continue }
-                }
-                let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
-                    try store.applyReplayed(offset, image, inPlace: true)
-                }
-                if r.transactions > 0 {
-                    report.replayedTransactions += r.transactions
-                    report.recoveredSlots.append(s)
-                }
-                try io { () throws(IOError) in try storage.flushBlocking() }
-                let journal = Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence)
-                try journal.markEmpty()
-                if other {
-                    try updateSlot(storage, header, Int(s)) { $0.release() }
-                } else {
-                    ownNext = r.nextSequence
-                }
+                if record.state != .free { others.append(record) }
             }
+            for dead in try recovery.judge.dead(others) { _ = try recovery.recover(dead) }
+            let own = try recovery.replay(slot.index)
+            report.replayedTransactions += recovery.replayedTransactions + own.transactions
+            report.recoveredSlots = recovery.recoveredSlots
+            if own.transactions > 0 { report.recoveredSlots.append(slot.index) }
+            let ownNext = own.nextSequence
             store.attach(Journal(storage: fenced, header: header, slot: slot.index, sequence: ownNext))
             let core = VolumeCore(storage: fenced, header: header, store: store, slot: slot.index, isReadOnly: false)
             core.heldLock = true
@@ -182,6 +173,10 @@ extension VolumeCore {
     private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
                                   host: VolumeID, name: String, interval: Double) throws(FSError) -> ClaimedSlot {
         for s in 0..<header.hostSlots {
+            // A slot in use by another machine may be alive: only recovery, after judging it,
+            // takes that. One of this machine's is free exactly when its presence token is.
+            let record = try readSlot(storage, header, Int(s))
+            if record.state != .free && record.host != host { continue }
             guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { continue }
             do {
                 var claim: UInt64 = 0
@@ -225,14 +220,29 @@ extension VolumeCore {
         return try io { () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: header.volumeLockOffset) }.isWritten
     }
 
-    private static func takeVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
-                                       slot: ClaimedSlot, host: VolumeID, timeout: Double) throws(FSError) {
+    /// Takes the volume lock, breaking it when its holder is dead: the holder's slot is
+    /// recovered (claimed, its journal replayed, freed) before the lock changes hands.
+    private static func takeVolumeLock(_ recovery: Recovery, host: VolumeID, timeout: Double) throws(FSError) {
+        let storage = recovery.storage, header = recovery.header, slot = recovery.me
         let deadline = monotonicSeconds() + timeout
         while true {
             let (sector, lock) = try readLock(storage, header)
             var holderGone = lock.mode == .free || lock.ownerSlot == slot.index || lock.ownerSlot >= header.hostSlots
             if !holderGone {
-                holderGone = try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(lock.ownerSlot) })
+                let owner = try readSlot(storage, header, Int(lock.ownerSlot))
+                switch owner.state {
+                case .free:
+                    // Its holder let go of the slot (or was recovered): the lock is stale.
+                    holderGone = true
+                case .live where owner.claimGeneration != lock.ownerClaim:
+                    // The slot was claimed again since: stale too.
+                    holderGone = true
+                case .live:
+                    if let dead = try recovery.judge.dead([owner]).first { holderGone = try recovery.recover(dead) }
+                case .recovering:
+                    // Another host is replaying the holder's journal: wait for it to finish.
+                    break
+                }
             }
             if holderGone {
                 let mine = LockRecord(mode: .exclusive, ownerSlot: slot.index, ownerClaim: slot.claim,
@@ -266,4 +276,72 @@ func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Recovery of dead hosts' slots during an open.
+final class Recovery {
+    let storage: any BlockStorage
+    let header: VolumeHeader
+    let device: BlockDevice
+    let store: MetadataStore
+    let me: VolumeCore.ClaimedSlot
+    let judge: LivenessJudge
+    private(set) var replayedTransactions = 0
+    private(set) var recoveredSlots: [UInt32] = []
+
+    init(storage: any BlockStorage, header: VolumeHeader, device: BlockDevice, store: MetadataStore,
+         me: VolumeCore.ClaimedSlot, judge: LivenessJudge) {
+        self.storage = storage
+        self.header = header
+        self.device = device
+        self.store = store
+        self.me = me
+        self.judge = judge
+    }
+
+    /// Replays slot `s`'s journal in place and empties it.
+    func replay(_ s: UInt32) throws(FSError) -> Journal.ReplayResult {
+        let store = self.store
+        let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
+            try store.applyReplayed(offset, image, inPlace: true)
+        }
+        try io { () throws(IOError) in try storage.flushBlocking() }
+        try Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence).markEmpty()
+        return r
+    }
+
+    /// Recovers a slot judged dead: claims it by compare-and-write against the very image
+    /// judged (so a holder that was only stalled finds its slot taken and fences itself before
+    /// anything of its is touched), holds its presence token while replaying its journal, then
+    /// frees it. False when the slot changed since it was judged — its holder is alive after
+    /// all, or another host got there first.
+    func recover(_ judged: HeartbeatSlot) throws(FSError) -> Bool {
+        let s = judged.slot
+        let offset = header.heartbeatSlotOffset(Int(s))
+        guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { return false }
+        defer { device.releasePresence(s) }
+        let current = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
+        try current.verify(.heartbeat, at: offset)
+        var record = try HeartbeatSlot.decode(current, at: offset)
+        guard record.counter == judged.counter, record.claimGeneration == judged.claimGeneration,
+              record.state == judged.state else { return false }
+        record.state = .recovering
+        record.claimGeneration += 1
+        record.recoveredBy = me.index
+        record.host = judge.machine
+        record.pid = UInt32(truncatingIfNeeded: getpid())
+        record.intervalMillis = 0
+        let next = IOBuffer(count: RecordHeader.sectorSize)
+        record.encode(into: next)
+        next.seal(.heartbeat, at: offset, generation: current.recordGeneration &+ 1)
+        guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten else {
+            return false
+        }
+        let r = try replay(s)
+        replayedTransactions += r.transactions
+        if r.transactions > 0 { recoveredSlots.append(s) }
+        try VolumeCore.updateSlot(storage, header, Int(s)) { $0.release() }
+        return true
+    }
 }

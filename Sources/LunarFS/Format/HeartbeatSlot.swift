@@ -12,7 +12,9 @@ import LunarIO
 ///                        records name it
 ///  48  8 counter         heartbeat counter: v1 bumps it at each claim; the multi-host
 ///                        heartbeat bumps it every interval
-///  56 16 host UUID       random per read-write open of the volume
+///  56 16 machine         the holder machine's boot ID (/proc/sys/kernel/random/boot_id): a
+///                        holder on the observer's own machine is judged by its presence
+///                        token at once, any other by heartbeat silence
 ///  72 64 host name       UTF-8, NUL-padded
 /// 136  4 process id      of the holder, informational
 /// 140  4 recovered by    slot recovering this one (state 2), else 0xFFFFFFFF

@@ -1,0 +1,74 @@
+import Glibc
+import LunarIO
+
+/// Who is alive, as this host judges it.
+///
+/// A slot's host field holds the holder machine's boot ID. A holder on this very machine (same
+/// boot ID) is alive exactly while its process holds the slot's presence token: the kernel drops
+/// the token when the process exits or is killed, so no waiting is needed. A holder elsewhere
+/// is dead only when its heartbeat counter stands still for the lock-break timeout (5 of its
+/// intervals) on this host's monotonic clock; clocks of different hosts are never compared.
+struct LivenessJudge {
+    let storage: any BlockStorage
+    let header: VolumeHeader
+    let device: BlockDevice
+    /// This machine's boot ID.
+    let machine: VolumeID
+    /// Interval assumed for a holder that recorded none.
+    let defaultInterval: Double
+
+    /// The machine identity for slot records: the running kernel's boot ID.
+    static func thisMachine() -> VolumeID {
+        let fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .random() }
+        defer { close(fd) }
+        var text = [UInt8](repeating: 0, count: 64)
+        let n = text.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let hex = text.prefix(max(0, n)).filter { $0 != 0x2D && $0 != 0x0A }
+        guard hex.count == 32 else { return .random() }
+        var bytes: [UInt8] = []
+        var i = 0
+        while i < 32 {
+            guard let b = UInt8(String(decoding: hex[i..<(i + 2)], as: UTF8.self), radix: 16) else { return .random() }
+            bytes.append(b)
+            i += 2
+        }
+        return VolumeID(bytes: bytes)
+    }
+
+    /// Of `slots` (all in use, none ours), the ones whose holders are dead. Holders on this
+    /// machine are judged at once; the others are watched together for the longest timeout
+    /// among them.
+    func dead(_ slots: [HeartbeatSlot]) throws(FSError) -> [HeartbeatSlot] {
+        var dead: [HeartbeatSlot] = []
+        var remote: [HeartbeatSlot] = []
+        for s in slots {
+            if s.host == machine {
+                if try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(s.slot) }) { dead.append(s) }
+            } else {
+                remote.append(s)
+            }
+        }
+        guard !remote.isEmpty else { return dead }
+        let wait = remote.map { OpenOptions.lockBreakTimeout(interval: interval(of: $0)) }.max() ?? 0
+        let start = monotonicSeconds()
+        // Sleep in steps so that a holder seen renewing ends the wait for it early.
+        var pending = remote
+        while !pending.isEmpty {
+            let elapsed = monotonicSeconds() - start
+            var still: [HeartbeatSlot] = []
+            for s in pending {
+                let now = try VolumeCore.readSlot(storage, header, Int(s.slot))
+                if now.counter != s.counter || now.claimGeneration != s.claimGeneration || now.state != s.state { continue }
+                if elapsed >= OpenOptions.lockBreakTimeout(interval: interval(of: s)) { dead.append(now) } else { still.append(s) }
+            }
+            pending = still
+            if !pending.isEmpty && elapsed < wait { usleep(UInt32(min(0.1, wait / 20) * 1_000_000)) }
+        }
+        return dead
+    }
+
+    private func interval(of s: HeartbeatSlot) -> Double {
+        s.intervalMillis > 0 ? Double(s.intervalMillis) / 1000 : defaultInterval
+    }
+}
