@@ -3,6 +3,7 @@ import Glibc
 import LunarFS
 import LunarIO
 import LunarTesting
+import Synchronization
 import Testing
 
 @Suite("Heartbeats and fencing")
@@ -57,4 +58,85 @@ struct HeartbeatTests {
         #expect(closing?.description.contains("fenced") == true, "\(String(describing: closing))")
         #expect(try Data(contentsOf: URL(fileURLWithPath: t.path)) == image, "a fenced host changed the volume")
     }
+}
+
+/// Hosts on other machines, simulated by rewriting a slot's machine field in a copy of a volume
+/// taken while its writer was running (what a crash of that machine leaves behind).
+@Suite("Holders on other machines")
+struct RemoteHolderTests {
+    /// Rewrites slot 0 of the image at `path` with `change`, resealing its checksum.
+    static func patchSlot(_ device: BlockDevice, at offset: UInt64, _ change: (IOBuffer) -> Void) throws -> Bool {
+        let current = IOBuffer(count: 4096)
+        try device.readBlocking(into: current, at: offset)
+        let next = IOBuffer(copying: current.array)
+        change(next)
+        next.bytes.storeBytes(of: UInt32(0), toByteOffset: 24, as: UInt32.self)
+        next.bytes.storeBytes(of: CRC32C.checksum(UnsafeRawBufferPointer(next.bytes)), toByteOffset: 24, as: UInt32.self)
+        return try device.compareAndWriteBlocking(expected: current, new: next, at: offset).isWritten
+    }
+
+    /// A copy of a volume whose writer (slot 0, heartbeat 0.1 s) committed `/a` and then
+    /// "crashed"; slot 0 now claims to belong to another machine.
+    static func crashedRemoteWriter(_ t: TestVolume) throws -> (copy: String, slotOffset: UInt64) {
+        let v = try Volume.open(path: t.path, options: OpenOptions(heartbeatInterval: 0.1))
+        try v.mkdir("/a")
+        try v.sync()
+        let copy = t.scratch.path("remote.img")
+        try copySparse(from: t.path, to: copy)
+        let slotOffset = try #require(v.fixedRecords().first { $0.record == "heartbeat slot" }).offset
+        try v.close()
+        let device = try BlockDevice.open(copy)
+        defer { device.close() }
+        #expect(try patchSlot(device, at: slotOffset) { b in
+            for i in 56..<72 { b.bytes[i] = 0xAB }
+        })
+        return (copy, slotOffset)
+    }
+
+    @Test("a dead holder elsewhere: its lock is broken only after the timeout, after its journal is replayed")
+    func deadRemoteHolder() throws {
+        let t = try TestVolume(size: 1 << 30)
+        let (copy, _) = try Self.crashedRemoteWriter(t)
+        let start = monotonicNow()
+        let v = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 0.1))
+        let waited = monotonicNow() - start
+        #expect(waited >= 0.5, "broke a remote holder's lock after \(waited) s, before its 0.5 s timeout")
+        #expect(v.mountReport.recoveredSlots.contains(0))
+        #expect(try v.stat("/a").type == .directory)
+        #expect(try v.check().isClean)
+        try v.close()
+        #expect(try Volume.hosts(path: copy, observe: 0).isEmpty)
+    }
+
+    @Test("a live holder elsewhere keeps its lock: the opener waits, then says who holds it")
+    func liveRemoteHolder() throws {
+        let t = try TestVolume(size: 1 << 30)
+        let (copy, slotOffset) = try Self.crashedRemoteWriter(t)
+        let device = try BlockDevice.open(copy)
+        defer { device.close() }
+        let stop = Atomic<Bool>(false)
+        let renewer = Thread {
+            // The remote host's heartbeat: bump the counter every 50 ms.
+            while !stop.load(ordering: .relaxed) {
+                _ = try? Self.patchSlot(device, at: slotOffset) { b in
+                    let counter = b.bytes.load(fromByteOffset: 48, as: UInt64.self)
+                    b.bytes.storeBytes(of: counter + 1, toByteOffset: 48, as: UInt64.self)
+                }
+                usleep(50_000)
+            }
+        }
+        renewer.start()
+        defer { stop.store(true, ordering: .relaxed) }
+        let error = fsError { _ = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 1.5, heartbeatInterval: 0.1)) }
+        #expect(error?.kind.isBusy == true, "\(String(describing: error))")
+        #expect(error?.description.contains("host slot 0") == true)
+        let hosts = try Volume.hosts(path: copy, observe: 0.3)
+        #expect(hosts.first?.liveness == .alive)
+    }
+}
+
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
