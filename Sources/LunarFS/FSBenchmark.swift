@@ -48,8 +48,11 @@ public enum FSBenchmark {
             }
         }
         let map = starts
+        guard let device = volume.device else {
+            throw FSError(.invalidArgument("the volume's LUN is not a local device; the benchmark drives a local queue"))
+        }
         do {
-            return try IOBenchmark.run(workload, on: volume.device, span: size, seconds: seconds) { logical in
+            return try IOBenchmark.run(workload, on: device, span: size, seconds: seconds) { logical in
                 map[Int(logical / granule)] + logical % granule
             }
         } catch {
@@ -72,7 +75,7 @@ public enum FSBenchmark {
 }
 
 extension Volume {
-    /// The device under the volume, for hot paths that drive their own `IOQueue` over
-    /// `File.extents`.
-    public var device: BlockDevice { core.storage.underlyingDevice }
+    /// The local device under the volume (nil for a LUN reached over the network), for hot
+    /// paths that drive their own `IOQueue` over `File.extents`.
+    public var device: BlockDevice? { core.storage.localDevice }
 }

@@ -17,8 +17,10 @@ public protocol BlockStorage: AnyObject, Sendable {
     func flushBlocking() throws(IOError)
     func discardBlocking(at offset: UInt64, length: UInt64) throws(IOError)
     func compareAndWriteBlocking(expected: IOBuffer, new: IOBuffer, at offset: UInt64) throws(IOError) -> CompareAndWriteOutcome
-    /// The device all I/O finally lands on: hot paths make their own `IOQueue` from it.
-    var underlyingDevice: BlockDevice { get }
+    /// The local image file or block device all I/O finally lands on, when there is one (not
+    /// for a LUN reached over the network): hot paths make their own `IOQueue` from it, and
+    /// presence tokens live on it.
+    var localDevice: BlockDevice? { get }
 }
 
 extension BlockStorage {
@@ -32,7 +34,7 @@ extension BlockStorage {
 }
 
 extension BlockDevice: BlockStorage {
-    public var underlyingDevice: BlockDevice { self }
+    public var localDevice: BlockDevice? { self }
 
     public func readBlocking(into region: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(IOError) {
         try transferBlocking(.read, region, offset)

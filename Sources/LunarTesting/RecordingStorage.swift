@@ -22,7 +22,7 @@ public final class RecordingStorage: BlockStorage {
     public var size: UInt64 { base.size }
     public var sectorSize: Int { base.sectorSize }
     public var isReadOnly: Bool { base.isReadOnly }
-    public var underlyingDevice: BlockDevice { base.underlyingDevice }
+    public var localDevice: BlockDevice? { base.localDevice }
 
     public var events: [Event] { log.withLock { $0 } }
     /// Where the log stands now: mark points of a workload with it.

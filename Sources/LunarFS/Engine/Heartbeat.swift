@@ -117,7 +117,7 @@ final class FencedStorage: BlockStorage, @unchecked Sendable {
     var size: UInt64 { base.size }
     var sectorSize: Int { base.sectorSize }
     var isReadOnly: Bool { base.isReadOnly }
-    var underlyingDevice: BlockDevice { base.underlyingDevice }
+    var localDevice: BlockDevice? { base.localDevice }
 
     func readBlocking(into region: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(IOError) {
         try base.readBlocking(into: region, at: offset)

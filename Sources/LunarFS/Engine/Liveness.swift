@@ -11,7 +11,7 @@ import LunarIO
 struct LivenessJudge {
     let storage: any BlockStorage
     let header: VolumeHeader
-    let device: BlockDevice
+    let device: PresenceTokens
     /// This machine's boot ID.
     let machine: VolumeID
     /// Interval assumed for a holder that recorded none.
@@ -43,8 +43,8 @@ struct LivenessJudge {
         var dead: [HeartbeatSlot] = []
         var remote: [HeartbeatSlot] = []
         for s in slots {
-            if s.host == machine {
-                if try !io({ () throws(IOError) in try device.isPresenceHeldElsewhere(s.slot) }) { dead.append(s) }
+            if s.host == machine, let held = try device.heldElsewhere(s.slot) {
+                if !held { dead.append(s) }
             } else {
                 remote.append(s)
             }
@@ -70,5 +70,27 @@ struct LivenessJudge {
 
     private func interval(of s: HeartbeatSlot) -> Double {
         s.intervalMillis > 0 ? Double(s.intervalMillis) / 1000 : defaultInterval
+    }
+}
+
+/// Presence tokens where the LUN is a local device; where it is not (a LUN reached over the
+/// network), there are none, and every holder is judged by its heartbeat.
+struct PresenceTokens {
+    let device: BlockDevice?
+
+    var canTell: Bool { device != nil }
+
+    /// Takes slot `s`'s token; true when there are no tokens to take.
+    func tryHold(_ s: UInt32) throws(FSError) -> Bool {
+        guard let device else { return true }
+        return try io { () throws(IOError) in try device.tryHoldPresence(s) }
+    }
+
+    func release(_ s: UInt32) { device?.releasePresence(s) }
+
+    /// Whether another process of this machine holds slot `s`'s token; nil when there are none.
+    func heldElsewhere(_ s: UInt32) throws(FSError) -> Bool? {
+        guard let device else { return nil }
+        return try io { () throws(IOError) in try device.isPresenceHeldElsewhere(s) }
     }
 }

@@ -39,10 +39,11 @@ public struct MountReport: Sendable {
 /// Opening and closing: host slot, volume lock, journal recovery.
 ///
 /// LunarFS v1 lets one process at a time work on a volume: it claims a host slot (its own
-/// journal), then takes the volume lock by compare-and-write. Whether the holder of a slot or
-/// of the lock is still running is told by its presence token (`BlockDevice.tryHoldPresence`),
-/// exact among the processes of one host. A holder found dead is recovered: its journal is
-/// replayed, its slot freed, its lock broken.
+/// journal, its heartbeat), then takes the volume lock by compare-and-write. Whether the holder
+/// of a slot or of the lock is alive is for `LivenessJudge` to say: at once by presence token
+/// for a process of this machine, by heartbeat silence for the lock-break timeout for any
+/// other. A holder found dead is recovered before anything of its changes hands: its slot is
+/// claimed (which fences it, should it only have stalled), its journal replayed, the slot freed.
 extension VolumeCore {
     static func mount(_ storage: any BlockStorage, options: OpenOptions) throws(FSError) -> (VolumeCore, MountReport) {
         let (header, usedBackup, primaryProblem) = try Formatter.readHeader(storage)
@@ -67,7 +68,7 @@ extension VolumeCore {
         guard options.heartbeatInterval >= 0.05, options.heartbeatInterval <= 600 else {
             throw FSError(.invalidArgument("heartbeat interval must be from 0.05 to 600 s"))
         }
-        let device = storage.underlyingDevice
+        let device = PresenceTokens(device: storage.localDevice)
         let me = LivenessJudge.thisMachine()
         let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName,
                                  interval: options.heartbeatInterval)
@@ -83,7 +84,7 @@ extension VolumeCore {
                                   fence: { [fenced] why in fenced.fence(why) })
         } catch {
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
-            device.releasePresence(slot.index)
+            device.release(slot.index)
             throw error
         }
         heartbeat.start()
@@ -115,7 +116,7 @@ extension VolumeCore {
             heartbeat.stop()
             try? releaseVolumeLock(storage, header, slot: slot.index)
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
-            device.releasePresence(slot.index)
+            device.release(slot.index)
             throw error
         }
     }
@@ -123,7 +124,7 @@ extension VolumeCore {
     /// Commits, empties the journal, lets go of the lock and the slot.
     func unmount() throws(FSError) {
         guard !isReadOnly else { return }
-        defer { storage.underlyingDevice.releasePresence(slot) }
+        defer { PresenceTokens(device: storage.localDevice).release(slot) }
         heartbeat?.stop()
         if let why = fence?.fencedBecause {
             // The slot and the lock belong to whoever fenced us: touch nothing.
@@ -170,14 +171,14 @@ extension VolumeCore {
 
     struct ClaimedSlot { var index: UInt32; var claim: UInt64 }
 
-    private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: BlockDevice,
+    private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: PresenceTokens,
                                   host: VolumeID, name: String, interval: Double) throws(FSError) -> ClaimedSlot {
         for s in 0..<header.hostSlots {
             // A slot in use by another machine may be alive: only recovery, after judging it,
             // takes that. One of this machine's is free exactly when its presence token is.
             let record = try readSlot(storage, header, Int(s))
-            if record.state != .free && record.host != host { continue }
-            guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { continue }
+            if record.state != .free && (record.host != host || !device.canTell) { continue }
+            guard try device.tryHold(s) else { continue }
             do {
                 var claim: UInt64 = 0
                 try updateSlot(storage, header, Int(s)) { record in
@@ -193,7 +194,7 @@ extension VolumeCore {
                 }
                 return ClaimedSlot(index: s, claim: claim)
             } catch {
-                device.releasePresence(s)
+                device.release(s)
                 throw error
             }
         }
@@ -282,14 +283,14 @@ func monotonicSeconds() -> Double {
 final class Recovery {
     let storage: any BlockStorage
     let header: VolumeHeader
-    let device: BlockDevice
+    let device: PresenceTokens
     let store: MetadataStore
     let me: VolumeCore.ClaimedSlot
     let judge: LivenessJudge
     private(set) var replayedTransactions = 0
     private(set) var recoveredSlots: [UInt32] = []
 
-    init(storage: any BlockStorage, header: VolumeHeader, device: BlockDevice, store: MetadataStore,
+    init(storage: any BlockStorage, header: VolumeHeader, device: PresenceTokens, store: MetadataStore,
          me: VolumeCore.ClaimedSlot, judge: LivenessJudge) {
         self.storage = storage
         self.header = header
@@ -318,8 +319,8 @@ final class Recovery {
     func recover(_ judged: HeartbeatSlot) throws(FSError) -> Bool {
         let s = judged.slot
         let offset = header.heartbeatSlotOffset(Int(s))
-        guard try io({ () throws(IOError) in try device.tryHoldPresence(s) }) else { return false }
-        defer { device.releasePresence(s) }
+        guard try device.tryHold(s) else { return false }
+        defer { device.release(s) }
         let current = IOBuffer(count: RecordHeader.sectorSize)
         try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
         try current.verify(.heartbeat, at: offset)
