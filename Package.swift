@@ -7,6 +7,7 @@ let package = Package(
         .executable(name: "lunar", targets: ["lunar"]),
         .library(name: "LunarIO", targets: ["LunarIO"]),
         .library(name: "LunarFS", targets: ["LunarFS"]),
+        .library(name: "LunarVMM", targets: ["LunarVMM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -20,6 +21,7 @@ let package = Package(
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
+        .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO"]),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         .executableTarget(
@@ -32,6 +34,7 @@ let package = Package(
         ),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
         .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO", "LunarTesting"]),
     ],

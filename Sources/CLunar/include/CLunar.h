@@ -56,9 +56,32 @@ int lunar_eventfd(void);
 int lunar_open(const char *path, int flags, int mode);
 int lunar_o_direct(void);
 
-// ---- CRC32C (Castagnoli), SSE4.2 when the CPU has it, table otherwise ----
-uint32_t lunar_crc32c(uint32_t crc, const void *data, size_t len);
-uint32_t lunar_crc32c_table(uint32_t crc, const void *data, size_t len);
-int lunar_crc32c_is_hardware(void);
+// ---- KVM (ioctls whose request numbers are macros Swift cannot import) ----
+#include <linux/kvm.h>
+/// Each returns the ioctl's non-negative result, or -errno.
+int lunar_kvm_ioctl_value(int fd, unsigned long request, unsigned long value);
+int lunar_kvm_get_api_version(int kvm);
+int lunar_kvm_create_vm(int kvm);
+int lunar_kvm_vcpu_mmap_size(int kvm);
+int lunar_kvm_check_extension(int fd, int extension);
+int lunar_kvm_set_tss_addr(int vm, uint64_t address);
+int lunar_kvm_create_irqchip(int vm);
+int lunar_kvm_create_pit2(int vm);
+int lunar_kvm_set_user_memory_region(int vm, uint32_t slot, uint64_t guest_address, uint64_t size, void *host);
+int lunar_kvm_create_vcpu(int vm, int id);
+/// Fills `entries` (capacity `*count`) with the host's supported CPUID leaves; `*count` = how many.
+int lunar_kvm_get_supported_cpuid(int kvm, struct kvm_cpuid_entry2 *entries, uint32_t *count);
+int lunar_kvm_set_cpuid2(int vcpu, const struct kvm_cpuid_entry2 *entries, uint32_t count);
+int lunar_kvm_get_sregs(int vcpu, struct kvm_sregs *sregs);
+int lunar_kvm_set_sregs(int vcpu, const struct kvm_sregs *sregs);
+int lunar_kvm_set_regs(int vcpu, const struct kvm_regs *regs);
+int lunar_kvm_run(int vcpu);
+/// The fields of `struct kvm_run` a run loop reads (its unions do not import into Swift).
+uint32_t lunar_kvm_run_exit_reason(const struct kvm_run *run);
+void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *size, uint16_t *port,
+                      uint32_t *count, uint64_t *data_offset);
+uint32_t lunar_kvm_run_internal_suberror(const struct kvm_run *run);
+uint64_t lunar_kvm_run_fail_entry_reason(const struct kvm_run *run);
+void lunar_kvm_run_mmio(struct kvm_run *run, uint64_t *address, uint8_t **data, uint32_t *length, uint8_t *is_write);
 
 #endif

@@ -1,0 +1,94 @@
+import CLunar
+import Glibc
+
+/// How a VM ended.
+public enum VMExit: Sendable, Equatable {
+    /// The guest pulsed the reset line (i8042): a reboot request, which a microVM treats as stop.
+    case reset
+    /// The guest wrote its status to the exit port.
+    case poweredOff(status: UInt8)
+    /// A triple fault or another shutdown condition.
+    case shutdown
+}
+
+/// One VM: its KVM handle, guest memory, devices and (for now) one vCPU run on the caller's
+/// thread.
+public final class VirtualMachine {
+    public let kvm: KVM
+    public let memory: GuestMemory
+    let fd: Int32
+    let ports = PortBus()
+    private let serial: Serial8250
+    private let i8042 = I8042()
+    private let exitPort = ExitPort()
+    private var vcpu: VCPU?
+
+    /// Where the freestanding boot puts its tables (below 1 MiB, above the BIOS data area).
+    static let gdtAddress: UInt64 = 0x500
+    static let pageTableAddress: UInt64 = 0x9000
+    public static let imageAddress: UInt64 = 0x10_0000
+    static let stackTop: UInt64 = 0x8_0000
+
+    public init(kvm: KVM, memorySize: UInt64, console: @escaping (UInt8) -> Void) throws(VMMError) {
+        self.kvm = kvm
+        memory = try GuestMemory(size: memorySize)
+        fd = try check(lunar_kvm_create_vm(kvm.fd), "KVM_CREATE_VM")
+        serial = Serial8250(output: console)
+        do throws(VMMError) {
+            // The TSS and identity map KVM needs on Intel sit just under 4 GiB, out of RAM's way.
+            _ = try check(lunar_kvm_set_tss_addr(fd, 0xFFFB_D000), "KVM_SET_TSS_ADDR")
+            _ = try check(lunar_kvm_create_irqchip(fd), "KVM_CREATE_IRQCHIP")
+            _ = try check(lunar_kvm_create_pit2(fd), "KVM_CREATE_PIT2")
+            _ = try check(lunar_kvm_set_user_memory_region(fd, 0, 0, memory.size, memory.base), "KVM_SET_USER_MEMORY_REGION")
+        } catch {
+            close(fd)
+            throw error
+        }
+        ports.attach(serial, at: 0x3F8...0x3FF)
+        ports.attach(i8042, at: 0x60...0x64)
+        ports.attach(exitPort, at: 0x501...0x501)
+    }
+
+    deinit { close(fd) }
+
+    /// Loads a flat 64-bit image (linked to run at `imageAddress`) for `runFreestanding`.
+    public func loadFlatImage(_ image: [UInt8]) throws(VMMError) {
+        try memory.write(image, at: Self.imageAddress)
+    }
+
+    /// Runs a freestanding guest from `entry` in 64-bit mode with the first GiB identity-mapped,
+    /// until it resets, powers off or shuts down.
+    public func runFreestanding(entry: UInt64 = VirtualMachine.imageAddress) throws(VMMError) -> VMExit {
+        try LongModeBoot.writeTables(into: memory, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
+        let cpu = try VCPU(vm: self, id: 0)
+        vcpu = cpu
+        try cpu.setCPUID(try kvm.supportedCPUID())
+        try LongModeBoot.enter(cpu, entry: entry, stack: Self.stackTop, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
+        return try run(cpu)
+    }
+
+    private func run(_ cpu: VCPU) throws(VMMError) -> VMExit {
+        while true {
+            switch try cpu.run() {
+            case .io(let port, let isWrite, let size, let data):
+                if isWrite {
+                    var value: UInt32 = 0
+                    for i in 0..<size { value |= UInt32(data[i]) << (8 * UInt32(i)) }
+                    ports.write(port: port, size: size, value: value)
+                    if i8042.resetRequested { return .reset }
+                    if let status = exitPort.status { return .poweredOff(status: status) }
+                } else {
+                    let value = ports.read(port: port, size: size)
+                    for i in 0..<size { data[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(i))) }
+                }
+            case .mmio(_, let isWrite, let data):
+                // No MMIO devices yet: reads see all ones, writes vanish.
+                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+            case .shutdown:
+                return .shutdown
+            case .halt:
+                return .shutdown
+            }
+        }
+    }
+}
