@@ -21,7 +21,7 @@ let package = Package(
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
-        .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO"]),
+        .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         .executableTarget(
