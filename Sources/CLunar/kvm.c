@@ -59,6 +59,11 @@ int lunar_kvm_set_sregs(int vcpu, const struct kvm_sregs *sregs) { return result
 int lunar_kvm_set_regs(int vcpu, const struct kvm_regs *regs) { return result(ioctl(vcpu, KVM_SET_REGS, regs)); }
 int lunar_kvm_run(int vcpu) { return result(ioctl(vcpu, KVM_RUN, 0)); }
 
+int lunar_kvm_irq_line(int vm, uint32_t irq, uint32_t level) {
+    struct kvm_irq_level line = { .irq = irq, .level = level };
+    return result(ioctl(vm, KVM_IRQ_LINE, &line));
+}
+
 uint32_t lunar_kvm_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
 
 void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *size, uint16_t *port,

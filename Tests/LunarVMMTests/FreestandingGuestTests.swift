@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import LunarTesting
+import LunarFS
 import LunarVMM
 import Testing
 
@@ -37,6 +38,28 @@ struct FreestandingGuestTests {
         #expect(throws: VMMError.self) { try vm.loadFlatImage([UInt8](repeating: 0x90, count: 2 << 20)) }
     }
 
+    @Test("a guest drives virtio-blk over MMIO: write, read back, flush; the data is in the LunarFS file")
+    func virtioBlock() throws {
+        let scratch = Scratch()
+        try Volume.format(path: scratch.path("lun.img"), size: 1 << 30)
+        let volume = try Volume.open(path: scratch.path("lun.img"))
+        let file = try volume.create("/disk.raw")
+        try file.truncate(to: 16 << 20)
+        let image = try FreestandingGuests.build("virtio_blk.c", elf: true)
+        let console = ConsoleCapture()
+        let vm = try VirtualMachine(kvm: try KVM(), memorySize: 64 << 20, console: console.append)
+        let window = vm.addBlockDevice(try LunarFSDisk(file: file), serial: "disk0")
+        #expect(window.address == 0xD000_0000)
+        let entry = try vm.loadELF(image)
+        let exit = try vm.runFreestanding(entry: entry)
+        #expect(console.text == "virtio-blk ok\n")
+        #expect(exit == .poweredOff(status: 0x31))
+        let text = Array("LunarFS disk written by a KVM guest through virtio-blk".utf8)
+        let expected = (0..<512).map { text[$0 % text.count] }
+        #expect(try file.read(at: 2 * 512, count: 512) == expected)
+        try volume.close()
+    }
+
     @Test("the KVM kind is detected and named")
     func kind() throws {
         let kvm = try KVM()
@@ -60,14 +83,16 @@ enum FreestandingGuests {
     static var whyNot: Comment { "needs read-write /dev/kvm and gcc/ld to build the test guests" }
 
     /// Compiles Tools/guest/freestanding/NAME into a flat image linked at 1 MiB.
-    static func build(_ name: String, defines: [String] = []) throws -> [UInt8] {
+    /// `elf`: a static ELF executable (entry from its header) instead of a flat image.
+    static func build(_ name: String, defines: [String] = [], elf: Bool = false) throws -> [UInt8] {
         let scratch = Scratch()
         let source = root.appendingPathComponent("Tools/guest/freestanding/\(name)").path
         let object = scratch.path("guest.o"), image = scratch.path("guest.bin")
         let compile = ["-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-mno-red-zone", "-m64", "-O2",
                        "-fno-asynchronous-unwind-tables"] + defines.map { "-D\($0)" } + ["-c", source, "-o", object]
         guard run("/usr/bin/gcc", compile) == 0 else { throw GuestBuildError("gcc failed on \(source)") }
-        guard run("/usr/bin/ld", ["-Ttext=0x100000", "-e", "_start", "--oformat", "binary", "-o", image, object]) == 0 else {
+        let format = elf ? ["-static"] : ["--oformat", "binary"]
+        guard run("/usr/bin/ld", ["-Ttext=0x100000", "-e", "_start"] + format + ["-o", image, object]) == 0 else {
             throw GuestBuildError("ld failed on \(object)")
         }
         return Array(try Data(contentsOf: URL(fileURLWithPath: image)))

@@ -76,6 +76,8 @@ int lunar_kvm_get_sregs(int vcpu, struct kvm_sregs *sregs);
 int lunar_kvm_set_sregs(int vcpu, const struct kvm_sregs *sregs);
 int lunar_kvm_set_regs(int vcpu, const struct kvm_regs *regs);
 int lunar_kvm_run(int vcpu);
+/// Sets an in-kernel irqchip input line to `level` (KVM_IRQ_LINE).
+int lunar_kvm_irq_line(int vm, uint32_t irq, uint32_t level);
 /// The fields of `struct kvm_run` a run loop reads (its unions do not import into Swift).
 uint32_t lunar_kvm_run_exit_reason(const struct kvm_run *run);
 void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *size, uint16_t *port,

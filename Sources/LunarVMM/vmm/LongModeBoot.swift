@@ -1,7 +1,7 @@
 import CLunar
 
 /// Puts a vCPU straight into 64-bit mode for a freestanding guest: a flat GDT, identity page
-/// tables for the first GiB (2 MiB pages), paging and long mode on, interrupts off.
+/// tables for the first 4 GiB (2 MiB pages), paging and long mode on, interrupts off.
 enum LongModeBoot {
     static let codeSelector: UInt16 = 0x08
     static let dataSelector: UInt16 = 0x10
@@ -11,11 +11,16 @@ enum LongModeBoot {
         try memory.store(UInt64(0), at: gdt)
         try memory.store(UInt64(0x00AF_9B00_0000_FFFF), at: gdt + 8)
         try memory.store(UInt64(0x00CF_9300_0000_FFFF), at: gdt + 16)
-        let pml4 = pageTables, pdpt = pageTables + 0x1000, pd = pageTables + 0x2000
+        // Identity map of the first 4 GiB (RAM below, device windows in the 32-bit hole):
+        // one PML4 entry, one PDPT with four entries, four page directories of 2 MiB pages.
+        let pml4 = pageTables, pdpt = pageTables + 0x1000, directories = pageTables + 0x2000
         try memory.store(pdpt | 0x3, at: pml4)          // present, writable
-        try memory.store(pd | 0x3, at: pdpt)
-        for i in 0..<UInt64(512) {
-            try memory.store((i << 21) | 0x83, at: pd + i * 8) // present, writable, 2 MiB page
+        for g in 0..<UInt64(4) {
+            let pd = directories + g * 0x1000
+            try memory.store(pd | 0x3, at: pdpt + g * 8)
+            for i in 0..<UInt64(512) {
+                try memory.store(((g * 512 + i) << 21) | 0x83, at: pd + i * 8) // present, writable, 2 MiB page
+            }
         }
     }
 

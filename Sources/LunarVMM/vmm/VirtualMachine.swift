@@ -22,6 +22,12 @@ public final class VirtualMachine {
     private let i8042 = I8042()
     private let exitPort = ExitPort()
     private var vcpu: VCPU?
+    private var blockDevices: [VirtioMMIOBlock] = []
+
+    /// Where virtio-mmio windows start (in the 32-bit hole, like Firecracker's) and the IRQ of
+    /// the first one.
+    public static let mmioBase: UInt64 = 0xD000_0000
+    static let firstDeviceIRQ: UInt32 = 5
 
     /// Where the freestanding boot puts its tables (below 1 MiB, above the BIOS data area).
     static let gdtAddress: UInt64 = 0x500
@@ -51,9 +57,32 @@ public final class VirtualMachine {
 
     deinit { close(fd) }
 
+    /// Adds a virtio-blk disk; its register window is the next 0x200 bytes from `mmioBase`.
+    /// Returns the window's address and IRQ, which a Linux guest is told on its command line
+    /// (`virtio_mmio.device=512@0xd0000000:5`).
+    @discardableResult
+    public func addBlockDevice(_ backend: VirtioBlockBackend, serial: String) -> (address: UInt64, irq: UInt32) {
+        let index = blockDevices.count
+        let address = Self.mmioBase + UInt64(index) * VirtioMMIOBlock.windowSize
+        let irq = Self.firstDeviceIRQ + UInt32(index)
+        let device = VirtioBlockDevice(memory: memory, backend: backend, serial: serial)
+        let vmFD = fd
+        blockDevices.append(VirtioMMIOBlock(base: address, device: device, backend: backend) {
+            // An edge on the in-kernel IOAPIC.
+            _ = lunar_kvm_irq_line(vmFD, irq, 1)
+            _ = lunar_kvm_irq_line(vmFD, irq, 0)
+        })
+        return (address, irq)
+    }
+
     /// Loads a flat 64-bit image (linked to run at `imageAddress`) for `runFreestanding`.
     public func loadFlatImage(_ image: [UInt8]) throws(VMMError) {
         try memory.write(image, at: Self.imageAddress)
+    }
+
+    /// Loads a static x86-64 ELF executable; returns its entry point for `runFreestanding`.
+    public func loadELF(_ image: [UInt8]) throws(VMMError) -> UInt64 {
+        try ElfLoader.load(image, into: memory)
     }
 
     /// Runs a freestanding guest from `entry` in 64-bit mode with the first GiB identity-mapped,
@@ -81,9 +110,13 @@ public final class VirtualMachine {
                     let value = ports.read(port: port, size: size)
                     for i in 0..<size { data[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(i))) }
                 }
-            case .mmio(_, let isWrite, let data):
-                // No MMIO devices yet: reads see all ones, writes vanish.
-                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+            case .mmio(let address, let isWrite, let data):
+                if let device = blockDevices.first(where: { $0.contains(address) }) {
+                    if isWrite { device.write(address, from: UnsafeRawBufferPointer(data)) } else { device.read(address, into: data) }
+                } else if !isWrite {
+                    // Nothing there: reads see all ones, writes vanish.
+                    data.initializeMemory(as: UInt8.self, repeating: 0xFF)
+                }
             case .shutdown:
                 return .shutdown
             case .halt:
