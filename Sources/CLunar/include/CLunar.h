@@ -56,6 +56,11 @@ int lunar_eventfd(void);
 int lunar_open(const char *path, int flags, int mode);
 int lunar_o_direct(void);
 
+// ---- CRC32C (Castagnoli), SSE4.2 when the CPU has it, table otherwise ----
+uint32_t lunar_crc32c(uint32_t crc, const void *data, size_t len);
+uint32_t lunar_crc32c_table(uint32_t crc, const void *data, size_t len);
+int lunar_crc32c_is_hardware(void);
+
 // ---- KVM (ioctls whose request numbers are macros Swift cannot import) ----
 #include <linux/kvm.h>
 /// Each returns the ioctl's non-negative result, or -errno.
