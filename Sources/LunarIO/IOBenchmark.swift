@@ -148,7 +148,8 @@ public enum IOBenchmark {
     }
 }
 
-func monotonicSeconds() -> Double {
+/// Seconds on the monotonic clock: for intervals and timeouts, never compared across hosts.
+public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

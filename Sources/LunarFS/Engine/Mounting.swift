@@ -273,11 +273,6 @@ extension VolumeCore {
     }
 }
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
 
 /// Recovery of dead hosts' slots during an open.
 final class Recovery {
