@@ -13,11 +13,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C.
+        // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C, libiscsi calls.
         .target(
             name: "CLunar",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("aio")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("aio"), .linkedLibrary("iscsi")]
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),

@@ -30,9 +30,9 @@ extension Volume {
     /// The volume's host slots in use, watched for `observe` seconds (by default long enough to
     /// see one renewal of the slowest holder, at most 10 s) on this process's monotonic clock.
     public static func hosts(path: String, observe: Double? = nil) throws(FSError) -> [HostSlotInfo] {
-        let device: BlockDevice
-        do { device = try BlockDevice.open(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
-        defer { device.close() }
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.closeStorage() }
         let (header, _, _) = try Formatter.readHeader(device)
         func snapshot() throws(FSError) -> [HeartbeatSlot] {
             var slots: [HeartbeatSlot] = []
@@ -58,7 +58,8 @@ extension Volume {
             } else {
                 liveness = .unknown
             }
-            let here = (try? device.isPresenceHeldElsewhere(b.slot)) ?? false
+            // Presence tokens live on a local device; a LUN over the network has none.
+            let here = device.localDevice.flatMap { try? $0.isPresenceHeldElsewhere(b.slot) } ?? false
             return HostSlotInfo(slot: b.slot, state: "\(a.state)", hostName: a.hostName, pid: a.pid,
                                 claimGeneration: a.claimGeneration, counter: a.counter, heartbeatInterval: interval,
                                 liveness: liveness, runningHere: here, observedSeconds: watched)

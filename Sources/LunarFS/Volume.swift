@@ -71,11 +71,11 @@ public final class Volume: @unchecked Sendable {
 
     let core: VolumeCore
     private let lock = Mutex<Bool>(false)
-    private let ownedDevice: BlockDevice?
+    private let ownedDevice: (any BlockStorage)?
     private let lastCommit = Mutex<Double>(0)
     static let commitInterval = 5.0
 
-    private init(core: VolumeCore, report: MountReport, ownedDevice: BlockDevice?) {
+    private init(core: VolumeCore, report: MountReport, ownedDevice: (any BlockStorage)?) {
         self.core = core
         self.header = core.header
         self.mountReport = report
@@ -85,7 +85,7 @@ public final class Volume: @unchecked Sendable {
 
     deinit {
         if !lock.withLock({ $0 }) { try? core.unmount() }
-        ownedDevice?.close()
+        ownedDevice?.closeStorage()
     }
 
     // MARK: making and opening
@@ -96,25 +96,25 @@ public final class Volume: @unchecked Sendable {
         try Formatter.format(storage, options: options)
     }
 
-    /// Formats the image file or block device at `path`; an image file that does not exist is
+    /// Formats the image file, block device or iSCSI LUN (`iscsi://...`) at `path`; an image file that does not exist is
     /// created, sparse, with `size` bytes.
     @discardableResult
     public static func format(path: String, size: UInt64? = nil, options: FormatOptions = FormatOptions(),
                               deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> VolumeHeader {
-        let device: BlockDevice
-        let creating = size != nil && !fileExists(path)
+        let device: any BlockStorage
+        let creating = size != nil && !ISCSILun.isURL(path) && !fileExists(path)
         do {
             if let size, creating {
                 device = try BlockDevice.createImage(path, size: size, options: deviceOptions)
             } else {
-                device = try BlockDevice.open(path, options: deviceOptions)
+                device = try openStorage(path, options: deviceOptions)
             }
         } catch {
             throw FSError(.io(error), path: path)
         }
-        defer { device.close() }
+        defer { device.closeStorage() }
         do throws(FSError) {
-            if let size, device.size < size, !device.isBlockDevice {
+            if let size, device.size < size, let image = device as? BlockDevice, !image.isBlockDevice {
                 throw FSError(.invalidArgument("\(path) exists and holds \(device.size) bytes, less than the \(size) asked"), path: path)
             }
             return try format(device, options: options)
@@ -139,13 +139,13 @@ public final class Volume: @unchecked Sendable {
                             deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> Volume {
         var deviceOptions = deviceOptions
         deviceOptions.readOnly = deviceOptions.readOnly || options.readOnly
-        let device: BlockDevice
-        do { device = try BlockDevice.open(path, options: deviceOptions) } catch { throw FSError(.io(error), path: path) }
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: deviceOptions) } catch { throw FSError(.io(error), path: path) }
         do {
             let (core, report) = try VolumeCore.mount(device, options: options)
             return Volume(core: core, report: report, ownedDevice: device)
         } catch {
-            device.close()
+            device.closeStorage()
             throw error.at(path)
         }
     }

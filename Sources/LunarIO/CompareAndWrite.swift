@@ -8,11 +8,22 @@ public enum CompareAndWriteMethod: String, Sendable {
     /// Atomic among all processes of one host that use LunarIO on the same file or device,
     /// not across machines: a LUN shared between machines needs SCSI COMPARE AND WRITE.
     case ofdLockedReadCompareWrite = "ofd-lock"
+    /// The SCSI COMPARE AND WRITE command (opcode 0x89): the target compares and writes
+    /// atomically for every initiator of the LUN, on any machine.
+    case scsiCompareAndWrite = "scsi-compare-and-write"
+    /// For targets without COMPARE AND WRITE: an SPC-2 RESERVE(6) of the LUN held only around
+    /// read, compare and write of the sector, as VMFS 3 did on arrays without ATS. Atomic among
+    /// all initiators of the LUN; everyone else's commands wait out the (short) reservation.
+    case scsiReservation = "scsi-reservation"
 
     public var summary: String {
         switch self {
         case .ofdLockedReadCompareWrite:
             "OFD byte-range lock around read-compare-write (atomic among processes of this host)"
+        case .scsiCompareAndWrite:
+            "SCSI COMPARE AND WRITE (atomic on the target, among all hosts)"
+        case .scsiReservation:
+            "SCSI-2 RESERVE/RELEASE around read-compare-write (target lacks COMPARE AND WRITE; atomic among all hosts)"
         }
     }
 }

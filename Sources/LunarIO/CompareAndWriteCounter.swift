@@ -11,7 +11,7 @@ public struct CompareAndWriteCounterReport: Sendable {
     public var lastValue: UInt64
 }
 
-extension BlockDevice {
+extension BlockStorage {
     /// Adds 1 to the counter sector at `offset`, `times` times, retrying each lost race.
     public func incrementCounter(at offset: UInt64, times: Int) throws(IOError) -> CompareAndWriteCounterReport {
         let expected = IOBuffer(count: sectorSize)
@@ -39,9 +39,9 @@ extension BlockDevice {
     }
 
     /// Reads the counter sector at `offset`.
-    public func readCounter(at offset: UInt64) async throws(IOError) -> UInt64 {
+    public func readCounter(at offset: UInt64) throws(IOError) -> UInt64 {
         let sector = IOBuffer(count: sectorSize)
-        try await read(into: sector, at: offset)
+        try readBlocking(into: sector, at: offset)
         return sector.baseAddress.loadUnaligned(as: UInt64.self).littleEndian
     }
 }

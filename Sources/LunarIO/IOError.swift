@@ -30,6 +30,9 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         case invalidArgument(String)
         /// A system call failed; `errno` says why (ENOSPC, EIO, ...).
         case system
+        /// A SCSI target (an iSCSI LUN) refused or failed the command; the text gives the
+        /// command, status, sense key and ASC/ASCQ. `errno` gives the nearest system meaning.
+        case scsi(String)
     }
 
     public var kind: Kind
@@ -73,6 +76,7 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         case .closed: reason = "device is closed"
         case .invalidArgument(let why): reason = why
         case .system: reason = "system error"
+        case .scsi(let what): reason = what
         }
         if let errno {
             let system = "\(String(cString: strerror(errno))) (\(IOError.errnoName(errno)))"

@@ -80,7 +80,7 @@ struct FSMkfsCommand: AsyncParsableCommand {
             guard let block = UInt32(exactly: blockSize.bytes) else {
                 throw CLIError("block size must be a power of two from 64K to 8M, not \(blockSize.bytes)")
             }
-            let existed = hostPathExists(lun)
+            let existed = lunExists(lun)
             if existed {
                 try refuseLiveVolume()
                 if let size { try resize(to: size.bytes) }
@@ -144,6 +144,16 @@ struct FSMkfsCommand: AsyncParsableCommand {
     }
 
     private func resize(to bytes: UInt64) throws {
+        if isISCSIURL(lun) {
+            let storage: any BlockStorage
+            do { storage = try openStorage(lun, options: .init(readOnly: true)) } catch { throw CLIError("\(error)") }
+            let actual = storage.size
+            storage.closeStorage()
+            guard actual == bytes else {
+                throw CLIError("\(lun) is an iSCSI LUN of \(ByteSize.format(actual)); mkfs uses all of it, so leave out --size")
+            }
+            return
+        }
         var st = stat()
         guard stat(lun, &st) == 0 else { throw CLIError.system(lun) }
         switch st.st_mode & S_IFMT {

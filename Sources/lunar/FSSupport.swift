@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LunarFS
+import LunarIO
 
 // Shared plumbing of the `lunar fs` commands: naming things inside a volume, opening and
 // closing volumes, reporting errors, and formatting what LunarFS returns.
@@ -79,13 +80,13 @@ struct VolumeRef {
             }
             index = after
         }
-        return candidates.first { hostPathExists($0.lun) } ?? candidates.first
+        return candidates.first { lunExists($0.lun) } ?? candidates.first
     }
 
     /// A path that must be inside a volume (`mkdir`, `rm`, `cat`, ...).
     static func required(_ argument: String, command: String) throws(CLIError) -> VolumeRef {
         guard let ref = split(argument) else {
-            let example = hostPathExists(argument) ? "\(argument):/\(command == "mkdir" ? "vms" : "vms/disk.raw")" : "vol.img:/vms/disk.raw"
+            let example = lunExists(argument) ? "\(argument):/\(command == "mkdir" ? "vms" : "vms/disk.raw")" : "vol.img:/vms/disk.raw"
             throw CLIError("'\(argument)' is not a path inside a volume: write LUN:/path, e.g. \(example)")
         }
         return ref
@@ -93,7 +94,7 @@ struct VolumeRef {
 
     /// `LUN` alone (its root) or `LUN:/path`.
     static func lunOrPath(_ argument: String) -> VolumeRef {
-        if hostPathExists(argument) { return VolumeRef(lun: argument, path: "/") }
+        if lunExists(argument) { return VolumeRef(lun: argument, path: "/") }
         return split(argument) ?? VolumeRef(lun: argument, path: "/")
     }
 }
@@ -104,7 +105,7 @@ enum Location {
     case volume(VolumeRef)
 
     init(_ argument: String) {
-        if let ref = VolumeRef.split(argument), hostPathExists(ref.lun) || !hostPathExists(argument) {
+        if let ref = VolumeRef.split(argument), lunExists(ref.lun) || !lunExists(argument) {
             self = .volume(ref)
         } else {
             self = .host(argument)
@@ -115,7 +116,7 @@ enum Location {
 /// The LUN argument of commands about a whole volume (`df`, `fsck`, `info`); `LUN:/` is
 /// accepted too.
 func lunArgument(_ argument: String) -> String {
-    if !hostPathExists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
+    if !lunExists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
     return argument
 }
 
@@ -125,6 +126,21 @@ func joinPath(_ directory: String, _ name: String) -> String {
 
 func baseName(_ path: String) -> String {
     path.split(separator: "/").last.map(String.init) ?? path
+}
+
+/// A LUN argument that names an iSCSI LUN, `iscsi://HOST[:PORT]/IQN/LUN` (the LUN number
+/// last), rather than a path on this host. `iscsi://HOST/IQN/1:/dir` is not one: it is a path
+/// inside the volume on that LUN.
+func isISCSIURL(_ argument: String) -> Bool {
+    guard ISCSILun.isURL(argument), let last = argument.split(separator: "/").last, argument.split(separator: "/").count >= 4
+    else { return false }
+    return !last.isEmpty && last.allSatisfy(\.isNumber)
+}
+
+/// Whether `argument` names a LUN: an existing image file or device on this host, or an iSCSI
+/// LUN (whose existence only a login can tell).
+func lunExists(_ argument: String) -> Bool {
+    isISCSIURL(argument) || hostPathExists(argument)
 }
 
 func hostPathExists(_ path: String) -> Bool {
@@ -156,7 +172,7 @@ var heartbeatInterval: Double {
 }
 
 func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) throws -> T {
-    guard hostPathExists(lun) else {
+    guard lunExists(lun) else {
         throw CLIError("\(lun): no such file or directory (make a volume with `lunar fs mkfs \(lun) --size 20G`)")
     }
     let volume: Volume

@@ -128,7 +128,7 @@ struct IOInfoCommand: AsyncParsableCommand {
         abstract: "Show a LUN's size, sector size, I/O engine and compare-and-write method."
     )
 
-    @Argument(help: "Image file or block device.")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
     var lun: String
 
     @OptionGroup var engineOption: EngineOption
@@ -137,6 +137,7 @@ struct IOInfoCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        if ISCSILun.isURL(lun) { return try iscsiInfo() }
         let device = try BlockDevice.open(lun, options: .init(engine: engineOption.engine, readOnly: true))
         let info: [String: Any] = [
             "path": device.path,
@@ -159,6 +160,30 @@ struct IOInfoCommand: AsyncParsableCommand {
         print("compare-and-write: \(device.compareAndWriteMethod.summary)")
         print("CRC32C:            \(CRC32C.isHardwareAccelerated ? "SSE4.2" : "table")")
     }
+
+    private func iscsiInfo() throws {
+        let lun = try ISCSILun.open(url: self.lun, options: .init(readOnly: true))
+        defer { lun.close() }
+        let method = lun.compareAndWriteMethod
+        let info: [String: Any] = [
+            "path": lun.path,
+            "kind": "iscsi-lun",
+            "size_bytes": lun.size,
+            "sector_size": lun.sectorSize,
+            "logical_block_size": lun.blockSize,
+            "thin_provisioned": lun.isThinProvisioned,
+            "compare_and_write": method.rawValue,
+            "crc32c_hardware": CRC32C.isHardwareAccelerated,
+        ]
+        if json { return printJSON(info) }
+        print("path:              \(lun.path)")
+        print("kind:              iSCSI LUN (initiator \(ISCSILun.initiatorName))")
+        print("size:              \(ByteSize.format(lun.size)) (\(lun.size) bytes)")
+        print("sector size:       \(lun.sectorSize) (logical blocks of \(lun.blockSize))")
+        print("thin-provisioned:  \(lun.isThinProvisioned ? "yes (UNMAP)" : "no")")
+        print("compare-and-write: \(method.summary)")
+        print("CRC32C:            \(CRC32C.isHardwareAccelerated ? "SSE4.2" : "table")")
+    }
 }
 
 struct IOCounterCommand: AsyncParsableCommand {
@@ -173,7 +198,7 @@ struct IOCounterCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file or block device.")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
     var lun: String
 
     @Option(help: "Byte offset of the counter sector (a multiple of the sector size).")
@@ -190,9 +215,10 @@ struct IOCounterCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let device = try BlockDevice.open(lun)
+        let device = try openStorage(lun, options: .init())
+        defer { device.closeStorage() }
         let report = try device.incrementCounter(at: offset.bytes, times: increments)
-        let value = try await device.readCounter(at: offset.bytes)
+        let value = try device.readCounter(at: offset.bytes)
         if json {
             printJSON(["increments": report.increments, "lost_races": report.lostRaces,
                        "last_written": report.lastValue, "value": value])

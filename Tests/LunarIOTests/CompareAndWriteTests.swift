@@ -61,7 +61,7 @@ struct CompareAndWriteTests {
             return try await group.reduce(0, +)
         }
         #expect(total == workers * perWorker)
-        #expect(try await first.readCounter(at: 12288) == UInt64(workers * perWorker))
+        #expect(try first.readCounter(at: 12288) == UInt64(workers * perWorker))
     }
 }
 

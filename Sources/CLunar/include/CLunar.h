@@ -56,6 +56,52 @@ int lunar_eventfd(void);
 int lunar_open(const char *path, int flags, int mode);
 int lunar_o_direct(void);
 
+// ---- iSCSI (libiscsi's synchronous calls; see iscsi.c) ----
+struct iscsi_context;
+/// The outcome of one SCSI command: `status` is the SCSI status byte (0 GOOD, 2 CHECK
+/// CONDITION, 0x18 RESERVATION CONFLICT, ...) or -1 when no status came back (transport
+/// failure; `message` says why). On CHECK CONDITION the sense key, ASC, ASCQ and the raw sense
+/// bytes are filled in.
+typedef struct lunar_scsi_result {
+    int status;
+    int sense_key;
+    int asc;
+    int ascq;
+    int sense_length;
+    uint8_t sense[64];
+    uint64_t residual;
+    char message[256];
+} lunar_scsi_result;
+/// Logs in to `iscsi://[user[%password]@]host[:port]/target-iqn/lun` (libiscsi's URL parser)
+/// as `initiator` with session id `isid` (distinct per session: one I_T nexus each). The
+/// context, with the URL's LUN in `*lun`, or NULL with `error` filled in.
+struct iscsi_context *lunar_iscsi_connect(const char *url, const char *initiator, uint32_t isid, int *lun,
+                                          char *error, size_t error_length);
+/// Logs out and frees the context.
+void lunar_iscsi_disconnect(struct iscsi_context *iscsi);
+// Each command below returns 0 when the target answered GOOD, else -1 with `r` filled in.
+int lunar_iscsi_read16(struct iscsi_context *iscsi, int lun, uint64_t lba, void *buffer, uint32_t length,
+                       int block_size, lunar_scsi_result *r);
+int lunar_iscsi_write16(struct iscsi_context *iscsi, int lun, uint64_t lba, const void *buffer, uint32_t length,
+                        int block_size, lunar_scsi_result *r);
+/// SYNCHRONIZE CACHE(16) of the whole LUN.
+int lunar_iscsi_synchronize_cache16(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
+/// UNMAP of one extent.
+int lunar_iscsi_unmap(struct iscsi_context *iscsi, int lun, uint64_t lba, uint32_t blocks, lunar_scsi_result *r);
+/// WRITE SAME(16) with the UNMAP bit, of one zero block over `blocks` blocks.
+int lunar_iscsi_write_same16_unmap(struct iscsi_context *iscsi, int lun, uint64_t lba, uint32_t blocks,
+                                   const void *zero_block, int block_size, lunar_scsi_result *r);
+/// COMPARE AND WRITE (0x89): `length` bytes, the expected blocks followed by the new ones.
+int lunar_iscsi_compare_and_write(struct iscsi_context *iscsi, int lun, uint64_t lba, const void *expected_then_new,
+                                  uint32_t length, int block_size, lunar_scsi_result *r);
+/// READ CAPACITY(16): the last LBA, the logical block size, and the LBPME/LBPRZ bits.
+int lunar_iscsi_read_capacity16(struct iscsi_context *iscsi, int lun, uint64_t *last_lba, uint32_t *block_size,
+                                int *lbpme, int *lbprz, lunar_scsi_result *r);
+/// SPC-2 RESERVE(6) / RELEASE(6) of the whole LUN for this session's I_T nexus.
+int lunar_iscsi_reserve6(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
+int lunar_iscsi_release6(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
+int lunar_iscsi_test_unit_ready(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
+
 // ---- CRC32C (Castagnoli), SSE4.2 when the CPU has it, table otherwise ----
 uint32_t lunar_crc32c(uint32_t crc, const void *data, size_t len);
 uint32_t lunar_crc32c_table(uint32_t crc, const void *data, size_t len);

@@ -25,7 +25,7 @@ final class Heartbeat: @unchecked Sendable {
         self.interval = interval
         self.fenceAfter = fenceAfter
         self.fence = fence
-        state.withLock { $0 = (current, monotonicSeconds(), false) }
+        state.withLock { $0 = (current, Self.ownClock(), false) }
     }
 
     func start() {
@@ -63,7 +63,7 @@ final class Heartbeat: @unchecked Sendable {
                 fence(why)
                 return
             case .failed(let why):
-                let silent = monotonicSeconds() - state.withLock { $0.lastRenewal }
+                let silent = Self.ownClock() - state.withLock { $0.lastRenewal }
                 if silent >= fenceAfter {
                     fence("could not renew the heartbeat for \(Int(silent)) s (\(why))")
                     return
@@ -74,8 +74,27 @@ final class Heartbeat: @unchecked Sendable {
 
     private enum Renewal { case renewed, fenced(String), failed(String) }
 
+    /// This host's own age clock: CLOCK_BOOTTIME, which keeps counting through a suspend, so a
+    /// host that slept never believes itself younger than observers do.
+    static func ownClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Why this host must not write now (its last renewal is older than `fenceAfter`, so an
+    /// observer may already count it dead), or nil. Checked before every write, not only by
+    /// the heartbeat thread: a process waking from a long stall must not write before it.
+    func staleness() -> String? {
+        let age = Self.ownClock() - state.withLock { $0.lastRenewal }
+        return age >= fenceAfter ? String(format: "heartbeat not renewed for %.1f s", age) : nil
+    }
+
     private func renew() -> Renewal {
         let last = state.withLock { $0.last }
+        // The renewal counts from when it was issued, not from when it completed: observers
+        // start their wait from the counter they saw, which is no later than the issue.
+        let issued = Self.ownClock()
         guard let record = try? HeartbeatSlot.decode(last, at: offset) else { return .fenced("own heartbeat slot unreadable") }
         var next = record
         next.counter &+= 1
@@ -85,7 +104,7 @@ final class Heartbeat: @unchecked Sendable {
         do {
             switch try storage.compareAndWriteBlocking(expected: last, new: image, at: offset) {
             case .written:
-                state.withLock { $0.last = image; $0.lastRenewal = monotonicSeconds() }
+                state.withLock { $0.last = image; $0.lastRenewal = issued }
                 return .renewed
             case .mismatch:
                 return .fenced("host slot \(record.slot) was claimed by another host")
@@ -101,13 +120,19 @@ final class Heartbeat: @unchecked Sendable {
 final class FencedStorage: BlockStorage, @unchecked Sendable {
     let base: any BlockStorage
     private let reason = Mutex<String?>(nil)
+    /// Asked before every write whether this host's heartbeat is still fresh. Set once, before
+    /// the heartbeat thread starts and before any write.
+    private weak var heartbeat: Heartbeat?
 
     init(_ base: any BlockStorage) { self.base = base }
 
     func fence(_ why: String) { reason.withLock { if $0 == nil { $0 = why } } }
     var fencedBecause: String? { reason.withLock { $0 } }
 
+    func watch(_ heartbeat: Heartbeat) { self.heartbeat = heartbeat }
+
     private func check(_ op: IOOperationKind, _ offset: UInt64?) throws(IOError) {
+        if fencedBecause == nil, let stale = heartbeat?.staleness() { fence(stale) }
         if let why = fencedBecause {
             throw IOError(.unsupported("this host is fenced off the volume: \(why)"), op, path: base.path, offset: offset)
         }

@@ -87,6 +87,7 @@ extension VolumeCore {
             device.release(slot.index)
             throw error
         }
+        fenced.watch(heartbeat)
         heartbeat.start()
         let store = MetadataStore(storage: fenced, volumeSize: header.volumeSize)
         let recovery = Recovery(storage: fenced, header: header, device: device, store: store, me: slot,
