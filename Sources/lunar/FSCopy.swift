@@ -119,7 +119,7 @@ func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool) throws -> Cop
         throw CLIError("\(hostPath) is the LUN \(ref.lun) itself; a volume cannot be copied into itself")
     }
     let size = UInt64(st.st_size)
-    let started = monotonicNow()
+    let started = monotonicSeconds()
     var data: UInt64 = 0
     var destination = ref
     try withVolume(ref.lun, readOnly: false) { volume in
@@ -139,7 +139,7 @@ func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool) throws -> Cop
         }
     }
     return CopyResult(source: hostPath, destination: destination.display, size: size, dataBytes: data,
-                      seconds: monotonicNow() - started)
+                      seconds: monotonicSeconds() - started)
 }
 
 /// Where a copy into the volume lands: `ref` itself, or `ref/name` when `ref` is a directory.
@@ -230,7 +230,7 @@ func writeNonZeroRuns<E: Error>(_ region: UnsafeRawBufferPointer, granule: Int, 
 /// zero pages, and its size from ftruncate: holes stay holes. Devices and pipes get every byte.
 func copyOut(from ref: VolumeRef, to hostPath: String, quiet: Bool) throws -> CopyResult {
     if ref.isRoot { throw CLIError("\(ref.display): is a directory (cp copies one file at a time)") }
-    let started = monotonicNow()
+    let started = monotonicSeconds()
     var target = hostPath
     if hostIsDirectory(hostPath) {
         target = (hostPath as NSString).appendingPathComponent(baseName(ref.path))
@@ -283,5 +283,5 @@ func copyOut(from ref: VolumeRef, to hostPath: String, quiet: Bool) throws -> Co
         progress.update(size)
     }
     return CopyResult(source: ref.display, destination: target, size: size, dataBytes: data,
-                      seconds: monotonicNow() - started)
+                      seconds: monotonicSeconds() - started)
 }

@@ -292,8 +292,3 @@ func rightAligned(_ text: String, _ width: Int) -> String {
 }
 
 /// Seconds since an arbitrary start, for rates.
-func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}

@@ -43,11 +43,18 @@ extension VolumeCore {
         return length
     }
 
+    /// Whether a transfer can go to the device as it is: offset, length and memory all on
+    /// sector boundaries, as O_DIRECT wants.
+    private func isDirect(_ physical: UInt64, _ count: Int, _ address: UnsafeRawPointer?) -> Bool {
+        guard let address else { return false }
+        return physical % UInt64(sector) == 0 && count % sector == 0 && UInt(bitPattern: address) % UInt(sector) == 0
+    }
+
     /// A device read that goes straight into `piece` when it is sector-aligned, and through
     /// one bounce buffer when not.
     private func readData(at physical: UInt64, into piece: UnsafeMutableRawBufferPointer) throws(FSError) {
         let s = UInt64(sector)
-        if physical % s == 0, piece.count % sector == 0, let base = piece.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 {
+        if isDirect(physical, piece.count, piece.baseAddress) {
             try io { () throws(IOError) in try storage.readBlocking(into: piece, at: physical) }
             return
         }
@@ -63,7 +70,7 @@ extension VolumeCore {
     /// it touches.
     private func writeData(at physical: UInt64, from data: UnsafeRawBufferPointer) throws(FSError) {
         let s = UInt64(sector)
-        if physical % s == 0, data.count % sector == 0, let base = data.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 {
+        if isDirect(physical, data.count, data.baseAddress) {
             try io { () throws(IOError) in try storage.writeBlocking(from: data, at: physical) }
             return
         }
