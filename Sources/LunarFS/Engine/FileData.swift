@@ -50,36 +50,37 @@ extension VolumeCore {
         return physical % UInt64(sector) == 0 && count % sector == 0 && UInt(bitPattern: address) % UInt(sector) == 0
     }
 
+    /// The whole sectors around `count` bytes at `physical`: where they start, where the bytes
+    /// begin inside them, and an aligned buffer that holds them.
+    private func bounce(covering physical: UInt64, count: Int) -> (start: UInt64, skip: Int, buffer: IOBuffer) {
+        let s = UInt64(sector)
+        let start = physical / s * s
+        let end = (physical + UInt64(count) + s - 1) / s * s
+        return (start, Int(physical - start), IOBuffer(count: Int(end - start)))
+    }
+
     /// A device read that goes straight into `piece` when it is sector-aligned, and through
     /// one bounce buffer when not.
     private func readData(at physical: UInt64, into piece: UnsafeMutableRawBufferPointer) throws(FSError) {
-        let s = UInt64(sector)
         if isDirect(physical, piece.count, piece.baseAddress) {
             try io { () throws(IOError) in try storage.readBlocking(into: piece, at: physical) }
             return
         }
-        let start = physical / s * s
-        let end = (physical + UInt64(piece.count) + s - 1) / s * s
-        let bounce = IOBuffer(count: Int(end - start))
+        let (start, skip, bounce) = bounce(covering: physical, count: piece.count)
         try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: start) }
-        let skip = Int(physical - start)
         piece.copyMemory(from: UnsafeRawBufferPointer(bounce.slice(skip..<(skip + piece.count))))
     }
 
     /// A device write from `data`, direct when aligned, else read-modify-write of the sectors
     /// it touches.
     private func writeData(at physical: UInt64, from data: UnsafeRawBufferPointer) throws(FSError) {
-        let s = UInt64(sector)
         if isDirect(physical, data.count, data.baseAddress) {
             try io { () throws(IOError) in try storage.writeBlocking(from: data, at: physical) }
             return
         }
-        let start = physical / s * s
-        let end = (physical + UInt64(data.count) + s - 1) / s * s
-        let bounce = IOBuffer(count: Int(end - start))
-        let skip = Int(physical - start)
+        let (start, skip, bounce) = bounce(covering: physical, count: data.count)
         // Only the first and last sectors can hold bytes outside `data`.
-        if skip != 0 || (physical + UInt64(data.count)) % s != 0 {
+        if skip != 0 || (physical + UInt64(data.count)) % UInt64(sector) != 0 {
             try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: start) }
         }
         bounce.slice(skip..<(skip + data.count)).copyMemory(from: data)
