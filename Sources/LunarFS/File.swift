@@ -1,4 +1,5 @@
 import LunarIO
+import Synchronization
 
 /// An open regular file of a volume. Offsets and lengths are bytes; aligned requests
 /// (4 KiB-aligned offset, length and buffer) go to the device without a copy.
@@ -7,19 +8,40 @@ public final class File: Sendable {
     public let inode: UInt32
     public let path: String
     let reuseGeneration: UInt32
+    /// How this handle holds the file on disk (nil: not at all, a read-only volume or a look).
+    public let lockMode: FileLockMode?
+    private let closed = Atomic<Bool>(false)
 
-    init(volume: Volume, inode: UInt32, reuseGeneration: UInt32, path: String) {
+    init(volume: Volume, inode: UInt32, reuseGeneration: UInt32, path: String, lockMode: FileLockMode?) {
         self.volume = volume
         self.inode = inode
         self.reuseGeneration = reuseGeneration
         self.path = path
+        self.lockMode = lockMode
+    }
+
+    deinit {
+        if lockMode != nil, !closed.load(ordering: .relaxed) { try? volume.releaseFileLock(inode) }
+    }
+
+    /// Releases this handle's hold on the file (the lock goes with the process's last handle).
+    /// Later calls through this handle fail.
+    public func close() throws(FSError) {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        if lockMode != nil { try volume.releaseFileLock(inode) }
     }
 
     private func checked(_ core: VolumeCore) throws(FSError) -> UInt32 {
+        guard !closed.load(ordering: .relaxed) else { throw FSError(.invalidArgument("file handle is closed")) }
         guard let ino = try? core.inode(inode), ino.reuseGeneration == reuseGeneration else {
             throw FSError(.notFound) // removed since it was opened
         }
         return inode
+    }
+
+    private func writable(_ core: VolumeCore) throws(FSError) -> UInt32 {
+        if let lockMode, !lockMode.allowsWrites { throw FSError(.readOnly) }
+        return try checked(core)
     }
 
     public var size: UInt64 {
@@ -47,7 +69,7 @@ public final class File: Sendable {
     }
 
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.write(try checked(core), at: offset, from: data) }
+        try volume.change(path) { (core) throws(FSError) -> Void in try core.write(try writable(core), at: offset, from: data) }
     }
 
     public func write(_ buffer: IOBuffer, at offset: UInt64, count: Int? = nil) throws(FSError) {
@@ -62,12 +84,12 @@ public final class File: Sendable {
     public func flush() throws(FSError) { try volume.sync() }
 
     public func truncate(to size: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.truncate(try checked(core), to: size) }
+        try volume.change(path) { (core) throws(FSError) -> Void in try core.truncate(try writable(core), to: size) }
     }
 
     /// Makes the range read as zeros and frees the whole blocks inside it.
     public func discard(at offset: UInt64, length: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.discard(try checked(core), at: offset, length: length) }
+        try volume.change(path) { (core) throws(FSError) -> Void in try core.discard(try writable(core), at: offset, length: length) }
     }
 
     /// Byte ranges that hold data; the rest of the file is holes.

@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import LunarIO
 import Synchronization
 
@@ -75,17 +77,62 @@ public final class Volume: @unchecked Sendable {
     private let lastCommit = Mutex<Double>(0)
     static let commitInterval = 5.0
 
+    private let linger = LingerControl()
+    /// A failure of the background release of the metadata lock, reported by the next call.
+    private let backgroundFailure = Mutex<FSError?>(nil)
+
     private init(core: VolumeCore, report: MountReport, ownedDevice: (any BlockStorage)?) {
         self.core = core
         self.header = core.header
         self.mountReport = report
         self.ownedDevice = ownedDevice
         lastCommit.withLock { $0 = monotonicSeconds() }
+        if let metadataLock = core.metadataLock { startLinger(metadataLock.linger) }
     }
 
     deinit {
+        stopLinger()
         if !lock.withLock({ $0 }) { try? core.unmount() }
         ownedDevice?.closeStorage()
+    }
+
+    /// The thread that hands the metadata lock back once this host stops using it.
+    private func startLinger(_ linger: Double) {
+        let step = UInt32(max(0.001, min(linger / 2, 0.05)) * 1_000_000)
+        let thread = Thread { [weak self, linger = self.linger] in
+            defer { linger.done.signal() }
+            while !linger.stop.load(ordering: .relaxed) {
+                usleep(step)
+                guard let volume = self else { return }
+                volume.releaseIfIdle()
+            }
+        }
+        thread.name = "lunar-metadata-lock"
+        thread.start()
+    }
+
+    private func stopLinger() {
+        guard core.metadataLock != nil, !linger.stop.exchange(true, ordering: .relaxed) else { return }
+        // The last reference may go on the linger thread itself, which then must not wait for itself.
+        if Thread.current.name == "lunar-metadata-lock" { return }
+        linger.done.wait()
+    }
+
+    private func releaseIfIdle() {
+        lock.withLock { (closed: inout Bool) -> Void in
+            guard !closed, let metadataLock = core.metadataLock, metadataLock.releaseDue(now: monotonicSeconds()) else { return }
+            do throws(FSError) {
+                try core.leaveMetadata()
+                lastCommit.withLock { $0 = monotonicSeconds() }
+            } catch {
+                backgroundFailure.withLock { $0 = error }
+            }
+        }
+    }
+
+    /// How this host has used the metadata lock so far (nil on a read-only open).
+    public var metadataLockStatistics: MetadataLockStatistics? {
+        lock.withLock { _ in core.metadataLock?.statistics }
     }
 
     // MARK: making and opening
@@ -152,6 +199,7 @@ public final class Volume: @unchecked Sendable {
 
     /// Commits, lets go of the volume. Later calls fail.
     public func close() throws(FSError) {
+        stopLinger()
         try lock.withLock { (closed: inout Bool) throws(FSError) -> Void in
             guard !closed else { return }
             closed = true
@@ -165,6 +213,8 @@ public final class Volume: @unchecked Sendable {
         do {
             return try lock.withLock { (closed: inout Bool) throws(FSError) -> T in
                 guard !closed else { throw FSError(.invalidArgument("volume is closed")) }
+                if let failure = backgroundFailure.withLock({ $0 }) { throw failure }
+                try core.enterMetadata()
                 return try body(core)
             }
         } catch {
@@ -241,32 +291,54 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
-    /// Creates an empty file (`exclusive`: failing if it exists) or opens the existing one.
-    public func create(_ path: String, mode: UInt32 = 0o644, exclusive: Bool = false) throws(FSError) -> File {
-        let n = try change(path) { (core) throws(FSError) -> UInt32 in
+    /// Creates an empty file (`exclusive`: failing if it exists) or opens the existing one,
+    /// holding it with `lock` (see `openFile`).
+    public func create(_ path: String, mode: UInt32 = 0o644, exclusive: Bool = false,
+                       lock: FileLockMode? = .exclusive, wait: Double = 0) throws(FSError) -> File {
+        try change(path) { (core) throws(FSError) -> Void in
             let (dir, name) = try core.resolveParent(path)
             if let e = try core.lookup(dir, name) {
                 if exclusive { throw FSError(.exists) }
                 guard e.type == .regular else { throw FSError(.isDirectory) }
-                return e.inode
+                return
             }
-            return try core.createNode(in: dir, name: name, type: .regular, mode: mode)
+            _ = try core.createNode(in: dir, name: name, type: .regular, mode: mode)
         }
-        return try handle(n, path)
+        return try handle(path, lock: lock, wait: wait)
     }
 
-    public func openFile(_ path: String) throws(FSError) -> File {
-        let n = try locked(path) { (core) throws(FSError) -> UInt32 in
-            let n = try core.resolve(path)
-            guard try core.inode(n).type == .regular else { throw FSError(.isDirectory) }
-            return n
-        }
-        return try handle(n, path)
+    /// Opens a regular file, taking its on-disk lock in `lock` mode (nil: no lock, for tools
+    /// that only look). A file another live host holds in a conflicting mode is refused with
+    /// an error naming that host, after waiting up to `wait` seconds for it to let go; a dead
+    /// holder is recovered and its lock broken. Several handles of one process share its lock;
+    /// the last `close` releases it. On a read-only open there are no locks.
+    public func openFile(_ path: String, lock: FileLockMode? = .exclusive, wait: Double = 0) throws(FSError) -> File {
+        try handle(path, lock: lock, wait: wait)
     }
 
-    private func handle(_ n: UInt32, _ path: String) throws(FSError) -> File {
-        let reuse = try locked(path) { (core) throws(FSError) -> UInt32 in try core.inode(n).reuseGeneration }
-        return File(volume: self, inode: n, reuseGeneration: reuse, path: path)
+    private func handle(_ path: String, lock mode: FileLockMode?, wait: Double) throws(FSError) -> File {
+        let deadline = monotonicSeconds() + wait
+        let lockMode = isReadOnly ? nil : mode
+        while true {
+            let (n, reuse, blocker) = try locked(path) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
+                let n = try core.resolve(path)
+                let ino = try core.inode(n)
+                guard ino.type == .regular else { throw FSError(.isDirectory) }
+                let blocker = try lockMode.flatMap { (m) throws(FSError) -> LockHolder? in try core.lockFile(n, m) }
+                return (n, ino.reuseGeneration, blocker)
+            }
+            guard let blocker, let lockMode else { return File(volume: self, inode: n, reuseGeneration: reuse, path: path, lockMode: lockMode) }
+            if monotonicSeconds() >= deadline {
+                let waited = wait > 0 ? " (waited \(wait) s)" : ""
+                throw FSError(.busy("cannot open it \(lockMode.rawValue): it is held by \(blocker.description)\(waited); close it there, or wait for it"), path: path)
+            }
+            usleep(50_000)
+        }
+    }
+
+    /// Lets go of one handle's hold on inode `n`.
+    func releaseFileLock(_ n: UInt32) throws(FSError) {
+        try locked { (core) throws(FSError) -> Void in try core.unlockFile(n) }
     }
 
     /// Atomically renames; an existing target file (or empty directory) is replaced.
@@ -288,6 +360,11 @@ public final class Volume: @unchecked Sendable {
     public func usage() throws(FSError) -> VolumeUsage {
         try locked { (core) throws(FSError) -> VolumeUsage in try core.usage() }
     }
+}
+
+private final class LingerControl: Sendable {
+    let stop = Atomic<Bool>(false)
+    let done = DispatchSemaphore(value: 0)
 }
 
 private func fileExists(_ path: String) -> Bool {

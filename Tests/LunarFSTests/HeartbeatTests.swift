@@ -78,7 +78,8 @@ struct RemoteHolderTests {
     /// A copy of a volume whose writer (slot 0, heartbeat 0.1 s) committed `/a` and then
     /// "crashed"; slot 0 now claims to belong to another machine.
     static func crashedRemoteWriter(_ t: TestVolume) throws -> (copy: String, slotOffset: UInt64) {
-        let v = try Volume.open(path: t.path, options: OpenOptions(heartbeatInterval: 0.1))
+        // The writer keeps the metadata lock (a long linger): the copy shows it held.
+        let v = try Volume.open(path: t.path, options: OpenOptions(heartbeatInterval: 0.1, metadataLockLinger: 60, metadataLockMaxHold: 60))
         try v.mkdir("/a")
         try v.sync()
         let copy = t.scratch.path("remote.img")

@@ -68,9 +68,40 @@ struct LivenessJudge {
         return dead
     }
 
-    private func interval(of s: HeartbeatSlot) -> Double {
+    /// Judges `s` without waiting, from what `watch` saw of it before: alive once its counter
+    /// was seen moving, dead once it stood still for the lock-break timeout, unknown before.
+    func verdict(_ s: HeartbeatSlot, watch: SlotWatch) throws(FSError) -> HostSlotInfo.Liveness {
+        if s.host == machine, let held = try device.heldElsewhere(s.slot) { return held ? .alive : .dead }
+        let now = monotonicSeconds()
+        guard let previous = watch.seen[s.slot], previous.claim == s.claimGeneration, previous.state == s.state else {
+            watch.seen[s.slot] = .init(claim: s.claimGeneration, state: s.state, counter: s.counter, since: now, moved: false)
+            return .unknown
+        }
+        if previous.counter != s.counter {
+            watch.seen[s.slot] = .init(claim: s.claimGeneration, state: s.state, counter: s.counter, since: now, moved: true)
+            return .alive
+        }
+        if now - previous.since >= OpenOptions.lockBreakTimeout(interval: interval(of: s)) { return .dead }
+        return previous.moved ? .alive : .unknown
+    }
+
+    func interval(of s: HeartbeatSlot) -> Double {
         s.intervalMillis > 0 ? Double(s.intervalMillis) / 1000 : defaultInterval
     }
+}
+
+/// What one observer has seen of each slot's counter, on its own monotonic clock.
+final class SlotWatch {
+    struct Sighting {
+        var claim: UInt64
+        var state: HeartbeatSlot.State
+        var counter: UInt64
+        /// When the counter was first seen at this value.
+        var since: Double
+        /// Whether it was ever seen to change.
+        var moved: Bool
+    }
+    var seen: [UInt32: Sighting] = [:]
 }
 
 /// Presence tokens where the LUN is a local device; where it is not (a LUN reached over the

@@ -248,4 +248,12 @@ final class MetadataStore {
     }
 
     func dropCache() { clean.removeAll() }
+
+    /// Whether the running transaction holds a copy of the sector at `offset`.
+    func isInTransaction(_ offset: UInt64) -> Bool { dirty[offset] != nil }
+
+    /// The sector was just written at home by compare-and-write: this is its image now.
+    func installWritten(_ offset: UInt64, _ image: IOBuffer) { remember(offset, image) }
+
+    func forget(_ offset: UInt64) { clean[offset] = nil }
 }

@@ -9,12 +9,20 @@ public struct OpenOptions: Sendable {
     public var hostName: String
     /// Seconds between heartbeat renewals of this host's slot.
     public var heartbeatInterval: Double
+    /// How long the metadata lock stays with this host after its last call, in seconds:
+    /// longer saves lock traffic for a host working alone, shorter lets other hosts in sooner.
+    public var metadataLockLinger: Double
+    /// The longest this host keeps the metadata lock while calls keep coming, in seconds.
+    public var metadataLockMaxHold: Double
 
-    public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil, heartbeatInterval: Double = 3) {
+    public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil, heartbeatInterval: Double = 3,
+                metadataLockLinger: Double = 0.01, metadataLockMaxHold: Double = 0.25) {
         self.readOnly = readOnly
         self.lockTimeout = lockTimeout
         self.hostName = hostName ?? OpenOptions.localHostName()
         self.heartbeatInterval = heartbeatInterval
+        self.metadataLockLinger = metadataLockLinger
+        self.metadataLockMaxHold = metadataLockMaxHold
     }
 
     /// Silence that makes a holder dead, as observers judge it (5 intervals).
@@ -36,14 +44,15 @@ public struct MountReport: Sendable {
     public var replayedTransactions = 0
 }
 
-/// Opening and closing: host slot, volume lock, journal recovery.
+/// Opening and closing: host slot, metadata lock, journal recovery.
 ///
-/// LunarFS v1 lets one process at a time work on a volume: it claims a host slot (its own
-/// journal, its heartbeat), then takes the volume lock by compare-and-write. Whether the holder
-/// of a slot or of the lock is alive is for `LivenessJudge` to say: at once by presence token
-/// for a process of this machine, by heartbeat silence for the lock-break timeout for any
-/// other. A holder found dead is recovered before anything of its changes hands: its slot is
-/// claimed (which fences it, should it only have stalled), its journal replayed, the slot freed.
+/// Any number of processes, here or on other machines, may have a volume open read-write:
+/// each claims a host slot (its own journal, its heartbeat) and takes the metadata lock by
+/// compare-and-write whenever it works on metadata (`MetadataLock`). Whether the holder of a
+/// slot or of a lock is alive is for `LivenessJudge` to say: at once by presence token for a
+/// process of this machine, by heartbeat silence for the lock-break timeout for any other. A
+/// holder found dead is recovered before anything of its changes hands: its slot is claimed
+/// (which fences it, should it only have stalled), its journal replayed, the slot freed.
 extension VolumeCore {
     static func mount(_ storage: any BlockStorage, options: OpenOptions) throws(FSError) -> (VolumeCore, MountReport) {
         let (header, usedBackup, primaryProblem) = try Formatter.readHeader(storage)
@@ -93,15 +102,18 @@ extension VolumeCore {
         let recovery = Recovery(storage: fenced, header: header, device: device, store: store, me: slot,
                                 judge: LivenessJudge(storage: storage, header: header, device: device, machine: me,
                                                      defaultInterval: options.heartbeatInterval))
+        let metadataLock = MetadataLock(recovery: recovery, options: options)
         do throws(FSError) {
-            try takeVolumeLock(recovery, host: me, timeout: options.lockTimeout)
-            // Recover every dead holder, then whatever a dead predecessor left in our own journal.
-            var others: [HeartbeatSlot] = []
+            _ = try metadataLock.acquire()
+            // Recover the dead holders this machine can judge at once (a remote one is judged
+            // by watching it, when something it holds is wanted), then whatever a dead
+            // predecessor left in our own journal.
             for s in 0..<header.hostSlots where s != slot.index {
                 let record = try readSlot(storage, header, Int(s))
-                if record.state != .free { others.append(record) }
+                if record.state == .live, record.host == me, try recovery.judge.verdict(record, watch: recovery.watch) == .dead {
+                    _ = try recovery.recover(record)
+                }
             }
-            for dead in try recovery.judge.dead(others) { _ = try recovery.recover(dead) }
             let own = try recovery.replay(slot.index)
             report.replayedTransactions += recovery.replayedTransactions + own.transactions
             report.recoveredSlots = recovery.recoveredSlots
@@ -109,13 +121,13 @@ extension VolumeCore {
             let ownNext = own.nextSequence
             store.attach(Journal(storage: fenced, header: header, slot: slot.index, sequence: ownNext))
             let core = VolumeCore(storage: fenced, header: header, store: store, slot: slot.index, isReadOnly: false)
-            core.heldLock = true
+            core.metadataLock = metadataLock
             core.heartbeat = heartbeat
             core.fence = fenced
             return (core, report)
         } catch {
             heartbeat.stop()
-            try? releaseVolumeLock(storage, header, slot: slot.index)
+            if metadataLock.held { try? releaseVolumeLock(storage, header, slot: slot.index) }
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.release(slot.index)
             throw error
@@ -126,15 +138,14 @@ extension VolumeCore {
     func unmount() throws(FSError) {
         guard !isReadOnly else { return }
         defer { PresenceTokens(device: storage.localDevice).release(slot) }
-        heartbeat?.stop()
         if let why = fence?.fencedBecause {
+            heartbeat?.stop()
             // The slot and the lock belong to whoever fenced us: touch nothing.
             throw FSError(.busy("this host was fenced off the volume (\(why)); its last changes may be lost"))
         }
-        try store.commit()
-        try store.checkpoint()
-        try Self.releaseVolumeLock(storage, header, slot: slot)
-        heldLock = false
+        // Changes exist only under the metadata lock, and letting go of it commits them.
+        try leaveMetadata()
+        heartbeat?.stop()
         try Self.updateSlot(storage, header, Int(slot)) { $0.release() }
         try io { () throws(IOError) in try storage.flushBlocking() }
     }
@@ -202,76 +213,6 @@ extension VolumeCore {
         throw FSError(.busy("all \(header.hostSlots) host slots are in use"), path: storage.path)
     }
 
-    // MARK: the volume lock
-
-    private static func readLock(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> (IOBuffer, LockRecord) {
-        let offset = header.volumeLockOffset
-        let b = IOBuffer(count: RecordHeader.sectorSize)
-        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
-        try b.verify(.volumeLock, at: offset)
-        guard let lock = LockRecord.decode(b, at: VolumeLockSector.lockOffset) else {
-            throw .corrupt(RecordKind.volumeLock.name, at: offset, "unknown lock mode")
-        }
-        return (b, lock)
-    }
-
-    private static func writeLock(_ storage: any BlockStorage, _ header: VolumeHeader, expected: IOBuffer, _ lock: LockRecord) throws(FSError) -> Bool {
-        let next = expected.clone()
-        lock.encode(into: next, at: VolumeLockSector.lockOffset)
-        next.seal(.volumeLock, at: header.volumeLockOffset, generation: expected.recordGeneration &+ 1)
-        return try io { () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: header.volumeLockOffset) }.isWritten
-    }
-
-    /// Takes the volume lock, breaking it when its holder is dead: the holder's slot is
-    /// recovered (claimed, its journal replayed, freed) before the lock changes hands.
-    private static func takeVolumeLock(_ recovery: Recovery, host: VolumeID, timeout: Double) throws(FSError) {
-        let storage = recovery.storage, header = recovery.header, slot = recovery.me
-        let deadline = monotonicSeconds() + timeout
-        while true {
-            let (sector, lock) = try readLock(storage, header)
-            var holderGone = lock.mode == .free || lock.ownerSlot == slot.index || lock.ownerSlot >= header.hostSlots
-            if !holderGone {
-                let owner = try readSlot(storage, header, Int(lock.ownerSlot))
-                switch owner.state {
-                case .free:
-                    // Its holder let go of the slot (or was recovered): the lock is stale.
-                    holderGone = true
-                case .live where owner.claimGeneration != lock.ownerClaim:
-                    // The slot was claimed again since: stale too.
-                    holderGone = true
-                case .live:
-                    if let dead = try recovery.judge.dead([owner]).first { holderGone = try recovery.recover(dead) }
-                case .recovering:
-                    // Another host is replaying the holder's journal: wait for it to finish.
-                    break
-                }
-            }
-            if holderGone {
-                let mine = LockRecord(mode: .exclusive, ownerSlot: slot.index, ownerClaim: slot.claim,
-                                      lockGeneration: lock.lockGeneration + 1, ownerHost: host, acquired: wallClockNanoseconds())
-                if try writeLock(storage, header, expected: sector, mine) {
-                    try io { () throws(IOError) in try storage.flushBlocking() }
-                    return
-                }
-                continue
-            }
-            if monotonicSeconds() >= deadline {
-                let holder = (try? readSlot(storage, header, Int(lock.ownerSlot))).map { "\($0.hostName) pid \($0.pid)" } ?? "unknown"
-                throw FSError(.busy("volume is in use by another lunar process (host slot \(lock.ownerSlot), \(holder)); LunarFS v1 lets one process at a time work on a volume — retry when it is done"), path: storage.path)
-            }
-            usleep(20_000)
-        }
-    }
-
-    static func releaseVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, slot: UInt32) throws(FSError) {
-        for _ in 0..<100 {
-            let (sector, lock) = try readLock(storage, header)
-            guard lock.mode != .free, lock.ownerSlot == slot else { return }
-            var free = LockRecord.free
-            free.lockGeneration = lock.lockGeneration + 1
-            if try writeLock(storage, header, expected: sector, free) { return }
-        }
-    }
 }
 
 
@@ -283,6 +224,7 @@ final class Recovery {
     let store: MetadataStore
     let me: VolumeCore.ClaimedSlot
     let judge: LivenessJudge
+    let watch = SlotWatch()
     private(set) var replayedTransactions = 0
     private(set) var recoveredSlots: [UInt32] = []
 

@@ -50,6 +50,9 @@ extension VolumeCore {
     /// Frees a node's content and its inode. Large files free their blocks over several
     /// transactions, flagged orphan in the first so that fsck can finish a cut-short removal.
     func destroyNode(_ n: UInt32) throws(FSError) {
+        if let holder = try otherHolder(of: n) {
+            throw FSError(.busy("it is open on \(holder.description); close it there first"))
+        }
         let m = try modifyInode(n)
         m.isOrphan = true
         m.linkCount = 0

@@ -10,7 +10,10 @@ final class VolumeCore {
     let slot: UInt32
     let isReadOnly: Bool
     var cursors = AllocationCursors()
-    var heldLock = false
+    /// Read-write opens: the lock this host takes to work on metadata.
+    var metadataLock: MetadataLock?
+    /// Files this process holds open, by inode.
+    var fileLocks: [UInt32: HeldFileLock] = [:]
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 

@@ -24,7 +24,10 @@ import LunarIO
 /// 160    8 btime   /  (creation)
 /// 168    4 parent directory inode (the root names itself)
 /// 172    4 reuse generation bumped each time the inode number is reused
-/// 176   80 reserved
+/// 176    4 shared holder count (lock modes shared read-only and multi-writer; at most 6)
+/// 180   72 shared holders: 6 × (host slot u32, claim generation u64); the lock record's owner
+///          is the first of them
+/// 252    4 reserved
 /// 256 3840 inline data (storage 0), or the map root: 960 little-endian u32 unit numbers
 ///          (0 = hole)
 /// ```

@@ -1,0 +1,129 @@
+import Foundation
+import LunarFS
+import LunarIO
+import LunarTesting
+import Synchronization
+import Testing
+
+/// Several hosts with one volume open at once. Each `Volume.open` is a host of its own (its own
+/// slot, heartbeat and journal) even inside one test process; they share nothing but the image.
+@Suite("Hosts sharing a volume")
+struct SharedVolumeTests {
+    static func host(_ t: TestVolume) throws -> Volume {
+        try Volume.open(path: t.path, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 0.2))
+    }
+
+    @Test("two hosts see each other's creates, writes, renames and removes")
+    func coherence() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t), b = try Self.host(t)
+        try a.mkdir("/from-a")
+        #expect(try b.stat("/from-a").type == .directory)
+        let written = try b.create("/from-a/data", lock: nil)
+        try written.write(bytes(5 << 20, seed: 9), at: 4096)
+        #expect(try a.openFile("/from-a/data", lock: nil).read(at: 4096, count: 5 << 20) == bytes(5 << 20, seed: 9))
+        try a.rename("/from-a/data", to: "/moved")
+        #expect(try b.list("/").map(\.name) == ["from-a", "moved"])
+        try b.remove("/moved")
+        #expect(try !a.exists("/moved"))
+        // Many small changes back and forth, each seen by the other at once.
+        for i in 0..<50 {
+            let (writer, reader) = i % 2 == 0 ? (a, b) : (b, a)
+            try writer.mkdir("/from-a/\(i)")
+            #expect(try reader.list("/from-a").count == i + 1)
+        }
+        try a.close()
+        try b.close()
+        let v = try t.open()
+        #expect(try v.check().isClean)
+        try v.close()
+    }
+
+    @Test("an exclusive holder keeps others out; the error names it; --wait gets it once it is closed")
+    func exclusiveLock() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t), b = try Self.host(t)
+        let file = try a.create("/disk")
+        try file.write(bytes(4096, seed: 1), at: 0)
+        let refused = fsError { _ = try b.openFile("/disk") }
+        #expect(refused?.kind.isBusy == true)
+        #expect(refused?.description.contains("host slot 0") == true, "\(String(describing: refused))")
+        #expect(refused?.description.contains("alive") == true, "\(String(describing: refused))")
+        #expect(fsError { _ = try b.openFile("/disk", lock: .sharedReadOnly) }?.kind.isBusy == true)
+        #expect(fsError { try b.remove("/disk") }?.kind.isBusy == true)
+        // A second handle in the same host shares the lock.
+        let again = try a.openFile("/disk")
+        try again.close()
+        #expect(fsError { _ = try b.openFile("/disk") }?.kind.isBusy == true)
+        let closer = Thread { usleep(300_000); try? file.close() }
+        closer.start()
+        let start = monotonicSeconds()
+        let mine = try b.openFile("/disk", wait: 5)
+        #expect(monotonicSeconds() - start >= 0.2)
+        #expect(try mine.read(at: 0, count: 4096) == bytes(4096, seed: 1))
+        #expect(fsError { _ = try a.openFile("/disk") }?.kind.isBusy == true)
+        try mine.close()
+        try a.close()
+        try b.close()
+    }
+
+    @Test("shared read-only holders read together; writers are refused; multi-writer holders write together")
+    func sharedModes() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t), b = try Self.host(t), c = try Self.host(t)
+        try a.create("/template").write(bytes(1 << 20, seed: 2), at: 0)
+        try a.openFile("/template").close()
+        let r1 = try a.openFile("/template", lock: .sharedReadOnly)
+        let r2 = try b.openFile("/template", lock: .sharedReadOnly)
+        #expect(try r2.read(at: 0, count: 1 << 20) == bytes(1 << 20, seed: 2))
+        #expect(fsError { try r1.write(bytes(10, seed: 1), at: 0) }?.kind == .readOnly)
+        #expect(fsError { _ = try c.openFile("/template") }?.kind.isBusy == true)
+        #expect(fsError { _ = try c.openFile("/template", lock: .multiWriter) }?.kind.isBusy == true)
+        try r1.close()
+        #expect(fsError { _ = try c.openFile("/template") }?.kind.isBusy == true)
+        try r2.close()
+        try c.openFile("/template").close()
+
+        _ = try a.create("/shared", lock: nil)
+        let w1 = try a.openFile("/shared", lock: .multiWriter)
+        let w2 = try b.openFile("/shared", lock: .multiWriter)
+        try w1.write(bytes(4096, seed: 11), at: 0)
+        try w2.write(bytes(4096, seed: 12), at: 1 << 20)
+        #expect(try w2.read(at: 0, count: 4096) == bytes(4096, seed: 11))
+        #expect(try w1.read(at: 1 << 20, count: 4096) == bytes(4096, seed: 12))
+        #expect(fsError { _ = try c.openFile("/shared") }?.kind.isBusy == true)
+        try w1.close()
+        try w2.close()
+        for v in [a, b, c] { try v.close() }
+        let v = try t.open()
+        #expect(try v.check().isClean)
+        try v.close()
+    }
+
+    @Test("a holder that closes the volume leaves no lock behind")
+    func closeReleases() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t)
+        _ = try a.create("/f")
+        try a.close()
+        let b = try Self.host(t)
+        try b.openFile("/f").close()
+        try b.close()
+    }
+
+    @Test("lock statistics: a host working alone keeps its cache; taking turns drops it")
+    func statistics() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t)
+        for i in 0..<20 { try a.mkdir("/\(i)"); usleep(20_000) }
+        let alone = try #require(a.metadataLockStatistics)
+        #expect(alone.acquisitions >= 10, "the lock lingered through 20 ms pauses")
+        #expect(alone.cacheDrops <= 1)
+        let b = try Self.host(t)
+        for i in 0..<10 { try b.mkdir("/b\(i)"); try a.mkdir("/a\(i)") }
+        let shared = try #require(a.metadataLockStatistics)
+        #expect(shared.cacheDrops >= alone.cacheDrops + 5)
+        try a.close()
+        try b.close()
+    }
+}
