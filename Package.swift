@@ -32,11 +32,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Hosts sharing one volume: the torture test's host and verifier, lock benchmarks.
+        .executableTarget(
+            name: "lunar-hosts",
+            dependencies: ["LunarFS", "LunarIO", "LunarTesting", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Tools/hosts"
+        ),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
-        .testTarget(name: "IntegrationTests", dependencies: ["lunar", "LunarIO", "LunarTesting"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["lunar", "lunar-hosts", "LunarIO", "LunarTesting"]),
     ],
     swiftLanguageModes: [.v6]
 )

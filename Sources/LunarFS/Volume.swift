@@ -130,6 +130,15 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// Hands the metadata lock back now rather than when idle (commits first): before a long
+    /// pause, or to measure the lock.
+    public func relinquishMetadataLock() throws(FSError) {
+        try lock.withLock { (closed: inout Bool) throws(FSError) -> Void in
+            guard !closed else { return }
+            try core.leaveMetadata()
+        }
+    }
+
     /// How this host has used the metadata lock so far (nil on a read-only open).
     public var metadataLockStatistics: MetadataLockStatistics? {
         lock.withLock { _ in core.metadataLock?.statistics }

@@ -10,6 +10,8 @@ final class Journal {
     let logSize: UInt64
     private(set) var sequence: UInt64
     private(set) var position: UInt64
+    /// Whether the header on disk says empty as of now (so marking it again writes nothing).
+    private(set) var emptyOnDisk = false
 
     static let sector = UInt64(RecordHeader.sectorSize)
 
@@ -49,6 +51,9 @@ final class Journal {
     /// Records that replay should start at the next transaction: everything before it is in
     /// place and durable.
     func markEmpty() throws(FSError) {
+        // Nothing appended since the last time: the header on disk says so already.
+        guard position != 0 || !emptyOnDisk else { return }
+        emptyOnDisk = true
         position = 0
         try Self.writeHeader(JournalHeader(slot: slot, startSequence: sequence, startPosition: 0, volume: volume),
                              at: start, storage: storage)
@@ -105,6 +110,7 @@ final class Journal {
         try io { () throws(IOError) in try storage.flushBlocking() }
         sequence += 1
         position += bytes
+        emptyOnDisk = false
     }
 
     // MARK: replay

@@ -229,7 +229,7 @@ final class MetadataStore {
 
     /// After a clean commit: nothing in the journal is needed any more.
     func checkpoint() throws(FSError) {
-        guard let journal, failure == nil else { return }
+        guard let journal, failure == nil, !journal.emptyOnDisk else { return }
         try io { () throws(IOError) in try storage.flushBlocking() }
         try journal.markEmpty()
     }

@@ -153,11 +153,7 @@ extension VolumeCore {
     // MARK: slots
 
     static func readSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int) throws(FSError) -> HeartbeatSlot {
-        let offset = header.heartbeatSlotOffset(s)
-        let b = IOBuffer(count: RecordHeader.sectorSize)
-        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
-        try b.verify(.heartbeat, at: offset)
-        return try HeartbeatSlot.decode(b, at: offset)
+        try readSlotImage(storage, header, s).1
     }
 
     /// Rewrites a slot record by compare-and-write against what was just read.
@@ -188,23 +184,37 @@ extension VolumeCore {
         for s in 0..<header.hostSlots {
             // A slot in use by another machine may be alive: only recovery, after judging it,
             // takes that. One of this machine's is free exactly when its presence token is.
-            let record = try readSlot(storage, header, Int(s))
-            if record.state != .free && (record.host != host || !device.canTell) { continue }
+            let (image, record) = try readSlotImage(storage, header, Int(s))
+            if record.state == .recovering || (record.state != .free && (record.host != host || !device.canTell)) { continue }
             guard try device.tryHold(s) else { continue }
-            do {
-                var claim: UInt64 = 0
-                try updateSlot(storage, header, Int(s)) { record in
-                    record.state = .live
-                    record.claimGeneration += 1
-                    record.counter += 1
-                    record.host = host
-                    record.hostName = name
-                    record.pid = UInt32(truncatingIfNeeded: getpid())
-                    record.recoveredBy = LockRecord.noOwner
-                    record.intervalMillis = UInt32(interval * 1000)
-                    claim = record.claimGeneration
+            do throws(FSError) {
+                var expected = image
+                if record.state != .free {
+                    // A dead predecessor of this machine. Its journal may hold committed changes
+                    // not yet in place, and until they are, its locks must not look stale (as
+                    // they would the moment this slot is live under a new claim): recover it
+                    // under the recovering state first, which makes every other host wait.
+                    guard let recovering = try swapSlot(storage, header, Int(s), expected: image, { r in
+                        r.state = .recovering
+                        r.claimGeneration += 1
+                        r.recoveredBy = s
+                    }) else { device.release(s); continue }
+                    _ = try replayInPlace(storage, header, slot: s, store: nil)
+                    expected = recovering
                 }
-                return ClaimedSlot(index: s, claim: claim)
+                // One compare-and-write against the image judged free: a host elsewhere that
+                // claims the same slot first wins it, and this one moves on.
+                guard let claimed = try swapSlot(storage, header, Int(s), expected: expected, { r in
+                    r.state = .live
+                    r.claimGeneration += 1
+                    r.counter += 1
+                    r.host = host
+                    r.hostName = name
+                    r.pid = UInt32(truncatingIfNeeded: getpid())
+                    r.recoveredBy = LockRecord.noOwner
+                    r.intervalMillis = UInt32(interval * 1000)
+                }) else { device.release(s); continue }
+                return ClaimedSlot(index: s, claim: try HeartbeatSlot.decode(claimed, at: header.heartbeatSlotOffset(Int(s))).claimGeneration)
             } catch {
                 device.release(s)
                 throw error
@@ -213,6 +223,43 @@ extension VolumeCore {
         throw FSError(.busy("all \(header.hostSlots) host slots are in use"), path: storage.path)
     }
 
+    static func readSlotImage(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int) throws(FSError) -> (IOBuffer, HeartbeatSlot) {
+        let offset = header.heartbeatSlotOffset(s)
+        let b = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
+        try b.verify(.heartbeat, at: offset)
+        return (b, try HeartbeatSlot.decode(b, at: offset))
+    }
+
+    /// One compare-and-write of slot `s` from `expected` to `expected` changed by `change`;
+    /// the new image, or nil when the slot no longer holds `expected`.
+    static func swapSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int, expected: IOBuffer,
+                         _ change: (inout HeartbeatSlot) -> Void) throws(FSError) -> IOBuffer? {
+        let offset = header.heartbeatSlotOffset(s)
+        var record = try HeartbeatSlot.decode(expected, at: offset)
+        change(&record)
+        record.slot = UInt32(s)
+        let next = IOBuffer(count: RecordHeader.sectorSize)
+        record.encode(into: next)
+        next.seal(.heartbeat, at: offset, generation: expected.recordGeneration &+ 1)
+        return try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: offset) }).isWritten ? next : nil
+    }
+
+    /// Replays slot `s`'s journal in place (through `store`, keeping its cache current, when
+    /// there is one) and empties it.
+    static func replayInPlace(_ storage: any BlockStorage, _ header: VolumeHeader, slot s: UInt32,
+                              store: MetadataStore?) throws(FSError) -> Journal.ReplayResult {
+        let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
+            if let store {
+                try store.applyReplayed(offset, image, inPlace: true)
+            } else {
+                try io { () throws(IOError) in try storage.writeBlocking(from: image, at: offset) }
+            }
+        }
+        try io { () throws(IOError) in try storage.flushBlocking() }
+        try Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence).markEmpty()
+        return r
+    }
 }
 
 
@@ -240,13 +287,7 @@ final class Recovery {
 
     /// Replays slot `s`'s journal in place and empties it.
     func replay(_ s: UInt32) throws(FSError) -> Journal.ReplayResult {
-        let store = self.store
-        let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
-            try store.applyReplayed(offset, image, inPlace: true)
-        }
-        try io { () throws(IOError) in try storage.flushBlocking() }
-        try Journal(storage: storage, header: header, slot: s, sequence: r.nextSequence).markEmpty()
-        return r
+        try VolumeCore.replayInPlace(storage, header, slot: s, store: store)
     }
 
     /// Recovers a slot judged dead: claims it by compare-and-write against the very image
@@ -256,27 +297,20 @@ final class Recovery {
     /// all, or another host got there first.
     func recover(_ judged: HeartbeatSlot) throws(FSError) -> Bool {
         let s = judged.slot
-        let offset = header.heartbeatSlotOffset(Int(s))
         guard try device.tryHold(s) else { return false }
         defer { device.release(s) }
-        let current = IOBuffer(count: RecordHeader.sectorSize)
-        try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
-        try current.verify(.heartbeat, at: offset)
-        var record = try HeartbeatSlot.decode(current, at: offset)
+        let (current, record) = try VolumeCore.readSlotImage(storage, header, Int(s))
         guard record.counter == judged.counter, record.claimGeneration == judged.claimGeneration,
               record.state == judged.state else { return false }
-        record.state = .recovering
-        record.claimGeneration += 1
-        record.recoveredBy = me.index
-        record.host = judge.machine
-        record.pid = UInt32(truncatingIfNeeded: getpid())
-        record.intervalMillis = 0
-        let next = IOBuffer(count: RecordHeader.sectorSize)
-        record.encode(into: next)
-        next.seal(.heartbeat, at: offset, generation: current.recordGeneration &+ 1)
-        guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten else {
-            return false
+        let claimed = try VolumeCore.swapSlot(storage, header, Int(s), expected: current) { [me, judge] r in
+            r.state = .recovering
+            r.claimGeneration += 1
+            r.recoveredBy = me.index
+            r.host = judge.machine
+            r.pid = UInt32(truncatingIfNeeded: getpid())
+            r.intervalMillis = 0
         }
+        guard claimed != nil else { return false }
         let r = try replay(s)
         replayedTransactions += r.transactions
         if r.transactions > 0 { recoveredSlots.append(s) }
