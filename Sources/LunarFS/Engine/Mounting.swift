@@ -297,8 +297,13 @@ final class Recovery {
     /// all, or another host got there first.
     func recover(_ judged: HeartbeatSlot) throws(FSError) -> Bool {
         let s = judged.slot
-        guard try device.tryHold(s) else { return false }
-        defer { device.release(s) }
+        // The token keeps other processes of this machine off the slot while it is replayed.
+        // Held by a process claiming this machine's identity, it says that process lives. Held
+        // by one claiming another identity (LUNAR_MACHINE_ID), it says nothing: that process
+        // is judged by its heartbeat, like any other machine's.
+        let holding = try device.tryHold(s)
+        guard holding || judged.host != judge.machine else { return false }
+        defer { if holding { device.release(s) } }
         let (current, record) = try VolumeCore.readSlotImage(storage, header, Int(s))
         guard record.counter == judged.counter, record.claimGeneration == judged.claimGeneration,
               record.state == judged.state else { return false }
