@@ -20,7 +20,7 @@ public final class VirtualMachine {
     let ports = PortBus()
     private let serial: Serial8250
     private let i8042 = I8042()
-    private let exitPort = ExitPort()
+    let exitPort = ExitPort()
     private var vcpu: VCPU?
     private var blockDevices: [VirtioMMIOBlock] = []
 
@@ -89,11 +89,24 @@ public final class VirtualMachine {
     /// until it resets, powers off or shuts down.
     public func runFreestanding(entry: UInt64 = VirtualMachine.imageAddress) throws(VMMError) -> VMExit {
         try LongModeBoot.writeTables(into: memory, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
+        return try runBootCPU { cpu throws(VMMError) in
+            try LongModeBoot.enter(cpu, entry: entry, stack: Self.stackTop, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
+        }
+    }
+
+    /// Creates the boot vCPU with the host's CPUID, lets `setUp` give it its first state, and
+    /// runs it until the VM ends.
+    func runBootCPU(_ setUp: (VCPU) throws(VMMError) -> Void) throws(VMMError) -> VMExit {
         let cpu = try VCPU(vm: self, id: 0)
         vcpu = cpu
         try cpu.setCPUID(try kvm.supportedCPUID())
-        try LongModeBoot.enter(cpu, entry: entry, stack: Self.stackTop, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
+        try setUp(cpu)
         return try run(cpu)
+    }
+
+    /// The virtio-mmio windows and their IRQs in the order added: what the DSDT lists.
+    var virtioMMIODevices: [(address: UInt64, irq: UInt32)] {
+        blockDevices.enumerated().map { ($0.element.base, Self.firstDeviceIRQ + UInt32($0.offset)) }
     }
 
     private func run(_ cpu: VCPU) throws(VMMError) -> VMExit {
