@@ -115,6 +115,14 @@ public final class VirtualMachine {
     /// application processors are left waiting for INIT/SIPI.
     private func createVCPUs() throws(VMMError) -> [VCPU] {
         guard vcpus.isEmpty else { throw VMMError(.invalidConfiguration("this VM has already run; create a new one")) }
+        let maximum = lunar_kvm_check_extension(fd, KVM_CAP_MAX_VCPUS)
+        guard maximum <= 0 || cpus <= maximum else {
+            throw VMMError(.invalidConfiguration("\(cpus) vCPUs; this host's KVM allows \(maximum)"))
+        }
+        // Without immediate_exit a kick that lands just before KVM_RUN would be lost.
+        guard lunar_kvm_check_extension(kvm.fd, KVM_CAP_IMMEDIATE_EXIT) > 0 else {
+            throw VMMError(.invalidConfiguration("KVM lacks KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 and later have it)"))
+        }
         let supported = try kvm.supportedCPUID()
         let topology = CPUTopology(count: cpus)
         var created: [VCPU] = []
