@@ -3,6 +3,7 @@ import Glibc
 import LunarTesting
 import LunarFS
 import LunarVMM
+import Synchronization
 import Testing
 
 /// Real KVM, real guests: small freestanding programs the test compiles (a stock kernel is far
@@ -68,10 +69,11 @@ struct FreestandingGuestTests {
     }
 }
 
-final class ConsoleCapture: @unchecked Sendable {
-    private(set) var bytes: [UInt8] = []
-    func append(_ byte: UInt8) { bytes.append(byte) }
-    var text: String { String(decoding: bytes, as: UTF8.self) }
+/// The guest's UART output; vCPU threads append while a test may already read it.
+final class ConsoleCapture: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
+    func append(_ byte: UInt8) { bytes.withLock { $0.append(byte) } }
+    var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
 }
 
 enum FreestandingGuests {

@@ -14,8 +14,8 @@ struct SMPTests {
     /// `seconds`: a VM that fails to stop is a failed test, not a hung test run.
     static func run(cpus: Int, defines: [String] = [], seconds: Double = 60) throws -> (exit: VMExit, console: String) {
         let image = try FreestandingGuests.build(sources, defines: defines, elf: true)
-        return try bounded(seconds) {
-            let console = ConsoleCapture()
+        let console = ConsoleCapture()
+        return try bounded(seconds, console: console) {
             let vm = try VirtualMachine(kvm: try KVM(), memorySize: 64 << 20, cpus: cpus, console: console.append)
             let entry = try vm.loadELF(image)
             let exit = try vm.runFreestanding(entry: entry)
@@ -70,6 +70,23 @@ struct SMPTests {
         #expect(lines.last == "cpu 3 powers off")
     }
 
+    @Test("an error on an AP (code fetched from unbacked memory) ends the VM with that error while the BSP spins")
+    func errorOnAP() throws {
+        let error = #expect(throws: VMMError.self) { _ = try Self.run(cpus: 3, defines: ["AP_FAULT"]) }
+        guard case .guestFault(let why) = error?.kind else {
+            Issue.record("expected a guest fault, got \(String(describing: error))")
+            return
+        }
+        #expect(why.contains("KVM internal error"), "\(why)")
+    }
+
+    @Test("a triple fault on an AP shuts the VM down while the BSP spins")
+    func tripleFaultOnAP() throws {
+        let (exit, console) = try Self.run(cpus: 2, defines: ["AP_TRIPLE_FAULT"])
+        #expect(exit == .shutdown)
+        #expect(console == "cpu 1 up\n")
+    }
+
     @Test("a guest that never starts its APs still ends: vCPUs waiting for SIPI are kicked out")
     func apsNeverStarted() throws {
         let (exit, console) = try Self.run(cpus: 4, defines: ["NO_SIPI"])
@@ -93,7 +110,8 @@ struct SMPTests {
 
 struct Timeout: Error, CustomStringConvertible {
     let seconds: Double
-    var description: String { "still running after \(seconds) s" }
+    let console: String
+    var description: String { "still running after \(seconds) s; console so far: \(console.debugDescription)" }
 }
 
 /// Written by the thread before it signals, read after the wait: the semaphore orders them.
@@ -102,8 +120,8 @@ private final class BoundedOutcome<T>: @unchecked Sendable {
 }
 
 /// Runs `body` on a thread of its own and waits at most `seconds` for it; on a timeout the
-/// thread is left behind and the caller gets `Timeout`.
-func bounded<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () throws -> T) throws -> T {
+/// thread is left behind and the caller gets `Timeout`, with what the guest printed.
+func bounded<T: Sendable>(_ seconds: Double, console: ConsoleCapture, _ body: @escaping @Sendable () throws -> T) throws -> T {
     let outcome = BoundedOutcome<T>()
     let done = DispatchSemaphore(value: 0)
     let thread = Thread {
@@ -111,6 +129,6 @@ func bounded<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () thro
         done.signal()
     }
     thread.start()
-    guard done.wait(timeout: .now() + seconds) == .success, let value = outcome.value else { throw Timeout(seconds: seconds) }
+    guard done.wait(timeout: .now() + seconds) == .success, let value = outcome.value else { throw Timeout(seconds: seconds, console: console.text) }
     return try value.get()
 }

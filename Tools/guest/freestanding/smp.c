@@ -7,6 +7,10 @@
 // "all N cpus up" and powers off with status N through the exit port (0x501).
 // With -DAP_POWEROFF the last AP instead waits for the others, prints "cpu N powers off" and
 // powers off with status 0x40 + N, while the BSP and the other APs spin forever.
+// With -DAP_FAULT the last AP jumps to an address with no memory behind it, where KVM cannot
+// fetch an instruction: the run ends with KVM's internal error while the BSP spins.
+// With -DAP_TRIPLE_FAULT the last AP loads an empty IDT and faults: a triple fault, which
+// shuts the VM down while the BSP spins.
 // With -DNO_SIPI the BSP starts no AP: it lets time pass, so that they are all waiting for
 // SIPI inside KVM_RUN, prints "no APs started" and powers off with status 0x50.
 // Guest code runs ~1 µs per instruction under a paravirtual KVM, so every loop is short.
@@ -87,6 +91,19 @@ void ap_main(uint32_t apic_id) {
     }
     spin();
 #endif
+#ifdef AP_FAULT
+    if (apic_id == ncpus - 1) {
+        ((void (*)(void))0xc0000000UL)();
+    }
+    spin();
+#endif
+#ifdef AP_TRIPLE_FAULT
+    if (apic_id == ncpus - 1) {
+        struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idt = { 0, 0 };
+        __asm__ volatile("lidt %0; ud2" :: "m"(idt));
+    }
+    spin();
+#endif
     // Returns to the trampoline, which halts with interrupts off.
 }
 
@@ -126,7 +143,7 @@ void _start(void) {
         delay(20);
         send_ipi(ap, 0x4600 | (TRAMPOLINE >> 12));                  // and again, per the MP spec
     }
-#ifdef AP_POWEROFF
+#if defined(AP_POWEROFF) || defined(AP_FAULT) || defined(AP_TRIPLE_FAULT)
     spin();
 #endif
     for (uint32_t i = 0; i < 1000000 && started < ncpus - 1; i++) pause();
