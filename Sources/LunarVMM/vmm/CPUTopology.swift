@@ -16,6 +16,9 @@ struct CPUTopology {
 
     func cpuid(for index: Int, from supported: [kvm_cpuid_entry2]) -> [kvm_cpuid_entry2] {
         let apicID = UInt32(index)
+        // "AuthenticAMD" or "HygonGenuine": the vendors whose extended leaves describe cores.
+        let vendor = supported.first(where: { $0.function == 0 })?.ebx
+        let amd = vendor == 0x6874_7541 || vendor == 0x6F67_7948
         var entries: [kvm_cpuid_entry2] = []
         for var entry in supported {
             switch entry.function {
@@ -33,9 +36,15 @@ struct CPUTopology {
             case 0x8000_000A:
                 // SVM's feature leaf, empty once SVM is hidden.
                 entry.eax = 0; entry.ebx = 0; entry.ecx = 0; entry.edx = 0
-            case 0x8000_0008:
-                // AMD: ECX[15:12] APIC ID bits for the core number, [7:0] cores - 1.
+            case 0x8000_0008 where amd:
+                // ECX[15:12] APIC ID bits for the core number, [7:0] cores - 1.
                 entry.ecx = (entry.ecx & ~0xF0FF) | (coreIDBits << 12) | UInt32(count - 1)
+            case 0x8000_001E where amd:
+                // With TOPOEXT a guest reads its IDs here: extended APIC ID, core ID with one
+                // thread per core, node 0 of one.
+                entry.eax = apicID
+                entry.ebx = apicID & 0xFF
+                entry.ecx = 0
             default:
                 break
             }

@@ -2,8 +2,8 @@
 // The bootstrap processor learns the vCPU count from CPUID (leaf 0xB's core level, else leaf 1),
 // copies the AP trampoline to the page its SIPIs name, then starts each application processor
 // through its local APIC (xAPIC MMIO at 0xfee00000): INIT, then SIPI twice, as the MP spec says.
-// Each AP checks that CPUID's APIC IDs agree with its local APIC's, prints "cpu N up" under a
-// spinlock, counts itself in and halts. The BSP waits (bounded) for all of them, prints
+// Each AP checks that CPUID's APIC IDs (leaves 1, 0xb, AMD's 0x8000001e) agree with its local
+// APIC's, prints "cpu N up" under a spinlock, counts itself in and halts. The BSP waits (bounded) for all of them, prints
 // "all N cpus up" and powers off with status N through the exit port (0x501).
 // With -DAP_POWEROFF the last AP instead waits for the others, prints "cpu N powers off" and
 // powers off with status 0x40 + N, while the BSP and the other APs spin forever.
@@ -80,6 +80,14 @@ void ap_main(uint32_t apic_id) {
     if (max_basic_leaf() >= 0xb) {
         cpuid(0xb, 0, r);
         if (r[3] != apic_id) { say("cpu ", apic_id, " has the wrong x2APIC ID in CPUID leaf 0xb\n"); spin(); }
+    }
+    cpuid(0x80000000, 0, r);
+    if (r[0] >= 0x8000001e) {
+        cpuid(0x80000001, 0, r);
+        if (r[2] & (1 << 22)) {                                     // TOPOEXT (AMD)
+            cpuid(0x8000001e, 0, r);
+            if (r[0] != apic_id) { say("cpu ", apic_id, " has the wrong extended APIC ID in CPUID leaf 0x8000001e\n"); spin(); }
+        }
     }
     say("cpu ", apic_id, " up\n");
     __atomic_add_fetch(&started, 1, __ATOMIC_SEQ_CST);
