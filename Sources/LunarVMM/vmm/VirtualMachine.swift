@@ -129,9 +129,10 @@ public final class VirtualMachine {
         for index in 0..<cpus {
             let cpu = try VCPU(vm: self, id: index)
             try cpu.setCPUID(topology.cpuid(for: index, from: supported))
-            // With the in-kernel irqchip KVM already makes every vCPU but 0 wait for SIPI; saying
-            // so keeps that from depending on KVM's choice of bootstrap processor.
-            if index > 0 { try cpu.setMultiprocessingState(UInt32(KVM_MP_STATE_UNINITIALIZED)) }
+            // With the in-kernel irqchip KVM already makes every vCPU but its bootstrap processor
+            // (vCPU 0 unless told otherwise) wait for SIPI; this keeps it so if that changes.
+            let waitForSIPI = UInt32(KVM_MP_STATE_UNINITIALIZED)
+            if index > 0, try cpu.multiprocessingState() != waitForSIPI { try cpu.setMultiprocessingState(waitForSIPI) }
             created.append(cpu)
         }
         vcpus = created
