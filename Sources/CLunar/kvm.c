@@ -59,12 +59,25 @@ int lunar_kvm_set_sregs(int vcpu, const struct kvm_sregs *sregs) { return result
 int lunar_kvm_set_regs(int vcpu, const struct kvm_regs *regs) { return result(ioctl(vcpu, KVM_SET_REGS, regs)); }
 int lunar_kvm_run(int vcpu) { return result(ioctl(vcpu, KVM_RUN, 0)); }
 
+int lunar_kvm_get_mp_state(int vcpu, uint32_t *state) {
+    struct kvm_mp_state mp = { 0 };
+    int r = result(ioctl(vcpu, KVM_GET_MP_STATE, &mp));
+    if (r >= 0) *state = mp.mp_state;
+    return r;
+}
+
+int lunar_kvm_set_mp_state(int vcpu, uint32_t state) {
+    struct kvm_mp_state mp = { .mp_state = state };
+    return result(ioctl(vcpu, KVM_SET_MP_STATE, &mp));
+}
+
 int lunar_kvm_irq_line(int vm, uint32_t irq, uint32_t level) {
     struct kvm_irq_level line = { .irq = irq, .level = level };
     return result(ioctl(vm, KVM_IRQ_LINE, &line));
 }
 
 uint32_t lunar_kvm_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
+void lunar_kvm_run_set_immediate_exit(struct kvm_run *run, uint8_t value) { __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST); }
 
 void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *size, uint16_t *port,
                       uint32_t *count, uint64_t *data_offset) {

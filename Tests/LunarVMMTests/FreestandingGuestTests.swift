@@ -3,6 +3,7 @@ import Glibc
 import LunarTesting
 import LunarFS
 import LunarVMM
+import Synchronization
 import Testing
 
 /// Real KVM, real guests: small freestanding programs the test compiles (a stock kernel is far
@@ -68,10 +69,11 @@ struct FreestandingGuestTests {
     }
 }
 
-final class ConsoleCapture: @unchecked Sendable {
-    private(set) var bytes: [UInt8] = []
-    func append(_ byte: UInt8) { bytes.append(byte) }
-    var text: String { String(decoding: bytes, as: UTF8.self) }
+/// The guest's UART output; vCPU threads append while a test may already read it.
+final class ConsoleCapture: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
+    func append(_ byte: UInt8) { bytes.withLock { $0.append(byte) } }
+    var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
 }
 
 enum FreestandingGuests {
@@ -85,15 +87,25 @@ enum FreestandingGuests {
     /// Compiles Tools/guest/freestanding/NAME into a flat image linked at 1 MiB.
     /// `elf`: a static ELF executable (entry from its header) instead of a flat image.
     static func build(_ name: String, defines: [String] = [], elf: Bool = false) throws -> [UInt8] {
+        try build([name], defines: defines, elf: elf)
+    }
+
+    /// Compiles several sources (C or assembly, `defines` for all) and links them in order.
+    static func build(_ names: [String], defines: [String] = [], elf: Bool = false) throws -> [UInt8] {
         let scratch = Scratch()
-        let source = root.appendingPathComponent("Tools/guest/freestanding/\(name)").path
-        let object = scratch.path("guest.o"), image = scratch.path("guest.bin")
-        let compile = ["-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-mno-red-zone", "-m64", "-O2",
-                       "-fno-asynchronous-unwind-tables"] + defines.map { "-D\($0)" } + ["-c", source, "-o", object]
-        guard run("/usr/bin/gcc", compile) == 0 else { throw GuestBuildError("gcc failed on \(source)") }
+        let image = scratch.path("guest.bin")
+        var objects: [String] = []
+        for (index, name) in names.enumerated() {
+            let source = root.appendingPathComponent("Tools/guest/freestanding/\(name)").path
+            let object = scratch.path("guest\(index).o")
+            let compile = ["-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-mno-red-zone", "-m64", "-O2",
+                           "-fno-asynchronous-unwind-tables"] + defines.map { "-D\($0)" } + ["-c", source, "-o", object]
+            guard run("/usr/bin/gcc", compile) == 0 else { throw GuestBuildError("gcc failed on \(source)") }
+            objects.append(object)
+        }
         let format = elf ? ["-static"] : ["--oformat", "binary"]
-        guard run("/usr/bin/ld", ["-Ttext=0x100000", "-e", "_start"] + format + ["-o", image, object]) == 0 else {
-            throw GuestBuildError("ld failed on \(object)")
+        guard run("/usr/bin/ld", ["-Ttext=0x100000", "-e", "_start"] + format + ["-o", image] + objects) == 0 else {
+            throw GuestBuildError("ld failed on \(objects.joined(separator: " "))")
         }
         return Array(try Data(contentsOf: URL(fileURLWithPath: image)))
     }

@@ -127,10 +127,16 @@ int lunar_kvm_get_sregs(int vcpu, struct kvm_sregs *sregs);
 int lunar_kvm_set_sregs(int vcpu, const struct kvm_sregs *sregs);
 int lunar_kvm_set_regs(int vcpu, const struct kvm_regs *regs);
 int lunar_kvm_run(int vcpu);
+/// A vCPU's multiprocessing state (KVM_MP_STATE_*): runnable, or waiting for INIT/SIPI.
+int lunar_kvm_get_mp_state(int vcpu, uint32_t *state);
+int lunar_kvm_set_mp_state(int vcpu, uint32_t state);
 /// Sets an in-kernel irqchip input line to `level` (KVM_IRQ_LINE).
 int lunar_kvm_irq_line(int vm, uint32_t irq, uint32_t level);
 /// The fields of `struct kvm_run` a run loop reads (its unions do not import into Swift).
 uint32_t lunar_kvm_run_exit_reason(const struct kvm_run *run);
+/// Sets `kvm_run.immediate_exit`, which another thread may do while the vCPU runs: KVM_RUN
+/// then returns -EINTR at once instead of entering the guest.
+void lunar_kvm_run_set_immediate_exit(struct kvm_run *run, uint8_t value);
 void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *size, uint16_t *port,
                       uint32_t *count, uint64_t *data_offset);
 uint32_t lunar_kvm_run_internal_suberror(const struct kvm_run *run);

@@ -2,13 +2,18 @@ import CLunar
 import Glibc
 
 /// One virtual CPU: its KVM handle and the shared `kvm_run` page it exits through.
-final class VCPU {
+/// Unchecked Sendable: it is run by exactly one thread at a time; the only field another
+/// thread touches is `immediate_exit`, written atomically by `requestImmediateExit`.
+final class VCPU: @unchecked Sendable {
     enum Exit {
         /// A port access; `data` is the bytes to send (write) or to fill (read).
         case io(port: UInt16, isWrite: Bool, size: Int, data: UnsafeMutableRawBufferPointer)
         case mmio(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer)
         case halt
         case shutdown
+        /// KVM_RUN returned early for a signal or `requestImmediateExit`; the run loop decides
+        /// whether that means stop.
+        case interrupted
     }
 
     let fd: Int32
@@ -54,11 +59,33 @@ final class VCPU {
         _ = try check(lunar_kvm_set_regs(fd, &copy), "KVM_SET_REGS")
     }
 
+    /// KVM_MP_STATE_RUNNABLE, or KVM_MP_STATE_UNINITIALIZED for an application processor
+    /// waiting for INIT and SIPI.
+    func multiprocessingState() throws(VMMError) -> UInt32 {
+        var state: UInt32 = 0
+        _ = try check(lunar_kvm_get_mp_state(fd, &state), "KVM_GET_MP_STATE")
+        return state
+    }
+
+    func setMultiprocessingState(_ state: UInt32) throws(VMMError) {
+        _ = try check(lunar_kvm_set_mp_state(fd, state), "KVM_SET_MP_STATE")
+    }
+
+    /// Makes every later KVM_RUN return at once; safe from any thread. Together with a signal
+    /// to the thread in KVM_RUN this leaves no window in which a stop is missed: a KVM_RUN
+    /// that starts after this returns, one already inside sees the signal.
+    func requestImmediateExit() {
+        lunar_kvm_run_set_immediate_exit(runPage.assumingMemoryBound(to: kvm_run.self), 1)
+    }
+
     /// Runs the guest until its next exit the VMM must handle.
     func run() throws(VMMError) -> Exit {
         while true {
             let r = lunar_kvm_run(fd)
-            if r == -EINTR || r == -EAGAIN { continue }
+            if r == -EINTR { return .interrupted }
+            // An application processor leaving wait-for-SIPI (or still in it after an INIT)
+            // returns -EAGAIN; running it again is what KVM expects.
+            if r == -EAGAIN { continue }
             _ = try check(r, "KVM_RUN")
             let kvmRun = runPage.assumingMemoryBound(to: kvm_run.self)
             switch Int32(lunar_kvm_run_exit_reason(kvmRun)) {

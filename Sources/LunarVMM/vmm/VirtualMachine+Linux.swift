@@ -3,8 +3,8 @@ extension VirtualMachine {
     /// starts it. Separate so the placement can be inspected before a vCPU runs.
     public func loadLinux(_ config: LinuxBootConfiguration) throws(VMMError) -> LinuxBootLayout {
         let devices = virtioMMIODevices.map { DSDT.VirtioMMIODevice(address: $0.address, length: VirtioMMIOBlock.windowSize, irq: $0.irq) }
-        // One vCPU: the machine runs its boot CPU only.
-        let tables = try ACPITables(cpuCount: 1, virtioDevices: devices)
+        // Every vCPU in the MADT: Linux brings the application processors up by INIT/SIPI.
+        let tables = try ACPITables(cpuCount: cpus, virtioDevices: devices)
         let layout = try LinuxBoot.load(config, into: memory, acpi: tables)
         // The FADT names these registers; a guest's ACPI power-off lands in the exit port, so
         // the VM ends the way a test guest's power-off ends it, with status 0.

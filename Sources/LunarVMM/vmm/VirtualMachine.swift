@@ -11,18 +11,26 @@ public enum VMExit: Sendable, Equatable {
     case shutdown
 }
 
-/// One VM: its KVM handle, guest memory, devices and (for now) one vCPU run on the caller's
-/// thread.
+/// One VM: its KVM handle, guest memory, devices and 1 to 16 vCPUs, each run on a thread of
+/// its own. vCPU 0 is the bootstrap processor; the others are application processors the
+/// guest starts through its local APIC (INIT, then SIPI), as on a PC.
 public final class VirtualMachine {
     public let kvm: KVM
     public let memory: GuestMemory
+    /// How many vCPUs the guest has.
+    public let cpus: Int
     let fd: Int32
     let ports = PortBus()
     private let serial: Serial8250
     private let i8042 = I8042()
     let exitPort = ExitPort()
-    private var vcpu: VCPU?
+    private var vcpus: [VCPU] = []
     private var blockDevices: [VirtioMMIOBlock] = []
+    /// Held around every device access: exits from all vCPU threads reach the same devices,
+    /// which are written for one caller at a time.
+    private let deviceLock = DeviceLock()
+
+    public static let maximumCPUs = 16
 
     /// Where virtio-mmio windows start (in the 32-bit hole, like Firecracker's) and the IRQ of
     /// the first one.
@@ -35,8 +43,13 @@ public final class VirtualMachine {
     public static let imageAddress: UInt64 = 0x10_0000
     static let stackTop: UInt64 = 0x8_0000
 
-    public init(kvm: KVM, memorySize: UInt64, console: @escaping (UInt8) -> Void) throws(VMMError) {
+    /// `console` receives the UART's output, from whichever vCPU thread writes it (one at a time).
+    public init(kvm: KVM, memorySize: UInt64, cpus: Int = 1, console: @escaping (UInt8) -> Void) throws(VMMError) {
+        guard (1...Self.maximumCPUs).contains(cpus) else {
+            throw VMMError(.invalidConfiguration("\(cpus) vCPUs; a VM has 1 to \(Self.maximumCPUs)"))
+        }
         self.kvm = kvm
+        self.cpus = cpus
         memory = try GuestMemory(size: memorySize)
         fd = try check(lunar_kvm_create_vm(kvm.fd), "KVM_CREATE_VM")
         serial = Serial8250(output: console)
@@ -85,8 +98,12 @@ public final class VirtualMachine {
         try ElfLoader.load(image, into: memory)
     }
 
-    /// Runs a freestanding guest from `entry` in 64-bit mode with the first GiB identity-mapped,
-    /// until it resets, powers off or shuts down.
+    /// Runs a freestanding guest from `entry` in 64-bit mode with the first 4 GiB identity-mapped,
+    /// until it resets, powers off or shuts down. The bootstrap processor starts at `entry`;
+    /// application processors wait for the guest's INIT and SIPI, then start in real mode at
+    /// the SIPI vector's page. Returns once every vCPU thread has been joined. The first run
+    /// installs a no-op SIGRTMIN handler for the process: that signal is how a vCPU thread is
+    /// interrupted in KVM_RUN when another vCPU ends the VM.
     public func runFreestanding(entry: UInt64 = VirtualMachine.imageAddress) throws(VMMError) -> VMExit {
         try LongModeBoot.writeTables(into: memory, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
         return try runBootCPU { cpu throws(VMMError) in
@@ -94,14 +111,12 @@ public final class VirtualMachine {
         }
     }
 
-    /// Creates the boot vCPU with the host's CPUID, lets `setUp` give it its first state, and
-    /// runs it until the VM ends.
+    /// Creates the vCPUs, lets `setUp` give the bootstrap processor its first state, and runs
+    /// them all until the VM ends.
     func runBootCPU(_ setUp: (VCPU) throws(VMMError) -> Void) throws(VMMError) -> VMExit {
-        let cpu = try VCPU(vm: self, id: 0)
-        vcpu = cpu
-        try cpu.setCPUID(try kvm.supportedCPUID())
-        try setUp(cpu)
-        return try run(cpu)
+        let cpus = try createVCPUs()
+        try setUp(cpus[0])
+        return try runThreads(cpus)
     }
 
     /// The virtio-mmio windows and their IRQs in the order added: what the DSDT lists.
@@ -109,10 +124,77 @@ public final class VirtualMachine {
         blockDevices.enumerated().map { ($0.element.base, Self.firstDeviceIRQ + UInt32($0.offset)) }
     }
 
-    private func run(_ cpu: VCPU) throws(VMMError) -> VMExit {
+    /// Creates the vCPUs (once per VM: KVM has no way to remove one) with their CPUID; the
+    /// application processors are left waiting for INIT/SIPI.
+    private func createVCPUs() throws(VMMError) -> [VCPU] {
+        guard vcpus.isEmpty else { throw VMMError(.invalidConfiguration("this VM has already run; create a new one")) }
+        let maximum = lunar_kvm_check_extension(fd, KVM_CAP_MAX_VCPUS)
+        guard maximum <= 0 || cpus <= maximum else {
+            throw VMMError(.invalidConfiguration("\(cpus) vCPUs; this host's KVM allows \(maximum)"))
+        }
+        // Without immediate_exit a kick that lands just before KVM_RUN would be lost.
+        guard lunar_kvm_check_extension(kvm.fd, KVM_CAP_IMMEDIATE_EXIT) > 0 else {
+            throw VMMError(.invalidConfiguration("KVM lacks KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 and later have it)"))
+        }
+        let supported = try kvm.supportedCPUID()
+        let topology = CPUTopology(count: cpus)
+        var created: [VCPU] = []
+        for index in 0..<cpus {
+            let cpu = try VCPU(vm: self, id: index)
+            try cpu.setCPUID(topology.cpuid(for: index, from: supported))
+            // With the in-kernel irqchip KVM already makes every vCPU but its bootstrap processor
+            // (vCPU 0 unless told otherwise) wait for SIPI; this keeps it so if that changes.
+            let waitForSIPI = UInt32(KVM_MP_STATE_UNINITIALIZED)
+            if index > 0, try cpu.multiprocessingState() != waitForSIPI { try cpu.setMultiprocessingState(waitForSIPI) }
+            created.append(cpu)
+        }
+        vcpus = created
+        return created
+    }
+
+    /// Runs each vCPU on a thread of its own until one of them ends the VM, then joins them all.
+    private func runThreads(_ cpus: [VCPU]) throws(VMMError) -> VMExit {
+        try VCPUKick.install()
+        let threads = VCPUThreads(cpus)
+        // Unchecked: the threads share this VM only through `run(_:in:)`, which touches the
+        // devices under `deviceLock`, and all are joined before this function returns.
+        let vm = UncheckedVM(self)
+        var started: [pthread_t] = []
+        for cpu in cpus {
+            do throws(VMMError) {
+                started.append(try startVCPUThread {
+                    VCPUKick.unblockOnThisThread()
+                    guard threads.enter(cpu.id) else { return }
+                    defer { threads.leave(cpu.id) }
+                    do throws(VMMError) {
+                        if let exit = try vm.value.run(cpu, in: threads) { threads.finish(.success(exit)) }
+                    } catch {
+                        threads.finish(.failure(error))
+                    }
+                })
+            } catch {
+                threads.finish(.failure(error))
+                break
+            }
+        }
+        for thread in started { pthread_join(thread, nil) }
+        switch threads.outcome {
+        case .success(let exit): return exit
+        case .failure(let error): throw error
+        case nil: throw VMMError(.guestFault("every vCPU thread ended without an outcome"))
+        }
+    }
+
+    /// One vCPU's run loop; nil when another vCPU ended the VM.
+    private func run(_ cpu: VCPU, in threads: VCPUThreads) throws(VMMError) -> VMExit? {
         while true {
             switch try cpu.run() {
+            case .interrupted:
+                if threads.isStopping { return nil }
+                // Any other signal: carry on.
             case .io(let port, let isWrite, let size, let data):
+                deviceLock.lock()
+                defer { deviceLock.unlock() }
                 if isWrite {
                     var value: UInt32 = 0
                     for i in 0..<size { value |= UInt32(data[i]) << (8 * UInt32(i)) }
@@ -124,6 +206,8 @@ public final class VirtualMachine {
                     for i in 0..<size { data[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(i))) }
                 }
             case .mmio(let address, let isWrite, let data):
+                deviceLock.lock()
+                defer { deviceLock.unlock() }
                 if let device = blockDevices.first(where: { $0.contains(address) }) {
                     if isWrite { device.write(address, from: UnsafeRawBufferPointer(data)) } else { device.read(address, into: data) }
                 } else if !isWrite {
@@ -137,4 +221,10 @@ public final class VirtualMachine {
             }
         }
     }
+}
+
+/// Hands the VM to its vCPU threads; see `runThreads`.
+private struct UncheckedVM: @unchecked Sendable {
+    let value: VirtualMachine
+    init(_ value: VirtualMachine) { self.value = value }
 }
