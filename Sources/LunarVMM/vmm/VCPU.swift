@@ -9,6 +9,8 @@ final class VCPU {
         case mmio(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer)
         case halt
         case shutdown
+        /// `StopSignal.request()` was called.
+        case stopped
     }
 
     let fd: Int32
@@ -54,9 +56,19 @@ final class VCPU {
         _ = try check(lunar_kvm_set_regs(fd, &copy), "KVM_SET_REGS")
     }
 
-    /// Runs the guest until its next exit the VMM must handle.
-    func run() throws(VMMError) -> Exit {
+    /// Runs the guest until its next exit the VMM must handle, or until `stop` is requested.
+    func run(stop: StopSignal? = nil) throws(VMMError) -> Exit {
+        if let stop {
+            stop.enter(runPage: runPage)
+            defer { stop.leave(runPage: runPage) }
+            return try runLoop(stop)
+        }
+        return try runLoop(nil)
+    }
+
+    private func runLoop(_ stop: StopSignal?) throws(VMMError) -> Exit {
         while true {
+            if let stop, stop.isRequested { return .stopped }
             let r = lunar_kvm_run(fd)
             if r == -EINTR || r == -EAGAIN { continue }
             _ = try check(r, "KVM_RUN")

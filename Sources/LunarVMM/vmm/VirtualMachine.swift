@@ -9,6 +9,8 @@ public enum VMExit: Sendable, Equatable {
     case poweredOff(status: UInt8)
     /// A triple fault or another shutdown condition.
     case shutdown
+    /// The host asked the VM to stop (`requestStop()`: Ctrl-A x on the console, SIGTERM).
+    case stopped
 }
 
 /// One VM: its KVM handle, guest memory, devices and (for now) one vCPU run on the caller's
@@ -23,6 +25,7 @@ public final class VirtualMachine {
     private let exitPort = ExitPort()
     private var vcpu: VCPU?
     private var blockDevices: [VirtioMMIOBlock] = []
+    private let stop = StopSignal()
 
     /// Where virtio-mmio windows start (in the 32-bit hole, like Firecracker's) and the IRQ of
     /// the first one.
@@ -96,9 +99,13 @@ public final class VirtualMachine {
         return try run(cpu)
     }
 
+    /// Makes the running (or next) `runFreestanding` return `.stopped` soon. Any thread may call
+    /// it; a guest halted with interrupts off is woken for it too.
+    public func requestStop() { stop.request() }
+
     private func run(_ cpu: VCPU) throws(VMMError) -> VMExit {
         while true {
-            switch try cpu.run() {
+            switch try cpu.run(stop: stop) {
             case .io(let port, let isWrite, let size, let data):
                 if isWrite {
                     var value: UInt32 = 0
@@ -121,6 +128,8 @@ public final class VirtualMachine {
                 return .shutdown
             case .halt:
                 return .shutdown
+            case .stopped:
+                return .stopped
             }
         }
     }
