@@ -30,16 +30,25 @@ final class StopSignal: @unchecked Sendable {
         }
     }
 
-    /// The calling thread runs the vCPU of `runPage` until `leave`.
-    func enter(runPage: UnsafeMutableRawPointer) {
+    /// The calling thread runs the vCPU of `runPage` until `leave`. The kick signal is unblocked
+    /// on it (threads of Swift's concurrency pool start with most signals blocked); the mask it
+    /// had is returned for `leave`.
+    func enter(runPage: UnsafeMutableRawPointer) -> sigset_t {
+        var kick = sigset_t(), old = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, Self.kickSignal)
+        pthread_sigmask(SIG_UNBLOCK, &kick, &old)
         let me = pthread_self(), page = UInt(bitPattern: runPage)
         running.withLock { $0.append((me, page)) }
         if isRequested { Self.setImmediateExit(runPage) }
+        return old
     }
 
-    func leave(runPage: UnsafeMutableRawPointer) {
+    func leave(runPage: UnsafeMutableRawPointer, mask: sigset_t) {
         let page = UInt(bitPattern: runPage)
         running.withLock { $0.removeAll { $0.runPage == page } }
+        var old = mask
+        pthread_sigmask(SIG_SETMASK, &old, nil)
     }
 
     /// struct kvm_run begins with request_interrupt_window (u8), then immediate_exit (u8).

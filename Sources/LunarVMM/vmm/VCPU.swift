@@ -56,17 +56,16 @@ final class VCPU {
         _ = try check(lunar_kvm_set_regs(fd, &copy), "KVM_SET_REGS")
     }
 
-    /// Runs the guest until its next exit the VMM must handle, or until `stop` is requested.
-    func run(stop: StopSignal? = nil) throws(VMMError) -> Exit {
-        if let stop {
-            stop.enter(runPage: runPage)
-            defer { stop.leave(runPage: runPage) }
-            return try runLoop(stop)
-        }
-        return try runLoop(nil)
+    /// Runs `body` (the run loop) with this thread registered to be kicked by `stop`.
+    func kickable<T>(by stop: StopSignal, _ body: () throws(VMMError) -> T) throws(VMMError) -> T {
+        let mask = stop.enter(runPage: runPage)
+        defer { stop.leave(runPage: runPage, mask: mask) }
+        return try body()
     }
 
-    private func runLoop(_ stop: StopSignal?) throws(VMMError) -> Exit {
+    /// Runs the guest until its next exit the VMM must handle, or until `stop` is requested
+    /// (call it inside `kickable(by: stop)`).
+    func run(stop: StopSignal? = nil) throws(VMMError) -> Exit {
         while true {
             if let stop, stop.isRequested { return .stopped }
             let r = lunar_kvm_run(fd)

@@ -104,6 +104,10 @@ public final class VirtualMachine {
     public func requestStop() { stop.request() }
 
     private func run(_ cpu: VCPU) throws(VMMError) -> VMExit {
+        try cpu.kickable(by: stop) { () throws(VMMError) -> VMExit in try runLoop(cpu) }
+    }
+
+    private func runLoop(_ cpu: VCPU) throws(VMMError) -> VMExit {
         while true {
             switch try cpu.run(stop: stop) {
             case .io(let port, let isWrite, let size, let data):
