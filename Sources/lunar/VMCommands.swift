@@ -75,6 +75,20 @@ struct VMCreateCommand: AsyncParsableCommand {
     func validate() throws {
         guard (kernel == nil) != (image == nil) else { throw ValidationError("give either --kernel or --image") }
         if image != nil, initrd != nil || cmdline != nil { throw ValidationError("--initrd and --cmdline go with --kernel") }
+        _ = try Self.parseDisks(disks)
+    }
+
+    /// `--disk SIZE[,ro]` options: disk0, disk1, ...
+    static func parseDisks(_ texts: [String]) throws -> [VMConfig.Disk] {
+        try texts.enumerated().map { i, text in
+            var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            let readOnly = parts.count == 2 && parts[1] == "ro"
+            if readOnly { parts.removeLast() }
+            guard parts.count == 1, let size = ByteSize(argument: parts[0]) else {
+                throw ValidationError("--disk '\(text)': give a size such as 10G, optionally followed by ',ro'")
+            }
+            return VMConfig.Disk(name: "disk\(i)", size: size.bytes, readOnly: readOnly)
+        }
     }
 
     func run() async throws {
@@ -85,16 +99,7 @@ struct VMCreateCommand: AsyncParsableCommand {
             } else {
                 boot = .freestanding(image: "guest.img", format: try Self.imageFormat(image!))
             }
-            var diskList: [VMConfig.Disk] = []
-            for (i, text) in disks.enumerated() {
-                var parts = text.split(separator: ",").map(String.init)
-                let readOnly = parts.count == 2 && parts[1] == "ro"
-                if readOnly { parts.removeLast() }
-                guard parts.count == 1, let size = ByteSize(argument: parts[0]) else {
-                    throw ValidationError("--disk '\(text)': give a size such as 10G, optionally followed by ',ro'")
-                }
-                diskList.append(VMConfig.Disk(name: "disk\(i)", size: size.bytes, readOnly: readOnly))
-            }
+            let diskList = try Self.parseDisks(disks)
             let config = VMConfig(name: name, cpus: cpus, memory: memory.bytes, boot: boot, disks: diskList,
                                   console: VMConfig.Console(argument: console))
             let created = try withVolume(lun, readOnly: false) { volume in
