@@ -20,7 +20,8 @@ struct VMCommand: AsyncParsableCommand {
               lunar vm list vol.img
               lunar vm run vol.img hello --verbose
             """,
-        subcommands: [VMCreateCommand.self, VMRunCommand.self, VMListCommand.self, VMShowCommand.self, VMRmCommand.self]
+        subcommands: [VMCreateCommand.self, VMRunCommand.self, VMListCommand.self, VMShowCommand.self, VMRmCommand.self,
+                      VMBootCommand.self]
     )
 }
 
@@ -328,6 +329,42 @@ final class ConsoleAttachment: @unchecked Sendable {
 
 /// Where the signal handlers of `ConsoleAttachment` write (a handler cannot capture).
 nonisolated(unsafe) var consoleWakeFD: Int32 = -1
+
+// MARK: boot (hidden: the VMM alone, for Tools/bench/vmm.sh)
+
+/// Runs a freestanding image straight from a host file, with no volume: the VMM's own start-up
+/// cost, which Tools/bench/vmm.sh compares with QEMU's.
+struct VMBootCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "boot", abstract: "Run a freestanding guest image from a host file, without a volume (for benchmarks).",
+        shouldDisplay: false)
+
+    @Argument(help: "Flat image linked at 1 MiB, or a static x86-64 ELF.")
+    var image: String
+
+    @Option(help: "Guest memory.", transform: ByteSize.parse)
+    var memory = ByteSize(bytes: 64 << 20)
+
+    func run() async throws {
+        var status: Int32 = 0
+        try reportingErrors {
+            guard let data = FileManager.default.contents(atPath: image) else { throw CLIError.system(image) }
+            let bytes = [UInt8](data)
+            let attachment = try ConsoleAttachment(.terminal)
+            let vm = try VirtualMachine(kvm: try KVM(), memorySize: memory.bytes, console: attachment.output)
+            let entry: UInt64
+            if bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) { entry = try vm.loadELF(bytes) } else {
+                try vm.loadFlatImage(bytes)
+                entry = VirtualMachine.imageAddress
+            }
+            nonisolated(unsafe) let target = vm
+            attachment.attach { target.requestStop() }
+            defer { attachment.detach() }
+            if case .poweredOff(let code) = try vm.runFreestanding(entry: entry) { status = Int32(code) }
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
 
 // MARK: list, show, rm
 
