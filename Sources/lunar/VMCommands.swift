@@ -102,7 +102,7 @@ struct VMCreateCommand: AsyncParsableCommand {
             }
             let diskList = try Self.parseDisks(disks)
             let config = VMConfig(name: name, cpus: cpus, memory: memory.bytes, boot: boot, disks: diskList,
-                                  console: VMConfig.Console(argument: console))
+                                  console: try consoleArgument(console))
             let created = try withVolume(lun, readOnly: false) { volume in
                 try VMLibrary.create(on: volume, config: config,
                                      images: .init(kernel: kernel, initrd: initrd, image: image))
@@ -166,7 +166,7 @@ struct VMRunCommand: AsyncParsableCommand {
 
     private func runVM(_ volume: Volume) throws -> Int32 {
         var config = try VMLibrary.load(name, on: volume)
-        if let console { config.console = VMConfig.Console(argument: console) }
+        if let console { config.console = try consoleArgument(console) }
         let kvm = try KVM()
         if case .linux = config.boot, kvm.kind == .paravirtual {
             guard force else {
@@ -191,7 +191,7 @@ struct VMRunCommand: AsyncParsableCommand {
             note("console: \(config.console.description)\(attachment.interactive ? " (Ctrl-A x quits)" : "")")
         }
         let start = monotonicSeconds()
-        attachment.attach { session.stop() }
+        attachment.attach(stop: { session.stop() }, input: { session.sendConsoleInput($0) })
         let exit: VMExit
         do {
             exit = try session.run()
@@ -253,9 +253,9 @@ final class ConsoleAttachment: @unchecked Sendable {
         }
     }
 
-    /// Raw mode and the Ctrl-A escapes (on a terminal), SIGINT/SIGTERM/SIGHUP: `stop` is called
-    /// on a watcher thread.
-    func attach(stop: @escaping @Sendable () -> Void) {
+    /// Raw mode and the Ctrl-A escapes (on a terminal), SIGINT/SIGTERM/SIGHUP: `stop` and
+    /// `input` (what is typed, for the guest's UART) are called on a watcher thread.
+    func attach(stop: @escaping @Sendable () -> Void, input: @escaping @Sendable ([UInt8]) -> Void) {
         guard pipe(&wake) == 0 else { return }
         consoleWakeFD = wake[1]
         for s in [SIGINT, SIGTERM, SIGHUP] {
@@ -291,6 +291,8 @@ final class ConsoleAttachment: @unchecked Sendable {
                 if fds.count > 1, fds[1].revents != 0 {
                     let n = read(STDIN_FILENO, &buffer, buffer.count)
                     if n <= 0 { fds.removeLast(); continue }
+                    var typed: [UInt8] = []
+                    defer { if !typed.isEmpty { input(typed) } }
                     for byte in buffer[0..<n] {
                         if escape {
                             escape = false
@@ -300,11 +302,15 @@ final class ConsoleAttachment: @unchecked Sendable {
                             case UInt8(ascii: "h"), UInt8(ascii: "?"):
                                 let help = "\r\nC-a x    stop the VM and exit\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n"
                                 _ = help.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+                            case 0x01:
+                                typed.append(0x01)
                             default:
-                                break // C-a C-a and plain bytes would go to the UART's receive side (no input path yet)
+                                break
                             }
                         } else if byte == 0x01 {
                             escape = true
+                        } else {
+                            typed.append(byte)
                         }
                     }
                 }
@@ -358,7 +364,7 @@ struct VMBootCommand: AsyncParsableCommand {
                 entry = VirtualMachine.imageAddress
             }
             nonisolated(unsafe) let target = vm
-            attachment.attach { target.requestStop() }
+            attachment.attach(stop: { target.requestStop() }, input: { target.sendConsoleInput($0) })
             defer { attachment.detach() }
             if case .poweredOff(let code) = try vm.runFreestanding(entry: entry) { status = Int32(code) }
         }
@@ -456,6 +462,13 @@ struct VMRmCommand: AsyncParsableCommand {
 }
 
 // MARK: formatting
+
+func consoleArgument(_ text: String) throws -> VMConfig.Console {
+    guard let console = VMConfig.Console(argument: text) else {
+        throw CLIError("--console '\(text)': give terminal, none, or a host file path (file:NAME, ./NAME or /path/NAME)")
+    }
+    return console
+}
 
 func describe(_ c: VMConfig) -> String {
     var parts = ["\(c.cpus) vCPU\(c.cpus == 1 ? "" : "s")", ByteSize.format(c.memory) + " memory"]

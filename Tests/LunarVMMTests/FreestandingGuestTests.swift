@@ -131,3 +131,23 @@ struct VMConfigTests {
         #expect(console.text == "hello from the guest\n")
     }
 }
+
+@Suite("Console input", .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
+struct ConsoleInputTests {
+    @Test("bytes sent to the console reach a guest polling the UART, before and while it runs")
+    func echo() throws {
+        let image = try FreestandingGuests.build("echo.c")
+        let console = ConsoleCapture()
+        let vm = try VirtualMachine(kvm: try KVM(), memorySize: 16 << 20, console: console.append)
+        try vm.loadFlatImage(image)
+        vm.sendConsoleInput(Array("hi".utf8))
+        nonisolated(unsafe) let target = vm
+        let typist = Thread {
+            Thread.sleep(forTimeInterval: 0.2)
+            target.sendConsoleInput(Array(" there\n".utf8))
+        }
+        typist.start()
+        #expect(try vm.runFreestanding() == .poweredOff(status: 8))
+        #expect(console.text == "> hi there\n")
+    }
+}

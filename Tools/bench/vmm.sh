@@ -181,10 +181,16 @@ bench_memory() {
         done
         printf '%-44s %10.0f %10.0f %10.0f %10.0f\n' "$label" "$(median "${o[@]}")" "$(median "${a[@]}")" \
             "$(median "${f[@]}")" "$(median "${g[@]}")"
-        [ $which = run ] && overhead=$(median "${o[@]}")
+        if [ $which = run ]; then
+            overhead=$(median "${o[@]}")
+            anon=$(median "${a[@]}")
+            guest=$(median "${g[@]}")
+        fi
     done
     overhead_mib=$(python3 -c "print(f'{$overhead / 1024:.1f}')")
-    printf 'lunar vm run overhead: %s MiB (target < 8)\n' "$overhead_mib"
+    printf 'lunar vm run overhead: %s MiB (target < 8), of which anonymous (private to this VM): %s MiB;\n' \
+        "$overhead_mib" "$(python3 -c "print(f'{($anon - $guest) / 1024:.1f}')")"
+    printf 'the file-backed rest is code and read-only data of lunar and its libraries, shared through the page cache\n'
 }
 
 for part in $parts; do

@@ -56,12 +56,15 @@ public struct VMConfig: Codable, Sendable, Equatable {
         case file(String)
         case none
 
-        /// `terminal`, `none`, or a host path.
-        public init(argument: String) {
+        /// `terminal`, `none`, or a host path: `file:PATH`, or any path with a `/` in it (so that
+        /// a mistyped word is not taken for a file name); nil for anything else.
+        public init?(argument: String) {
             switch argument {
             case "terminal", "stdio": self = .terminal
             case "none": self = .none
-            default: self = .file(argument.hasPrefix("file:") ? String(argument.dropFirst(5)) : argument)
+            case _ where argument.hasPrefix("file:") && argument.count > 5: self = .file(String(argument.dropFirst(5)))
+            case _ where argument.contains("/"): self = .file(argument)
+            default: return nil
             }
         }
 

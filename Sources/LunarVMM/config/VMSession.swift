@@ -99,4 +99,7 @@ public final class VMSession: @unchecked Sendable {
 
     /// Ends `run()` soon with `.stopped`; callable from any thread.
     public func stop() { vm.requestStop() }
+
+    /// Console input for the guest's UART; callable from any thread.
+    public func sendConsoleInput(_ bytes: [UInt8]) { vm.sendConsoleInput(bytes) }
 }

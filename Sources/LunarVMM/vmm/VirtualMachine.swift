@@ -53,6 +53,8 @@ public final class VirtualMachine {
             close(fd)
             throw error
         }
+        let vmFD = fd
+        serial.interrupt = { level in _ = lunar_kvm_irq_line(vmFD, 4, level ? 1 : 0) }
         ports.attach(serial, at: 0x3F8...0x3FF)
         ports.attach(i8042, at: 0x60...0x64)
         ports.attach(exitPort, at: 0x501...0x501)
@@ -98,6 +100,10 @@ public final class VirtualMachine {
         try LongModeBoot.enter(cpu, entry: entry, stack: Self.stackTop, gdt: Self.gdtAddress, pageTables: Self.pageTableAddress)
         return try run(cpu)
     }
+
+    /// Bytes typed on the console, for the guest to read from the UART (polled, or by IRQ 4
+    /// when it enabled the received-data interrupt). Any thread may call it.
+    public func sendConsoleInput(_ bytes: [UInt8]) { serial.feed(bytes) }
 
     /// Makes the running (or next) `runFreestanding` return `.stopped` soon. Any thread may call
     /// it; a guest halted with interrupts off is woken for it too.
