@@ -179,6 +179,9 @@ struct VMRunCommand: AsyncParsableCommand {
         }
         let attachment = try ConsoleAttachment(config.console)
         let session = try VMSession(config: config, volume: volume, kvm: kvm, console: attachment.output)
+        if session.layout.cpusRunning < config.cpus {
+            note("note: \(config.cpus) vCPUs configured; this build of lunar runs \(session.layout.cpusRunning)")
+        }
         if verbose {
             let l = session.layout
             note("KVM: \(l.kvmKind.rawValue)")
