@@ -131,6 +131,52 @@ struct VMCommandTests {
         #expect(try f.list().isEmpty)
     }
 
+    /// `lunar vm run` on a terminal (a pseudo-terminal made by script(1)): raw input to the
+    /// guest's UART, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A x quits.
+    @Test("on a terminal: typed bytes reach the guest, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A x quits",
+          .enabled(if: access("/usr/bin/script", X_OK) == 0, "needs script(1) for a pseudo-terminal"))
+    func terminal() throws {
+        let f = try Fixture()
+        #expect(try f.vm(["create", f.lun, "echo", "--memory", "8M", "--image", try f.guest("echo.c")]).status == 0)
+        #expect(try f.vm(["create", f.lun, "idle", "--memory", "8M", "--image", try f.guest("hello.c", defines: ["IDLE"])]).status == 0)
+
+        /// Runs NAME under script(1), waits for `prompt`, types `keys`; returns the exit status
+        /// and everything the terminal showed.
+        func session(_ name: String, prompt: String, keys: String) throws -> (Int32, String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+            process.arguments = ["-qfec", "\(LunarProcess.executable.path) vm run \(f.lun) \(name) -v", "/dev/null"]
+            let input = Pipe(), output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let watchdog = DispatchWorkItem { process.terminate() }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
+            defer { watchdog.cancel() }
+            var seen = Data()
+            while !String(decoding: seen, as: UTF8.self).contains(prompt) {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                seen += chunk
+            }
+            input.fileHandleForWriting.write(Data(keys.utf8))
+            seen += output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: seen, as: UTF8.self))
+        }
+
+        // The echo guest counts the bytes before the newline: a, b, Ctrl-A, c.
+        let (echoStatus, echoed) = try session("echo", prompt: "> ", keys: "ab\u{1}\u{1}c\n")
+        #expect(echoStatus == 4, "\(echoed)")
+        #expect(echoed.contains("> ab\u{1}c\r\n"), "\(echoed)")
+        #expect(echoed.contains("(Ctrl-A x quits)"))
+
+        let (idleStatus, idled) = try session("idle", prompt: "hello from the guest", keys: "\u{1}x")
+        #expect(idleStatus == 0, "\(idled)")
+        #expect(idled.contains("stopped by the host"), "\(idled)")
+    }
+
     @Test("clear errors: duplicate name, bad --cpus, bad sizes, missing image, no space, unknown VM")
     func errors() throws {
         let f = try Fixture()
