@@ -252,13 +252,16 @@ final class ConsoleAttachment: @unchecked Sendable {
         return { byte in
             guard fd >= 0 else { return }
             var b = byte
-            while write(fd, &b, 1) < 0 && errno == EINTR {}
+            while write(fd, &b, 1) < 0 && errno == EINTR {} // EPIPE and the like: the byte is dropped
         }
     }
 
     /// Raw mode and the Ctrl-A escapes (on a terminal), SIGINT/SIGTERM/SIGHUP: `stop` and
     /// `input` (what is typed, for the guest's UART) are called on a watcher thread.
     func attach(stop: @escaping @Sendable () -> Void, input: @escaping @Sendable ([UInt8]) -> Void) {
+        // A reader of the console that goes away must not kill the VMM before it closes the
+        // volume: the guest's output is then dropped.
+        _ = signal(SIGPIPE, SIG_IGN)
         guard pipe(&wake) == 0 else { return }
         consoleWakeFD = wake[1]
         for s in [SIGINT, SIGTERM, SIGHUP] {
