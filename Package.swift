@@ -29,6 +29,7 @@ let package = Package(
             dependencies: [
                 "LunarIO",
                 "LunarFS",
+                "LunarVMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -8,7 +8,7 @@ import Testing
 
 /// Real KVM, real guests: small freestanding programs the test compiles (a stock kernel is far
 /// too slow under this machine's paravirtual KVM; see BRIEF §5).
-@Suite("Freestanding guests on KVM", .enabled(if: FreestandingGuests.available, FreestandingGuests.whyNot))
+@Suite("Freestanding guests on KVM", .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
 struct FreestandingGuestTests {
     @Test("a guest prints over the 8250 UART and powers off with its status")
     func helloAndPowerOff() throws {
@@ -76,42 +76,80 @@ final class ConsoleCapture: Sendable {
     var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
 }
 
-enum FreestandingGuests {
-    static var root: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+@Suite("VM configs")
+struct VMConfigTests {
+    @Test("vm.json round-trips and is flat, with a kind for the boot and the console")
+    func json() throws {
+        let config = VMConfig(name: "web01", cpus: 2, memory: 512 << 20,
+                              boot: .linux(kernel: "kernel", initrd: "initrd", commandLine: "console=ttyS0"),
+                              disks: [.init(name: "disk0", size: 10 << 30), .init(name: "disk1", size: 1 << 20, readOnly: true)],
+                              console: .file("/var/log/web01.log"))
+        try config.validate()
+        let data = try JSONEncoder().encode(config)
+        #expect(try JSONDecoder().decode(VMConfig.self, from: data) == config)
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect((object["boot"] as? [String: Any])?["kind"] as? String == "linux")
+        #expect((object["console"] as? [String: Any])?["path"] as? String == "/var/log/web01.log")
+        #expect(object["memory_bytes"] as? Int == 512 << 20)
     }
 
-    static var available: Bool { access("/dev/kvm", R_OK | W_OK) == 0 && access("/usr/bin/gcc", X_OK) == 0 && access("/usr/bin/ld", X_OK) == 0 }
-    static var whyNot: Comment { "needs read-write /dev/kvm and gcc/ld to build the test guests" }
-
-    /// Compiles Tools/guest/freestanding/NAME into a flat image linked at 1 MiB.
-    /// `elf`: a static ELF executable (entry from its header) instead of a flat image.
-    static func build(_ name: String, defines: [String] = [], elf: Bool = false) throws -> [UInt8] {
-        try build([name], defines: defines, elf: elf)
+    @Test("validation names the problem", arguments: [
+        ("bad name", "VM name"), ("cpus 0", "0 vCPUs"), ("cpus 17", "17 vCPUs"), ("memory", "memory of"),
+        ("disk size", "disk disk0"), ("disk twice", "two disks"), ("boot file", "boot file"),
+    ])
+    func validation(case: String, message: String) {
+        var c = VMConfig(name: "ok", memory: 64 << 20, boot: .freestanding(image: "guest.img", format: .flat),
+                         disks: [.init(name: "disk0", size: 1 << 20)])
+        switch `case` {
+        case "bad name": c.name = "-x"
+        case "cpus 0": c.cpus = 0
+        case "cpus 17": c.cpus = 17
+        case "memory": c.memory = (64 << 20) + 512
+        case "disk size": c.disks[0].size = 1000
+        case "disk twice": c.disks.append(c.disks[0])
+        default: c.boot = .freestanding(image: "../x", format: .elf)
+        }
+        do {
+            try c.validate()
+            Issue.record("\(`case`) passed validation")
+        } catch {
+            #expect(error.description.contains(message), "\(error)")
+        }
     }
 
-    /// Compiles several sources (C or assembly, `defines` for all) and links them in order.
-    static func build(_ names: [String], defines: [String] = [], elf: Bool = false) throws -> [UInt8] {
-        let scratch = Scratch()
-        let image = scratch.path("guest.bin")
-        var objects: [String] = []
-        for (index, name) in names.enumerated() {
-            let source = root.appendingPathComponent("Tools/guest/freestanding/\(name)").path
-            let object = scratch.path("guest\(index).o")
-            let compile = ["-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-mno-red-zone", "-m64", "-O2",
-                           "-fno-asynchronous-unwind-tables"] + defines.map { "-D\($0)" } + ["-c", source, "-o", object]
-            guard run("/usr/bin/gcc", compile) == 0 else { throw GuestBuildError("gcc failed on \(source)") }
-            objects.append(object)
+    @Test("requestStop ends a guest halted for good, from another thread", .enabled(if: FreestandingGuests.available))
+    func stop() throws {
+        let image = try FreestandingGuests.build("hello.c", defines: ["IDLE"])
+        let console = ConsoleCapture()
+        let vm = try VirtualMachine(kvm: try KVM(), memorySize: 16 << 20, console: console.append)
+        try vm.loadFlatImage(image)
+        nonisolated(unsafe) let target = vm
+        let stopper = Thread {
+            Thread.sleep(forTimeInterval: 0.3)
+            target.requestStop()
         }
-        let format = elf ? ["-static"] : ["--oformat", "binary"]
-        guard run("/usr/bin/ld", ["-Ttext=0x100000", "-e", "_start"] + format + ["-o", image] + objects) == 0 else {
-            throw GuestBuildError("ld failed on \(objects.joined(separator: " "))")
-        }
-        return Array(try Data(contentsOf: URL(fileURLWithPath: image)))
+        stopper.start()
+        #expect(try vm.runFreestanding() == .stopped)
+        #expect(console.text == "hello from the guest\n")
     }
 }
 
-struct GuestBuildError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
+@Suite("Console input", .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
+struct ConsoleInputTests {
+    @Test("bytes sent to the console reach a guest polling the UART, before and while it runs")
+    func echo() throws {
+        let image = try FreestandingGuests.build("echo.c")
+        let console = ConsoleCapture()
+        let vm = try VirtualMachine(kvm: try KVM(), memorySize: 16 << 20, console: console.append)
+        try vm.loadFlatImage(image)
+        vm.sendConsoleInput(Array("hi".utf8))
+        nonisolated(unsafe) let target = vm
+        let typist = Thread {
+            Thread.sleep(forTimeInterval: 0.2)
+            target.sendConsoleInput(Array(" there\n".utf8))
+        }
+        typist.start()
+        #expect(try vm.runFreestanding() == .poweredOff(status: 8))
+        #expect(console.text == "> hi there\n")
+    }
 }

@@ -6,7 +6,7 @@ import Testing
 
 /// Several vCPUs, one thread each: the guest's bootstrap processor starts the others through
 /// its local APIC (INIT, SIPI, SIPI) and they come up through a real-mode trampoline.
-@Suite("SMP guests on KVM", .enabled(if: FreestandingGuests.available, FreestandingGuests.whyNot))
+@Suite("SMP guests on KVM", .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
 struct SMPTests {
     static let sources = ["smp.c", "smp_trampoline.S"]
 

@@ -31,7 +31,7 @@ struct TortureCommand: ParsableCommand {
 
     func run() throws {
         let path = "\(logs)/host-\(host).log"
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         try Torture.run(lun: lun, host: host, seed: seed, logPath: path, duration: duration, heartbeat: heartbeat)
     }
 }

@@ -1,5 +1,6 @@
 import CLunar
 import Glibc
+import Synchronization
 
 /// How a VM ended.
 public enum VMExit: Sendable, Equatable {
@@ -9,6 +10,8 @@ public enum VMExit: Sendable, Equatable {
     case poweredOff(status: UInt8)
     /// A triple fault or another shutdown condition.
     case shutdown
+    /// The host asked the VM to stop (`requestStop()`: Ctrl-A x on the console, SIGTERM).
+    case stopped
 }
 
 /// One VM: its KVM handle, guest memory, devices and 1 to 16 vCPUs, each run on a thread of
@@ -31,6 +34,12 @@ public final class VirtualMachine {
     private let deviceLock = DeviceLock()
 
     public static let maximumCPUs = 16
+    /// The threads of the run in progress, for `requestStop` from other threads.
+    private struct RunState {
+        var threads: VCPUThreads?
+        var stopRequested = false
+    }
+    private let running = Mutex<RunState>(RunState())
 
     /// Where virtio-mmio windows start (in the 32-bit hole, like Firecracker's) and the IRQ of
     /// the first one.
@@ -63,6 +72,8 @@ public final class VirtualMachine {
             close(fd)
             throw error
         }
+        let vmFD = fd
+        serial.interrupt = { level in _ = lunar_kvm_irq_line(vmFD, 4, level ? 1 : 0) }
         ports.attach(serial, at: 0x3F8...0x3FF)
         ports.attach(i8042, at: 0x60...0x64)
         ports.attach(exitPort, at: 0x501...0x501)
@@ -152,10 +163,30 @@ public final class VirtualMachine {
         return created
     }
 
+    /// Bytes typed on the console, for the guest to read from the UART (polled, or by IRQ 4
+    /// when it enabled the received-data interrupt). Any thread may call it.
+    public func sendConsoleInput(_ bytes: [UInt8]) { serial.feed(bytes) }
+
+    /// Makes the running (or next) run return `.stopped` soon: every vCPU is kicked out of
+    /// KVM_RUN, a halted guest's too. Any thread may call it.
+    public func requestStop() {
+        let threads = running.withLock { (state: inout RunState) -> VCPUThreads? in
+            state.stopRequested = true
+            return state.threads
+        }
+        threads?.finish(.success(.stopped))
+    }
+
     /// Runs each vCPU on a thread of its own until one of them ends the VM, then joins them all.
     private func runThreads(_ cpus: [VCPU]) throws(VMMError) -> VMExit {
         try VCPUKick.install()
         let threads = VCPUThreads(cpus)
+        let stopAlready = running.withLock { (state: inout RunState) -> Bool in
+            state.threads = threads
+            return state.stopRequested
+        }
+        defer { running.withLock { $0.threads = nil } }
+        if stopAlready { threads.finish(.success(.stopped)) }
         // Unchecked: the threads share this VM only through `run(_:in:)`, which touches the
         // devices under `deviceLock`, and all are joined before this function returns.
         let vm = UncheckedVM(self)

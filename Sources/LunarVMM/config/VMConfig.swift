@@ -1,0 +1,254 @@
+/// A VM as stored on a shared volume: `/vms/NAME/vm.json` next to its disks and boot images,
+/// so that any host with the LUN can run it. File names in the config are relative to the
+/// VM's folder; nothing in it points outside the volume.
+public struct VMConfig: Codable, Sendable, Equatable {
+    /// What the guest boots.
+    public enum Boot: Sendable, Equatable {
+        /// A Linux kernel (bzImage) with an optional initrd and a command line.
+        case linux(kernel: String, initrd: String?, commandLine: String)
+        /// A freestanding test guest: a flat image entered at 1 MiB, or a static ELF.
+        case freestanding(image: String, format: ImageFormat)
+
+        public var kindName: String {
+            switch self {
+            case .linux: "linux"
+            case .freestanding: "freestanding"
+            }
+        }
+
+        /// The files of the VM's folder this boot reads.
+        public var files: [String] {
+            switch self {
+            case .linux(let kernel, let initrd, _): [kernel] + (initrd.map { [$0] } ?? [])
+            case .freestanding(let image, _): [image]
+            }
+        }
+    }
+
+    public enum ImageFormat: String, Codable, Sendable {
+        case flat, elf
+    }
+
+    /// A virtio-blk disk: a thin file of the VM's folder.
+    public struct Disk: Codable, Sendable, Equatable {
+        public var name: String
+        public var size: UInt64
+        public var readOnly: Bool
+        /// The file in the VM's folder: `NAME.raw`.
+        public var file: String { "\(name).raw" }
+
+        public init(name: String, size: UInt64, readOnly: Bool = false) {
+            self.name = name
+            self.size = size
+            self.readOnly = readOnly
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, size = "size_bytes", readOnly = "read_only"
+        }
+    }
+
+    /// Where the guest's serial console goes.
+    public enum Console: Sendable, Equatable {
+        /// The terminal (or standard output) of whoever runs the VM.
+        case terminal
+        /// Appended to a file on the running host.
+        case file(String)
+        case none
+
+        /// `terminal`, `none`, or a host path: `file:PATH`, or any path with a `/` in it (so that
+        /// a mistyped word is not taken for a file name); nil for anything else.
+        public init?(argument: String) {
+            switch argument {
+            case "terminal", "stdio": self = .terminal
+            case "none": self = .none
+            case _ where argument.hasPrefix("file:") && argument.count > 5: self = .file(String(argument.dropFirst(5)))
+            case _ where argument.contains("/"): self = .file(argument)
+            default: return nil
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .terminal: "terminal"
+            case .none: "none"
+            case .file(let path): "file:\(path)"
+            }
+        }
+    }
+
+    public static let currentVersion = 1
+    public static let cpuRange = 1...16
+    /// Guest memory accepted: 2 MiB to 1 TiB, a multiple of 4 KiB (what GuestMemory maps).
+    public static let memoryRange: ClosedRange<UInt64> = (2 << 20)...(1 << 40)
+    public static let defaultCommandLine = "console=ttyS0 reboot=k panic=-1"
+
+    public var version = VMConfig.currentVersion
+    public var name: String
+    public var cpus: Int
+    /// Bytes of guest RAM.
+    public var memory: UInt64
+    public var boot: Boot
+    public var disks: [Disk]
+    public var console: Console
+
+    public init(name: String, cpus: Int = 1, memory: UInt64 = 512 << 20, boot: Boot, disks: [Disk] = [],
+                console: Console = .terminal) {
+        self.name = name
+        self.cpus = cpus
+        self.memory = memory
+        self.boot = boot
+        self.disks = disks
+        self.console = console
+    }
+
+    /// The VM's folder on the volume.
+    public static func folder(_ name: String) -> String { "/vms/\(name)" }
+    public var folder: String { Self.folder(name) }
+    public func path(_ file: String) -> String { folder + "/" + file }
+
+    /// A VM name: 1 to 64 of letters, digits, `.`, `_`, `-`, starting with a letter or digit
+    /// (it is a directory name on the volume and a word on command lines).
+    public static func checkName(_ name: String) throws(VMConfigError) {
+        let bytes = Array(name.utf8)
+        func allowed(_ c: UInt8) -> Bool {
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
+        }
+        guard (1...64).contains(bytes.count), bytes.allSatisfy(allowed), bytes[0] != 0x2E, bytes[0] != 0x5F, bytes[0] != 0x2D else {
+            throw VMConfigError(.invalid("VM name '\(name)': use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
+        }
+    }
+
+    /// Checks every field; the first problem found is the error.
+    public func validate() throws(VMConfigError) {
+        guard version == Self.currentVersion else {
+            throw VMConfigError(.invalid("config version \(version); this lunar reads version \(Self.currentVersion)"))
+        }
+        try Self.checkName(name)
+        guard Self.cpuRange.contains(cpus) else {
+            throw VMConfigError(.invalid("\(cpus) vCPUs: choose \(Self.cpuRange.lowerBound) to \(Self.cpuRange.upperBound)"))
+        }
+        guard Self.memoryRange.contains(memory), memory % 4096 == 0 else {
+            throw VMConfigError(.invalid("memory of \(memory) bytes: give 2 MiB to 1 TiB, a multiple of 4 KiB"))
+        }
+        var names = Set<String>()
+        for disk in disks {
+            try Self.checkName(disk.name)
+            guard names.insert(disk.name).inserted else { throw VMConfigError(.invalid("two disks named '\(disk.name)'")) }
+            guard disk.size > 0, disk.size % 512 == 0 else {
+                throw VMConfigError(.invalid("disk \(disk.name) of \(disk.size) bytes: give a non-zero multiple of 512 bytes"))
+            }
+        }
+        for file in boot.files {
+            guard !file.isEmpty, !file.contains("/"), file != ".", file != "..", file != "vm.json",
+                  !disks.contains(where: { $0.file == file }) else {
+                throw VMConfigError(.invalid("boot file '\(file)' must be a plain file name in the VM's folder"))
+            }
+        }
+        if case .linux(_, _, let commandLine) = boot, commandLine.utf8.count > 2048 {
+            throw VMConfigError(.invalid("kernel command line longer than 2048 bytes"))
+        }
+    }
+
+    // MARK: JSON (flat, with a `kind` for the boot and the console)
+
+    enum CodingKeys: String, CodingKey {
+        case version, name, cpus, memory = "memory_bytes", boot, disks, console
+    }
+
+    enum BootKeys: String, CodingKey { case kind, kernel, initrd, commandLine = "command_line", image, format }
+    enum ConsoleKeys: String, CodingKey { case kind, path }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        version = try c.decode(Int.self, forKey: .version)
+        name = try c.decode(String.self, forKey: .name)
+        cpus = try c.decode(Int.self, forKey: .cpus)
+        memory = try c.decode(UInt64.self, forKey: .memory)
+        disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
+        let b = try c.nestedContainer(keyedBy: BootKeys.self, forKey: .boot)
+        switch try b.decode(String.self, forKey: .kind) {
+        case "linux":
+            boot = .linux(kernel: try b.decode(String.self, forKey: .kernel), initrd: try b.decodeIfPresent(String.self, forKey: .initrd),
+                          commandLine: try b.decodeIfPresent(String.self, forKey: .commandLine) ?? Self.defaultCommandLine)
+        case "freestanding":
+            boot = .freestanding(image: try b.decode(String.self, forKey: .image), format: try b.decode(ImageFormat.self, forKey: .format))
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: b, debugDescription: "unknown boot kind '\(other)'")
+        }
+        if c.contains(.console) {
+            let k = try c.nestedContainer(keyedBy: ConsoleKeys.self, forKey: .console)
+            switch try k.decode(String.self, forKey: .kind) {
+            case "terminal": console = .terminal
+            case "none": console = .none
+            case "file": console = .file(try k.decode(String.self, forKey: .path))
+            case let other:
+                throw DecodingError.dataCorruptedError(forKey: .kind, in: k, debugDescription: "unknown console kind '\(other)'")
+            }
+        } else {
+            console = .terminal
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(name, forKey: .name)
+        try c.encode(cpus, forKey: .cpus)
+        try c.encode(memory, forKey: .memory)
+        try c.encode(disks, forKey: .disks)
+        var b = c.nestedContainer(keyedBy: BootKeys.self, forKey: .boot)
+        try b.encode(boot.kindName, forKey: .kind)
+        switch boot {
+        case .linux(let kernel, let initrd, let commandLine):
+            try b.encode(kernel, forKey: .kernel)
+            try b.encodeIfPresent(initrd, forKey: .initrd)
+            try b.encode(commandLine, forKey: .commandLine)
+        case .freestanding(let image, let format):
+            try b.encode(image, forKey: .image)
+            try b.encode(format, forKey: .format)
+        }
+        var k = c.nestedContainer(keyedBy: ConsoleKeys.self, forKey: .console)
+        switch console {
+        case .terminal: try k.encode("terminal", forKey: .kind)
+        case .none: try k.encode("none", forKey: .kind)
+        case .file(let path):
+            try k.encode("file", forKey: .kind)
+            try k.encode(path, forKey: .path)
+        }
+    }
+}
+
+/// What went wrong with a stored VM, in words an operator can act on.
+public struct VMConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        case invalid(String)
+        case exists(name: String)
+        case notFound(name: String)
+        /// A file on this host (an image to copy in) could not be read.
+        case hostFile(path: String, reason: String)
+        case noSpace(needed: UInt64, free: UInt64, what: String)
+        /// vm.json is missing or unreadable.
+        case damaged(name: String, reason: String)
+    }
+
+    public var kind: Kind
+    public init(_ kind: Kind) { self.kind = kind }
+
+    public var description: String {
+        switch kind {
+        case .invalid(let why): return "invalid VM configuration: \(why)"
+        case .exists(let name): return "a VM named '\(name)' already exists (remove it with `lunar vm rm` or choose another name)"
+        case .notFound(let name): return "no VM named '\(name)' on this volume (see `lunar vm list`)"
+        case .hostFile(let path, let reason): return "\(path): \(reason)"
+        case .noSpace(let needed, let free, let what):
+            return "not enough space on the volume: \(what) need \(mib(needed)), \(mib(free)) free"
+        case .damaged(let name, let reason): return "VM '\(name)': \(reason)"
+        }
+    }
+}
+
+func mib(_ bytes: UInt64) -> String {
+    bytes >= 1 << 30 && bytes % (1 << 30) == 0 ? "\(bytes >> 30) GiB"
+        : bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes) bytes"
+}

@@ -1,0 +1,233 @@
+import Foundation
+import LunarTesting
+import Testing
+
+/// `lunar vm`, through the real binary, with freestanding guests the test compiles: VMs made
+/// on a scratch volume, listed, run with their console on the process's standard output.
+@Suite("lunar vm command line", .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
+struct VMCommandTests {
+    final class Fixture {
+        let scratch = Scratch()
+        let lun: String
+
+        init() throws {
+            lun = scratch.path("vol.img")
+            let mkfs = try LunarProcess.run(["fs", "mkfs", lun, "--size", "2G"])
+            try #require(mkfs.status == 0, "mkfs: \(mkfs.stderr)")
+        }
+
+        /// Builds Tools/guest/freestanding/NAME into the scratch directory.
+        func guest(_ name: String, defines: [String] = [], elf: Bool = false) throws -> String {
+            try FreestandingGuests.build(name, defines: defines, elf: elf,
+                                         into: scratch.path("\(name)-\(defines.joined(separator: "-")).\(elf ? "elf" : "bin")"))
+        }
+
+        func vm(_ arguments: [String]) throws -> LunarProcess.Output {
+            try LunarProcess.run(["vm"] + arguments)
+        }
+
+        func list() throws -> [[String: Any]] {
+            let out = try vm(["list", lun, "--json"])
+            #expect(out.status == 0, "\(out.stderr)")
+            return (try JSONSerialization.jsonObject(with: Data(out.stdout.utf8))) as? [[String: Any]] ?? []
+        }
+    }
+
+    @Test("create with a freestanding image, list it, run it: its serial text and power-off status come out")
+    func hello() throws {
+        let f = try Fixture()
+        let image = try f.guest("hello.c")
+        let created = try f.vm(["create", f.lun, "hello", "--memory", "64M", "--image", image])
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(created.stdout.contains("created VM hello"))
+
+        let vms = try f.list()
+        #expect(vms.count == 1)
+        let vm = try #require(vms.first)
+        #expect(vm["name"] as? String == "hello")
+        #expect((vm["cpus"] as? NSNumber)?.intValue == 1)
+        #expect((vm["memory_bytes"] as? NSNumber)?.uint64Value == 64 << 20)
+        #expect((vm["boot"] as? [String: Any])?["kind"] as? String == "freestanding")
+        #expect((vm["boot"] as? [String: Any])?["format"] as? String == "flat")
+        #expect((vm["disks"] as? [Any])?.isEmpty == true)
+        let human = try f.vm(["list", f.lun])
+        #expect(human.stdout.contains("hello") && human.stdout.contains("64 MiB"))
+
+        // The image was copied into the VM's folder: the host file is not needed any more.
+        try FileManager.default.removeItem(atPath: image)
+        let run = try f.vm(["run", f.lun, "hello", "--verbose"])
+        #expect(run.stdout == "hello from the guest\n")
+        #expect(run.status == 0x31, "\(run.stderr)")
+        #expect(run.stderr.contains("KVM: "))
+        #expect(run.stderr.contains("64 MiB memory, 1 vCPU"))
+        #expect(run.stderr.contains("powered off with status 49 after"))
+
+        // Quiet without --verbose; the console can be sent elsewhere for one run.
+        let quiet = try f.vm(["run", f.lun, "hello"])
+        #expect(quiet.stderr.isEmpty, "\(quiet.stderr)")
+        let log = f.scratch.path("console.log")
+        let logged = try f.vm(["run", f.lun, "hello", "--console", log])
+        #expect(logged.stdout.isEmpty)
+        #expect(logged.status == 0x31)
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "hello from the guest\n")
+        let reset = try f.vm(["create", f.lun, "rebooter", "--memory", "8M", "--image", try f.guest("hello.c", defines: ["STOP_BY_RESET"])])
+        #expect(reset.status == 0, "\(reset.stderr)")
+        let rebooted = try f.vm(["run", f.lun, "rebooter", "-v"])
+        #expect(rebooted.status == 0)
+        #expect(rebooted.stderr.contains("reset after"))
+    }
+
+    @Test("a virtio-blk guest writes its disk: the data is in the disk file on the volume afterwards")
+    func virtioDisk() throws {
+        let f = try Fixture()
+        let image = try f.guest("virtio_blk.c", elf: true)
+        let created = try f.vm(["create", f.lun, "blk", "--memory", "64M", "--image", image, "--disk", "16M", "--disk", "4M,ro"])
+        #expect(created.status == 0, "\(created.stderr)")
+        let before = try #require(try f.list().first)
+        let disks = try #require(before["disks"] as? [[String: Any]])
+        #expect(disks.map { $0["name"] as? String } == ["disk0", "disk1"])
+        #expect(disks.map { ($0["size_bytes"] as? NSNumber)?.intValue } == [16 << 20, 4 << 20])
+        #expect(disks.map { $0["read_only"] as? Bool } == [false, true])
+        #expect((disks[0]["allocated_bytes"] as? NSNumber)?.intValue == 0, "disks are thin")
+
+        let run = try f.vm(["run", f.lun, "blk", "--verbose"])
+        #expect(run.stdout == "virtio-blk ok\n")
+        #expect(run.status == 0x31, "\(run.stderr)")
+        #expect(run.stderr.contains("disk0: /vms/blk/disk0.raw, 16 MiB, virtio-mmio at 0xd0000000 IRQ 5"))
+        #expect(run.stderr.contains("disk1: /vms/blk/disk1.raw, 4 MiB read-only, virtio-mmio at 0xd0000200 IRQ 6"))
+
+        let cat = try LunarProcess.run(["fs", "cat", "\(f.lun):/vms/blk/disk0.raw"])
+        #expect(cat.status == 0)
+        let data = Array(cat.stdout.utf8)
+        #expect(data.count == 16 << 20)
+        let text = Array("LunarFS disk written by a KVM guest through virtio-blk".utf8)
+        #expect(Array(data[1024..<1536]) == (0..<512).map { text[$0 % text.count] })
+        let after = try #require(try f.list().first?["disks"] as? [[String: Any]])
+        #expect(((after[0]["allocated_bytes"] as? NSNumber)?.intValue ?? 0) > 0)
+    }
+
+    @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")
+    func stopBySignal() throws {
+        let f = try Fixture()
+        #expect(try f.vm(["create", f.lun, "idle", "--memory", "16M", "--image", try f.guest("hello.c", defines: ["IDLE"])]).status == 0)
+        let running = try LunarProcess.start(["vm", "run", f.lun, "idle", "-v"])
+        var seen = Data()
+        while !String(decoding: seen, as: UTF8.self).contains("\n") {
+            let chunk = running.out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += chunk
+        }
+        #expect(String(decoding: seen, as: UTF8.self) == "hello from the guest\n")
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(running.process.isRunning, "an idle guest keeps running")
+        running.process.terminate()
+        let out = running.finish()
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stderr.contains("stopped by the host"))
+        // Closed, not abandoned: a change to the volume goes ahead at once.
+        let start = Date()
+        #expect(try f.vm(["rm", f.lun, "idle"]).status == 0)
+        #expect(Date().timeIntervalSince(start) < 5)
+        #expect(try f.list().isEmpty)
+    }
+
+    /// `lunar vm run` on a terminal (a pseudo-terminal made by script(1)): raw input to the
+    /// guest's UART, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A x quits.
+    @Test("on a terminal: typed bytes reach the guest, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A x quits",
+          .enabled(if: access("/usr/bin/script", X_OK) == 0, "needs script(1) for a pseudo-terminal"))
+    func terminal() throws {
+        let f = try Fixture()
+        #expect(try f.vm(["create", f.lun, "echo", "--memory", "8M", "--image", try f.guest("echo.c")]).status == 0)
+        #expect(try f.vm(["create", f.lun, "idle", "--memory", "8M", "--image", try f.guest("hello.c", defines: ["IDLE"])]).status == 0)
+
+        /// Runs NAME under script(1), waits for `prompt`, types `keys`; returns the exit status
+        /// and everything the terminal showed.
+        func session(_ name: String, prompt: String, keys: String) throws -> (Int32, String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+            process.arguments = ["-qfec", "\(LunarProcess.executable.path) vm run \(f.lun) \(name) -v", "/dev/null"]
+            let input = Pipe(), output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let watchdog = DispatchWorkItem { process.terminate() }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
+            defer { watchdog.cancel() }
+            var seen = Data()
+            while !String(decoding: seen, as: UTF8.self).contains(prompt) {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                seen += chunk
+            }
+            input.fileHandleForWriting.write(Data(keys.utf8))
+            seen += output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: seen, as: UTF8.self))
+        }
+
+        // The echo guest counts the bytes before the newline: a, b, Ctrl-A, c.
+        let (echoStatus, echoed) = try session("echo", prompt: "> ", keys: "ab\u{1}\u{1}c\n")
+        #expect(echoStatus == 4, "\(echoed)")
+        #expect(echoed.contains("> ab\u{1}c\r\n"), "\(echoed)")
+        #expect(echoed.contains("(Ctrl-A x quits)"))
+
+        let (idleStatus, idled) = try session("idle", prompt: "hello from the guest", keys: "\u{1}x")
+        #expect(idleStatus == 0, "\(idled)")
+        #expect(idled.contains("stopped by the host"), "\(idled)")
+    }
+
+    @Test("clear errors: duplicate name, bad --cpus, bad sizes, missing image, no space, unknown VM")
+    func errors() throws {
+        let f = try Fixture()
+        let image = try f.guest("hello.c")
+        #expect(try f.vm(["create", f.lun, "a", "--memory", "8M", "--image", image]).status == 0)
+
+        let duplicate = try f.vm(["create", f.lun, "a", "--memory", "8M", "--image", image])
+        #expect(duplicate.status == 1)
+        #expect(duplicate.stderr.contains("a VM named 'a' already exists"))
+
+        let cpus = try f.vm(["create", f.lun, "b", "--cpus", "17", "--image", image])
+        #expect(cpus.status == 1)
+        #expect(cpus.stderr.contains("17 vCPUs: choose 1 to 16"))
+
+        let name = try f.vm(["create", f.lun, "bad/name", "--image", image])
+        #expect(name.status == 1)
+        #expect(name.stderr.contains("VM name 'bad/name'"))
+
+        let memory = try f.vm(["create", f.lun, "b", "--memory", "1M", "--image", image])
+        #expect(memory.stderr.contains("memory of 1048576 bytes"))
+        let size = try f.vm(["create", f.lun, "b", "--disk", "10Q", "--image", image])
+        #expect(size.status == 64)
+        #expect(size.stderr.contains("--disk '10Q'"))
+        let both = try f.vm(["create", f.lun, "b", "--kernel", image, "--image", image])
+        #expect(both.status == 64)
+
+        let missing = try f.vm(["create", f.lun, "b", "--image", f.scratch.path("nope.bin")])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("nope.bin: No such file or directory"))
+
+        let space = try f.vm(["create", f.lun, "b", "--image", image, "--disk", "100G"])
+        #expect(space.status == 1)
+        #expect(space.stderr.contains("not enough space on the volume"))
+
+        // None of the failures left anything behind.
+        #expect(try f.list().map { $0["name"] as? String } == ["a"])
+
+        let unknown = try f.vm(["run", f.lun, "zz"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stderr.contains("no VM named 'zz'"))
+        #expect(try f.vm(["show", f.lun, "zz"]).stderr.contains("no VM named 'zz'"))
+        #expect(try f.vm(["rm", f.lun, "zz"]).status == 1)
+
+        // A Linux VM on the paravirtual KVM is refused without --force (and this build cannot
+        // boot Linux yet in any case).
+        #expect(try f.vm(["create", f.lun, "linux", "--kernel", image, "--cmdline", "console=ttyS0"]).status == 0)
+        let linux = try f.vm(["run", f.lun, "linux"])
+        #expect(linux.status == 1)
+        #expect(linux.stderr.contains("--force") || linux.stderr.contains("cannot do yet"), "\(linux.stderr)")
+        let show = try f.vm(["show", f.lun, "linux", "--json"])
+        #expect(show.json?["name"] as? String == "linux")
+        #expect((show.json?["boot"] as? [String: Any])?["command_line"] as? String == "console=ttyS0")
+    }
+}

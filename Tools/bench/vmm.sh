@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# LunarVMM against QEMU on this machine, in the same run.
+#
+#  (a) blk     the virtio-blk device path against fio (bench_blk, a part of its own: when the
+#              function is not defined in this script, blk_vs_fio is reported as n/a)
+#  (b) start   VMM start to the guest's first serial byte: the time from starting the process
+#              to the first byte on its standard output (a pipe), median of --runs runs, taking
+#              turns. Lunar: `lunar vm boot IMAGE` (the VMM alone: the freestanding hello guest
+#              from a host file) and, for reference, `lunar vm run LUN NAME` (the same guest
+#              stored on a LunarFS volume, which is opened read-write first). QEMU:
+#              qemu-system-x86_64 -M microvm -enable-kvm -nodefaults -no-user-config -nographic
+#              -serial stdio -device isa-debug-exit,iobase=0x501,iosize=1 -kernel hello_pvh.elf,
+#              the same guest (same text over COM1, same power-off port) built as a 32-bit ELF
+#              with a PVH entry note, which microvm's -kernel boots directly. Target: <= 0.5x QEMU.
+#  (c) memory  VMM resident memory beyond guest RAM: the idle guest (prints, then halts for
+#              good) under `lunar vm run`; once it has printed, VmRSS minus the resident part of
+#              the guest-RAM mapping (from /proc/PID/smaps), median of --rounds rounds. Also
+#              shown: the anonymous/file split, `lunar vm boot`, and QEMU. Target: < 8 MiB.
+#
+# Last line: summary: blk_vs_fio=R start_ms=N start_vs_qemu=R overhead_mib=N
+#
+# Usage: Tools/bench/vmm.sh [--runs 21] [--rounds 3] [--parts "blk start memory"]
+#                           [--static] [--lunar PATH]
+#   --static   build lunar with the Swift runtime and Foundation linked in (a separate build
+#              under .build/static): how a deployed binary starts, without the dynamic loader
+#              resolving Foundation's symbols at every start.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+runs=21
+rounds=3
+parts="blk start memory"
+lunar=""
+static=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --parts) parts=$2; shift 2 ;;
+        --static) static=1; shift ;;
+        --lunar) lunar=$2; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        *) echo "vmm.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "vmm.sh: needs read-write /dev/kvm" >&2; exit 2; }
+for tool in python3 gcc ld qemu-system-x86_64; do
+    command -v $tool >/dev/null || { echo "vmm.sh: $tool is not installed" >&2; exit 2; }
+done
+
+if [ -z "$lunar" ]; then
+    if [ "$static" = 1 ]; then
+        echo "building lunar (release, static Swift runtime) ..." >&2
+        swift build -c release --static-swift-stdlib --package-path "$root" --scratch-path "$root/.build/static" --product lunar >&2
+        lunar="$root/.build/static/release/lunar"
+    else
+        echo "building lunar (release) ..." >&2
+        swift build -c release --package-path "$root" >&2
+        lunar="$root/.build/release/lunar"
+    fi
+fi
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/lunar-vmm-bench-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# The guests: hello (64-bit, for LunarVMM's freestanding boot) and hello_pvh (32-bit PVH, for
+# QEMU), each also built with -DIDLE.
+guests=$root/Tools/guest/freestanding
+cflags="-ffreestanding -nostdlib -fno-pic -fno-pie -O2 -fno-asynchronous-unwind-tables"
+for variant in hello idle; do
+    define=""; [ $variant = idle ] && define=-DIDLE
+    gcc $cflags -mno-red-zone -m64 $define -c "$guests/hello.c" -o "$work/$variant.o"
+    ld -Ttext=0x100000 -e _start --oformat binary -o "$work/$variant.bin" "$work/$variant.o"
+    gcc $cflags -m32 $define -c "$guests/hello_pvh.c" -o "$work/${variant}_pvh.o"
+    ld -m elf_i386 -Ttext=0x100000 -e _start -o "$work/${variant}_pvh.elf" "$work/${variant}_pvh.o"
+done
+vol=$work/vol.img
+"$lunar" fs mkfs "$vol" --size 1G >/dev/null
+"$lunar" vm create "$vol" hello --memory 64M --image "$work/hello.bin" >/dev/null
+"$lunar" vm create "$vol" idle --memory 64M --image "$work/idle.bin" >/dev/null
+qemu=(qemu-system-x86_64 -M microvm -enable-kvm -nodefaults -no-user-config -nographic -serial stdio
+      -device isa-debug-exit,iobase=0x501,iosize=1 -m 64M)
+
+blk_vs_fio=n/a
+start_ms=n/a
+start_vs_qemu=n/a
+overhead_mib=n/a
+
+median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+
+# (b) Milliseconds from spawning each command to the first byte on its standard output, for
+# "$runs" rounds, the commands taking turns; prints "median min" per command, one per line.
+first_byte_ms() {  # command lines, each one argument
+    python3 - "$runs" "$@" <<'EOF'
+import shlex, statistics, subprocess, sys, time
+runs, commands = int(sys.argv[1]), [shlex.split(c) for c in sys.argv[2:]]
+times = [[] for _ in commands]
+for r in range(runs):
+    order = list(range(len(commands)))
+    if r % 2: order.reverse()
+    for i in order:
+        start = time.perf_counter_ns()
+        p = subprocess.Popen(commands[i], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        first = p.stdout.read(1)
+        elapsed = (time.perf_counter_ns() - start) / 1e6
+        rest = p.stdout.read()
+        p.wait()
+        if first + rest != b"hello from the guest\n":
+            sys.exit(f"vmm.sh: {' '.join(commands[i])} printed {first + rest!r}")
+        times[i].append(elapsed)
+for t in times:
+    print(f"{statistics.median(t):.1f} {min(t):.1f}")
+EOF
+}
+
+bench_start() {
+    local boot="$lunar vm boot $work/hello.bin" run="$lunar vm run $vol hello" q="${qemu[*]} -kernel $work/hello_pvh.elf"
+    local results
+    mapfile -t results < <(first_byte_ms "$boot" "$run" "$q")
+    printf '\nstart: process start to the guest'"'"'s first serial byte on stdout, %s runs (ms)\n' "$runs"
+    printf '%-44s %10s %10s\n' what median min
+    printf '%-44s %10s %10s\n' "lunar vm boot IMAGE (LunarVMM alone)" ${results[0]}
+    printf '%-44s %10s %10s\n' "lunar vm run LUN NAME (volume, then VMM)" ${results[1]}
+    printf '%-44s %10s %10s\n' "qemu -M microvm -kernel hello_pvh.elf" ${results[2]}
+    start_ms=$(python3 -c "print(round(${results[0]% *}))")
+    start_vs_qemu=$(python3 -c "print(f'{${results[0]% *} / ${results[2]% *}:.2f}')")
+    local run_vs_qemu
+    run_vs_qemu=$(python3 -c "print(f'{${results[1]% *} / ${results[2]% *}:.2f}')")
+    printf 'lunar vm boot / qemu: %s (target <= 0.5); lunar vm run / qemu: %s\n' "$start_vs_qemu" "$run_vs_qemu"
+}
+
+# (c) Starts a command whose guest prints and then idles; once the text is out, prints
+# "overhead_kib anon_kib file_kib guest_kib": VmRSS beyond the resident part of guest RAM (the
+# one anonymous mapping of 64 MiB, up to 4 MiB more for alignment).
+idle_footprint() {  # command words
+    python3 - "$@" <<'EOF'
+import os, re, signal, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+text = b""
+while not text.endswith(b"\n"):
+    chunk = os.read(p.stdout.fileno(), 64)
+    if not chunk:
+        sys.exit(f"vmm.sh: {sys.argv[1]} ended before its guest printed")
+    text += chunk
+time.sleep(0.5)
+status = open(f"/proc/{p.pid}/status").read()
+field = lambda name: int(re.search(rf"^{name}:\s+(\d+) kB", status, re.M).group(1))
+guest = 0
+mapping = None
+for line in open(f"/proc/{p.pid}/smaps"):
+    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+        mapping = {"anonymous": len(line.split()) < 6}
+    elif line.startswith("Size:"):
+        mapping["size"] = int(line.split()[1])
+    elif line.startswith("Rss:") and mapping.get("anonymous") and 65536 <= mapping["size"] <= 65536 + 4096:
+        guest = max(guest, int(line.split()[1]))
+p.send_signal(signal.SIGTERM)
+try:
+    p.wait(timeout=10)
+except subprocess.TimeoutExpired:
+    p.kill()
+    p.wait()
+print(field("VmRSS") - guest, field("RssAnon"), field("RssFile"), guest)
+EOF
+}
+
+bench_memory() {
+    printf '\nmemory: resident set beyond guest RAM with an idle 64 MiB guest, median of %s rounds (KiB)\n' "$rounds"
+    printf '%-44s %10s %10s %10s %10s\n' what overhead anon file guest
+    local label cmd overhead=""
+    for which in run boot qemu; do
+        local o=() a=() f=() g=()
+        case $which in
+            run) label="lunar vm run LUN NAME"; cmd="$lunar vm run $vol idle" ;;
+            boot) label="lunar vm boot IMAGE"; cmd="$lunar vm boot $work/idle.bin" ;;
+            qemu) label="qemu -M microvm"; cmd="${qemu[*]} -kernel $work/idle_pvh.elf" ;;
+        esac
+        for round in $(seq "$rounds"); do
+            read -r ov an fi gu < <(idle_footprint $cmd)
+            o+=("$ov"); a+=("$an"); f+=("$fi"); g+=("$gu")
+        done
+        printf '%-44s %10.0f %10.0f %10.0f %10.0f\n' "$label" "$(median "${o[@]}")" "$(median "${a[@]}")" \
+            "$(median "${f[@]}")" "$(median "${g[@]}")"
+        if [ $which = run ]; then
+            overhead=$(median "${o[@]}")
+            anon=$(median "${a[@]}")
+            guest=$(median "${g[@]}")
+        fi
+    done
+    overhead_mib=$(python3 -c "print(f'{$overhead / 1024:.1f}')")
+    printf 'lunar vm run overhead: %s MiB (target < 8), of which anonymous (private to this VM): %s MiB;\n' \
+        "$overhead_mib" "$(python3 -c "print(f'{($anon - $guest) / 1024:.1f}')")"
+    printf 'the file-backed rest is code and read-only data of lunar and its libraries, shared through the page cache\n'
+}
+
+for part in $parts; do
+    case $part in
+        blk) if declare -F bench_blk >/dev/null; then bench_blk; else echo "blk: part (a) is not in this script; blk_vs_fio=n/a" >&2; fi ;;
+        start) bench_start ;;
+        memory) bench_memory ;;
+        *) echo "vmm.sh: unknown part $part (blk, start, memory)" >&2; exit 2 ;;
+    esac
+done
+echo
+echo "summary: blk_vs_fio=$blk_vs_fio start_ms=$start_ms start_vs_qemu=$start_vs_qemu overhead_mib=$overhead_mib"
