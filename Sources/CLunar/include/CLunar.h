@@ -136,5 +136,10 @@ void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *si
 uint32_t lunar_kvm_run_internal_suberror(const struct kvm_run *run);
 uint64_t lunar_kvm_run_fail_entry_reason(const struct kvm_run *run);
 void lunar_kvm_run_mmio(struct kvm_run *run, uint64_t *address, uint8_t **data, uint32_t *length, uint8_t *is_write);
+/// KVM_IOEVENTFD on an MMIO address: a guest write of `length` bytes there (of the value 0
+/// when `match_zero`) signals `fd` in the kernel instead of exiting to the VMM.
+int lunar_kvm_ioeventfd(int vm, uint64_t address, uint32_t length, int fd, int match_zero, int deassign);
+/// KVM_IRQFD: a write to `fd` pulses interrupt line `gsi` of the in-kernel irqchip.
+int lunar_kvm_irqfd(int vm, int fd, uint32_t gsi, int deassign);
 
 #endif
