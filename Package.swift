@@ -32,6 +32,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Tools/bench/vmm.sh's driver: virtio-blk from the host side against fio.
+        .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarFS", "LunarIO"]),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),

@@ -316,6 +316,9 @@ final class BlockIOThread {
     private var completedSinceInterrupt = false
     private var sawEmpty = false
     private var doorbellArmed = false
+    /// What the used ring's flags tell the driver: notify (true) or not (requests are in
+    /// flight, so a completion wakes this thread anyway and it looks for new ones then).
+    private var notificationsOn = true
 
     init(shared: BlockShared, memory: GuestMemory, model: VirtioBlock) {
         self.shared = shared
@@ -342,6 +345,7 @@ final class BlockIOThread {
                 queue = q.value
                 parked = nil
                 sawEmpty = false
+                notificationsOn = true
             }
             let quiescing = control.reset != handledReset || control.stopping || control.waiting
             if !quiescing { pump() }
@@ -367,9 +371,24 @@ final class BlockIOThread {
                 }
                 if control.waiting { continue }
             }
+            if let queue, !broken, !quiescing {
+                // Guest notifications cost it an exit each: while completions are due to wake
+                // this thread anyway, ask for none.
+                let wanted = inFlight == 0
+                if wanted != notificationsOn {
+                    queue.setNotifications(wanted)
+                    notificationsOn = wanted
+                    if wanted && queue.hasAvailable { continue }
+                }
+            }
             let idle = inFlight == 0 && parked == nil && backlogHead == backlog.count && (queue == nil || broken || sawEmpty)
             if idle { shared.progress.publish(idle: control.kick) }
             waitForWork()
+            if completedSinceInterrupt {
+                // Before looking for new work: the driver can start on these meanwhile.
+                completedSinceInterrupt = false
+                shared.raise(1)
+            }
         }
     }
 

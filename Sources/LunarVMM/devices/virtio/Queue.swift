@@ -99,6 +99,22 @@ final class Virtqueue {
         }
     }
 
+    /// Whether chains are available that `pop` has not taken.
+    var hasAvailable: Bool {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let available: UInt16 = load(availableRing + 2)
+        return available != nextAvailable
+    }
+
+    /// Tells the driver whether to notify after making chains available (VRING_USED_F_NO_NOTIFY
+    /// clear or set). Only a hint: a driver may notify anyway, and after turning notifications
+    /// back on the device must look at the ring once more, since the driver may have added a
+    /// chain while it still saw them off.
+    func setNotifications(_ wanted: Bool) {
+        store(UInt16(wanted ? 0 : 1), usedRing)
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+    }
+
     /// Returns a finished chain to the guest with `written` bytes filled in.
     func push(head: UInt16, written: UInt32) {
         let slot = usedRing + 4 + 8 * UInt64(nextUsed % size)
