@@ -64,6 +64,10 @@ public final class VirtioBlockDevice {
 
     public var malformedRequests: Int { model.malformedRequests.load(ordering: .relaxed) }
 
+    /// Reads and writes that went straight between guest memory and the LUN (the rest went
+    /// through the backend's blocking calls).
+    public var requestsServedDirectly: Int { shared.direct.load(ordering: .relaxed) }
+
     /// Why the device stopped serving (the guest broke the virtqueue rules); nil while healthy.
     /// Only a device reset clears it.
     public var broken: String? { shared.brokenReason.withLock { $0 } }
@@ -157,6 +161,7 @@ final class BlockShared: Sendable {
     let isBroken = Atomic<Bool>(false)
     let brokenReason = Mutex<String?>(nil)
     let completed = Atomic<Int>(0)
+    let direct = Atomic<Int>(0)
     /// 0: signal `interrupt`; else bit 63 | VM fd << 32 | IRQ, for KVM_IRQ_LINE.
     let interruptLine = Atomic<UInt64>(0)
     let progress = Progress()
@@ -537,10 +542,12 @@ final class BlockIOThread {
         for z in zeroFills { z.initializeMemory(as: UInt8.self, repeating: 0) }
         let written = (reading ? UInt32(clamping: total) : 0) + 1
         if planned.isEmpty {
+            shared.direct.add(1, ordering: .relaxed)
             status.pointee = VirtioBlock.statusOK
             finish(head, written: written)
             return true
         }
+        shared.direct.add(1, ordering: .relaxed)
         let slot = takeSlot(head: head, status: status, pieces: planned.count, written: written)
         for var p in planned {
             p.slot = slot

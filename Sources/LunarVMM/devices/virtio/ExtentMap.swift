@@ -2,16 +2,22 @@
 /// non-overlapping pieces, each at a device offset or a hole (nil). A copy of the file
 /// system's block map, kept by the one thread that changes the file (writes into holes and
 /// discards go through it and re-read the pieces they touched).
-struct ExtentMap: Equatable {
-    struct Extent: Equatable {
-        var lower: UInt64
-        var upper: UInt64
-        var device: UInt64?
+public struct ExtentMap: Equatable, Sendable {
+    public struct Extent: Equatable, Sendable {
+        public var lower: UInt64
+        public var upper: UInt64
+        public var device: UInt64?
+
+        public init(lower: UInt64, upper: UInt64, device: UInt64?) {
+            self.lower = lower
+            self.upper = upper
+            self.device = device
+        }
     }
 
-    private(set) var extents: [Extent] = []
+    public private(set) var extents: [Extent] = []
 
-    init(_ pieces: [(range: Range<UInt64>, deviceOffset: UInt64?)]) {
+    public init(_ pieces: [(range: Range<UInt64>, deviceOffset: UInt64?)]) {
         extents.reserveCapacity(pieces.count)
         for p in pieces where !p.range.isEmpty {
             extents.append(Extent(lower: p.range.lowerBound, upper: p.range.upperBound, device: p.deviceOffset))
@@ -31,7 +37,7 @@ struct ExtentMap: Equatable {
     /// Calls `body` with consecutive pieces covering `range` (device offset or nil for a hole)
     /// and returns true; false as soon as the body does, or when part of the range is not in
     /// the map at all (then nothing is known about it).
-    func visit(_ range: Range<UInt64>, _ body: (Range<UInt64>, UInt64?) -> Bool) -> Bool {
+    public func visit(_ range: Range<UInt64>, _ body: (Range<UInt64>, UInt64?) -> Bool) -> Bool {
         var at = range.lowerBound
         var i = firstIndex(above: at)
         while at < range.upperBound {
@@ -46,7 +52,7 @@ struct ExtentMap: Equatable {
     }
 
     /// Replaces what the map says about `range` with `pieces`, which must cover exactly it.
-    mutating func replace(_ range: Range<UInt64>, with pieces: [(range: Range<UInt64>, deviceOffset: UInt64?)]) {
+    public mutating func replace(_ range: Range<UInt64>, with pieces: [(range: Range<UInt64>, deviceOffset: UInt64?)]) {
         guard !range.isEmpty else { return }
         let first = firstIndex(above: range.lowerBound)
         var last = first

@@ -69,6 +69,9 @@ public final class SyntheticBlockDriver {
 
     public func status(_ slot: Int) -> UInt8 { fetch(statuses + UInt64(slot)) }
 
+    /// The used ring's index as the device last published it.
+    public var usedIndex: UInt16 { fetch(used + 2) }
+
     /// Lays out a request in `slot` (type 0 read, 1 write, 4 flush, 11 discard, ...) over the
     /// first `length` bytes of its buffer, and makes it available; the device hears of it at
     /// the next `publish`.
