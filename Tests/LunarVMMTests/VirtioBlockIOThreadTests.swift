@@ -96,16 +96,20 @@ struct VirtioBlockIOThreadTests {
     @Test("a flush made available after writes completes after every one of them")
     func flushAfterWrites() throws {
         let (volume, disk, _, _) = try Self.disk(preallocated: true)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 33, bytesPerSlot: 64 << 10)
-        for slot in 0..<32 {
-            d.data(slot).copyBytes(from: pattern(64 << 10, seed: UInt64(slot)).array)
-            d.enqueue(slot: slot, type: 1, sector: UInt64(slot * (64 << 10) / 512), length: 64 << 10)
+        // Writes large enough to take longer than a flush of an otherwise clean LUN: a flush
+        // sent alongside them, not after them, comes back first.
+        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 33, bytesPerSlot: 1 << 20)
+        for round in 0..<5 {
+            for slot in 0..<32 {
+                d.data(slot).copyBytes(from: pattern(1 << 20, seed: UInt64(slot + round)).array)
+                d.enqueue(slot: slot, type: 1, sector: UInt64(slot * (1 << 20) / 512), length: 1 << 20)
+            }
+            d.enqueue(slot: 32, type: 4, sector: 0, length: 0)
+            d.publish()
+            let done = Self.drain(d)
+            #expect(done.count == 33 && done.allSatisfy { $0.status == 0 })
+            #expect(done.last?.slot == 32, "the flush came back before a write it must cover")
         }
-        d.enqueue(slot: 32, type: 4, sector: 0, length: 0)
-        d.publish()
-        let done = Self.drain(d)
-        #expect(done.count == 33 && done.allSatisfy { $0.status == 0 })
-        #expect(done.last?.slot == 32, "the flush came back before a write it must cover")
         try volume.close()
     }
 
