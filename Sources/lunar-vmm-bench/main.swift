@@ -6,7 +6,7 @@
 //       /bench.raw of SIZE in full, and prints one JSON line: the file, its size, the device
 //       offset of its first byte, and whether it lies in one piece on the image (then fio can
 //       run on exactly the same bytes).
-//   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 50]
+//   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 0]
 //       prints one JSON line: {"workload": ..., "iops": ..., "mb_per_s": ..., "engine": ...}
 import Glibc
 import LunarFS
@@ -57,7 +57,7 @@ do {
         guard let seconds = Double(options["runtime"] ?? "5"), seconds > 0 else { fail("bad --runtime") }
         let volume = try Volume.open(path: volumePath)
         let disk = try LunarFSDisk(file: try volume.openFile(filePath))
-        guard let poll = Double(options["driver-poll-us"] ?? "50"), poll >= 0 else { fail("bad --driver-poll-us") }
+        guard let poll = Double(options["driver-poll-us"] ?? "0"), poll >= 0 else { fail("bad --driver-poll-us") }
         let result = try VirtioBlockBenchmark.run(workload, on: disk, seconds: seconds, pollSeconds: poll / 1e6)
         try volume.close()
         print("{\"workload\": \"\(workload.name)\", \"iops\": \(result.iops), \"mb_per_s\": \(result.megabytesPerSecond), \"engine\": \"\(result.engine)\"}")

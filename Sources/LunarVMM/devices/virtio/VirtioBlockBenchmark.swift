@@ -9,7 +9,7 @@ public enum VirtioBlockBenchmark {
     /// `pollSeconds`: how long the driver looks at the used ring before it sleeps on the
     /// interrupt (0: it always sleeps, as a purely interrupt-driven guest).
     public static func run(_ workload: IOWorkload, on backend: VirtioBlockBackend, seconds: Double,
-                           pollSeconds: Double = 50e-6) throws(VMMError) -> IOBenchmarkResult {
+                           pollSeconds: Double = 0) throws(VMMError) -> IOBenchmarkResult {
         let bs = UInt64(workload.blockSize)
         let blocks = backend.capacity / bs
         guard blocks >= UInt64(workload.depth) else {
