@@ -38,7 +38,10 @@ public final class VirtioBlockDevice {
         let worker = BlockIOThread(shared: shared, memory: memory, model: model)
         hasDirectPath = worker.direct != nil
         let handoff = Handoff(worker)
-        let started = startThread { handoff.value.run() }
+        let started = startThread {
+            var thread = handoff.value
+            thread.run()
+        }
         guard let handle = started.handle else {
             close(doorbell)
             close(interrupt)
@@ -255,8 +258,10 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> (handle: pthread_t?,
     return (handle, 0)
 }
 
-/// The device's I/O thread: everything here is touched by that thread alone.
-final class BlockIOThread {
+/// The device's I/O thread: everything here is touched by that thread alone. A value the
+/// thread keeps in a local variable, so its hot state is checked for exclusive access at
+/// compile time rather than on every access at run time, as a class's properties would be.
+struct BlockIOThread {
     /// The direct path: an io_uring queue on the LUN and the disk's block map.
     struct Direct {
         let queue: IOQueue
@@ -335,7 +340,7 @@ final class BlockIOThread {
         }
     }
 
-    func run() {
+    mutating func run() {
         while true {
             let control = shared.control.withLock { c -> (reset: UInt64, kick: UInt64, stopping: Bool, queue: Handoff<Virtqueue>?, waiting: Bool) in
                 // A new queue replaces the old one only once nothing is in flight on it.
@@ -402,7 +407,7 @@ final class BlockIOThread {
     // MARK: taking requests
 
     /// Runs a parked request once it may, and takes chains until none is left or one parks.
-    private func pump() {
+    private mutating func pump() {
         while true {
             if let p = parked {
                 guard inFlight == 0 else { return }
@@ -426,7 +431,7 @@ final class BlockIOThread {
         }
     }
 
-    private func markBroken(_ why: String) {
+    private mutating func markBroken(_ why: String) {
         broken = true
         shared.brokenReason.withLock { $0 = why }
         shared.isBroken.store(true, ordering: .sequentiallyConsistent)
@@ -434,7 +439,7 @@ final class BlockIOThread {
         shared.raise(2)
     }
 
-    private func start(_ head: UInt16) {
+    private mutating func start(_ head: UInt16) {
         guard let last = descriptors.last, last.deviceWrites, let base = last.region.baseAddress, last.region.count >= 1 else {
             // Nowhere to put a status: the chain goes back with nothing written.
             model.noteMalformed()
@@ -464,7 +469,7 @@ final class BlockIOThread {
     }
 
     /// Flushes and discards, with nothing in flight.
-    private func runBarrier(_ p: Parked) {
+    private mutating func runBarrier(_ p: Parked) {
         switch p.plan {
         case .discard(let ranges):
             p.status.pointee = model.discardBlocking(ranges)
@@ -487,7 +492,7 @@ final class BlockIOThread {
         }
     }
 
-    private func finish(_ head: UInt16, written: UInt32) {
+    private mutating func finish(_ head: UInt16, written: UInt32) {
         queue?.push(head: head, written: written)
         shared.completed.add(1, ordering: .sequentiallyConsistent)
         completedSinceInterrupt = true
@@ -498,7 +503,7 @@ final class BlockIOThread {
     /// Sends a read or write to the LUN when every piece is aligned for direct I/O and lies in
     /// allocated blocks (reads may also cover holes, which read as zeros). False leaves the
     /// request untouched for the blocking path.
-    private func startDirect(_ head: UInt16, status: UnsafeMutablePointer<UInt8>, reading: Bool, offset: UInt64, total: UInt64,
+    private mutating func startDirect(_ head: UInt16, status: UnsafeMutablePointer<UInt8>, reading: Bool, offset: UInt64, total: UInt64,
                              buffers: ArraySlice<Virtqueue.Descriptor>) -> Bool {
         guard var d = direct else { return false }
         if d.map == nil && !d.unmappable {
@@ -558,7 +563,7 @@ final class BlockIOThread {
         return true
     }
 
-    private func takeSlot(head: UInt16, status: UnsafeMutablePointer<UInt8>, pieces: Int, written: UInt32) -> Int {
+    private mutating func takeSlot(head: UInt16, status: UnsafeMutablePointer<UInt8>, pieces: Int, written: UInt32) -> Int {
         let slot: Int
         if let free = freeSlots.popLast() {
             slot = free
@@ -572,7 +577,7 @@ final class BlockIOThread {
     }
 
     /// Re-reads the block map of a range a blocking write or discard may have changed.
-    private func remap(_ range: Range<UInt64>) {
+    private mutating func remap(_ range: Range<UInt64>) {
         guard var d = direct, !range.isEmpty else { return }
         if d.map != nil, let pieces = try? model.backend.extents(range) {
             d.map?.replace(range, with: pieces)
@@ -583,7 +588,7 @@ final class BlockIOThread {
         direct = d
     }
 
-    private func submitBacklog() {
+    private mutating func submitBacklog() {
         guard let d = direct else { return }
         let q = d.queue
         while backlogHead < backlog.count && q.outstanding - (doorbellArmed ? 1 : 0) < q.depth {
@@ -605,7 +610,7 @@ final class BlockIOThread {
         }
     }
 
-    private func pieceDone(_ slot: Int, failed: Bool) {
+    private mutating func pieceDone(_ slot: Int, failed: Bool) {
         slots[slot].remaining -= 1
         if failed { slots[slot].failed = true }
         guard slots[slot].remaining == 0 else { return }
@@ -628,7 +633,7 @@ final class BlockIOThread {
 
     /// Sleeps until the guest notifies, a caller rings, or I/O completes (whichever first),
     /// handling the completions that arrived.
-    private func waitForWork() {
+    private mutating func waitForWork() {
         guard let d = direct else {
             var p = pollfd(fd: shared.doorbell, events: Int16(POLLIN), revents: 0)
             while poll(&p, 1, -1) < 0 && errno == EINTR {}
@@ -643,12 +648,12 @@ final class BlockIOThread {
             if inFlight > 0 {
                 let until = monotonicSeconds() + Self.pollSeconds
                 repeat {
-                    if try d.queue.reap(minimum: 0, handle) > 0 { return }
+                    if try d.queue.reap(minimum: 0, { handle($0) }) > 0 { return }
                     if let queue, !broken, queue.hasAvailable { return }
                     sched_yield()
                 } while monotonicSeconds() < until
             }
-            try d.queue.reap(minimum: 1, handle)
+            try d.queue.reap(minimum: 1) { handle($0) }
         } catch {
             // The ring itself failed, not one request: nothing more completes through it.
             // Fail what it held and carry on with the blocking path.
@@ -667,7 +672,7 @@ final class BlockIOThread {
         }
     }
 
-    private func handle(_ c: IOCompletion) {
+    private mutating func handle(_ c: IOCompletion) {
         if c.tag == Self.doorbellTag {
             doorbellArmed = false
             drainDoorbell()
