@@ -24,6 +24,9 @@ int lunar_uring_prep_fallocate(struct io_uring *ring, int fd, int fixed_file, in
 int lunar_uring_prep_poll_in(struct io_uring *ring, int fd, uint64_t user_data);
 int lunar_uring_submit(struct io_uring *ring);
 int lunar_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
+/// Enters the kernel without waiting so that completions it holds back (deferred task work,
+/// COOP_TASKRUN) reach the completion ring. Never blocks.
+int lunar_uring_get_events(struct io_uring *ring);
 /// Copies up to `max` ready completions out and marks them seen. Never blocks.
 unsigned lunar_uring_reap(struct io_uring *ring, uint64_t *user_data, int32_t *res, unsigned max);
 

@@ -326,8 +326,8 @@ struct BlockIOThread {
     private var completedSinceInterrupt = false
     private var sawEmpty = false
     private var doorbellArmed = false
-    /// What the used ring's flags tell the driver: notify (true) or not (requests are in
-    /// flight, so a completion wakes this thread anyway and it looks for new ones then).
+    /// What the used ring's flags tell the driver: notify (true), or not while this thread
+    /// looks at the ring by itself.
     private var notificationsOn = true
 
     init(shared: BlockShared, memory: GuestMemory, model: VirtioBlock) {
@@ -382,16 +382,6 @@ struct BlockIOThread {
                     return
                 }
                 if control.waiting { continue }
-            }
-            if let queue, !broken, !quiescing {
-                // Guest notifications cost it an exit each: while completions are due to wake
-                // this thread anyway, ask for none.
-                let wanted = inFlight == 0
-                if wanted != notificationsOn {
-                    queue.setNotifications(wanted)
-                    notificationsOn = wanted
-                    if wanted && queue.hasAvailable { continue }
-                }
             }
             let idle = inFlight == 0 && parked == nil && backlogHead == backlog.count && (queue == nil || broken || sawEmpty)
             if idle { shared.progress.publish(idle: control.kick) }
@@ -625,10 +615,9 @@ struct BlockIOThread {
     // MARK: waiting
 
     /// How long the thread keeps looking for completions and new requests before it sleeps,
-    /// while requests are in flight. Sleeping costs two context switches a round trip
-    /// (this thread woken by the LUN, the driver by the interrupt), each far dearer than a few
-    /// microseconds of looking, most of all under nested virtualization; the look yields the
-    /// CPU between tries so a driver on the same core gets to run.
+    /// while requests are in flight (as QEMU's adaptive polling of its I/O threads). Sleeping
+    /// costs a wake-up, dear under nested virtualization, every time the LUN or the driver
+    /// has something; the look is a few system calls that do not wait.
     static let pollSeconds = 50e-6
 
     /// Sleeps until the guest notifies, a caller rings, or I/O completes (whichever first),
@@ -646,13 +635,20 @@ struct BlockIOThread {
                 doorbellArmed = true
             }
             if inFlight > 0 {
+                // Guest notifications cost the guest an exit each and this thread a wake-up:
+                // none while it looks at the ring itself.
+                setNotifications(false)
                 let until = monotonicSeconds() + Self.pollSeconds
                 repeat {
                     if try d.queue.reap(minimum: 0, { handle($0) }) > 0 { return }
                     if let queue, !broken, queue.hasAvailable { return }
-                    sched_yield()
                 } while monotonicSeconds() < until
             }
+            // About to sleep: a chain made available from now on must wake this thread, and
+            // one made available while notifications were off must not wait for the next
+            // completion (which may be a long way off).
+            setNotifications(true)
+            if let queue, !broken, queue.hasAvailable { return }
             try d.queue.reap(minimum: 1) { handle($0) }
         } catch {
             // The ring itself failed, not one request: nothing more completes through it.
@@ -670,6 +666,12 @@ struct BlockIOThread {
                 shared.raise(1)
             }
         }
+    }
+
+    private mutating func setNotifications(_ wanted: Bool) {
+        guard wanted != notificationsOn, let queue, !broken else { return }
+        queue.setNotifications(wanted)
+        notificationsOn = wanted
     }
 
     private mutating func handle(_ c: IOCompletion) {

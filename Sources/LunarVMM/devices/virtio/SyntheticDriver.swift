@@ -135,15 +135,14 @@ public final class SyntheticBlockDriver {
     }
 
     /// Sleeps until the device raises its interrupt (or `timeout` seconds pass); true when it did.
-    /// With `pollSeconds`, first looks at the used ring for that long (yielding the CPU between
-    /// looks), as a guest driver that polls before it sleeps: true at once when something came.
+    /// With `pollSeconds`, first looks at the used ring for that long, as a guest driver that
+    /// polls before it sleeps: true at once when something came.
     @discardableResult
     public func waitForInterrupt(timeout: Double = 10, pollSeconds: Double = 0) -> Bool {
         if pollSeconds > 0 {
             let until = monotonicSeconds() + pollSeconds
             repeat {
                 if usedIndex != usedSeen { return true }
-                sched_yield()
             } while monotonicSeconds() < until
         }
         var count: UInt64 = 0
