@@ -39,6 +39,8 @@ let package = Package(
             dependencies: ["LunarFS", "LunarIO", "LunarTesting", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tools/hosts"
         ),
+        // Tools/bench/vmm.sh's driver: virtio-blk from the host side against fio.
+        .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarFS", "LunarIO"]),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),

@@ -97,3 +97,23 @@ void lunar_kvm_run_mmio(struct kvm_run *run, uint64_t *address, uint8_t **data, 
     *length = run->mmio.len;
     *is_write = run->mmio.is_write;
 }
+
+int lunar_kvm_ioeventfd(int vm, uint64_t address, uint32_t length, int fd, int match_zero, int deassign) {
+    struct kvm_ioeventfd e;
+    memset(&e, 0, sizeof e);
+    e.addr = address;
+    e.len = length;
+    e.fd = fd;
+    e.datamatch = 0;
+    e.flags = (match_zero ? KVM_IOEVENTFD_FLAG_DATAMATCH : 0) | (deassign ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0);
+    return result(ioctl(vm, KVM_IOEVENTFD, &e));
+}
+
+int lunar_kvm_irqfd(int vm, int fd, uint32_t gsi, int deassign) {
+    struct kvm_irqfd f;
+    memset(&f, 0, sizeof f);
+    f.fd = (uint32_t)fd;
+    f.gsi = gsi;
+    f.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
+    return result(ioctl(vm, KVM_IRQFD, &f));
+}

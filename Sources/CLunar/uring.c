@@ -89,3 +89,9 @@ unsigned lunar_uring_reap(struct io_uring *ring, uint64_t *user_data, int32_t *r
     io_uring_cq_advance(ring, n);
     return n;
 }
+
+int lunar_uring_get_events(struct io_uring *ring) {
+    int r;
+    do { r = io_uring_get_events(ring); } while (r == -EINTR);
+    return r;
+}

@@ -38,6 +38,14 @@ public struct IOBenchmarkResult: Sendable {
     public var bytes: UInt64
     public var seconds: Double
 
+    public init(workload: IOWorkload, engine: IOEngineKind, operations: Int, bytes: UInt64, seconds: Double) {
+        self.workload = workload
+        self.engine = engine
+        self.operations = operations
+        self.bytes = bytes
+        self.seconds = seconds
+    }
+
     public var iops: Double { Double(operations) / seconds }
     /// Decimal megabytes per second, as fio's "MB/s".
     public var megabytesPerSecond: Double { Double(bytes) / seconds / 1_000_000 }

@@ -72,6 +72,17 @@ public final class IOQueue {
         backend.registerBuffers(buffers.map(\.bytes))
     }
 
+    /// The same for memory the caller owns and keeps mapped for the queue's lifetime (a VM's
+    /// guest RAM, which requests then move to and from without a copy).
+    @discardableResult
+    public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) -> Bool {
+        backend.registerBuffers(regions)
+    }
+
+    /// The device's sector size: reads and writes need offsets, lengths and buffer addresses
+    /// that are multiples of it.
+    public var sectorSize: Int { file.sectorSize }
+
     public func prepareRead(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, tag: UInt64) throws(IOError) {
         try file.validateTransfer(.read, address: buffer.baseAddress, length: buffer.count, offset: offset)
         let request = EngineRequest.read(buffer.baseAddress!, buffer.count, offset)
@@ -101,6 +112,13 @@ public final class IOQueue {
         }
         try file.validateRange(.discard, offset: offset, length: length)
         try enqueue(.discard(offset, length), .discard, tag: tag, offset: offset, length: Int(clamping: length))
+    }
+
+    /// Arms a doorbell: a completion tagged `tag` arrives once `fd` (an eventfd, say) is
+    /// readable, so one `reap` waits for I/O and for a wake-up alike. One doorbell may be
+    /// armed at a time; it does not count against `depth`.
+    public func preparePoll(fd: Int32, tag: UInt64) throws(IOError) {
+        try prepareDoorbell(fd: fd, tag: tag)
     }
 
     /// Arms the reactor's doorbell: a completion tagged `tag` arrives once `fd` is readable.

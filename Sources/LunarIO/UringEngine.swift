@@ -102,6 +102,14 @@ final class UringEngine: IOEngine {
 
     func reap(minimum: Int, _ handler: (UInt64, Int64) -> Void) -> Int {
         var total = drain(handler)
+        if minimum == 0 && total == 0 && !unsubmitted {
+            // A caller polling without waiting: completions the kernel has but has not posted
+            // yet (COOP_TASKRUN defers posting until this thread enters the kernel) would stay
+            // invisible to it however long it looked.
+            let r = lunar_uring_get_events(ring)
+            if r < 0 { return Int(r) }
+            total = drain(handler)
+        }
         if total >= minimum {
             let r = submit()
             return r < 0 ? Int(r) : total

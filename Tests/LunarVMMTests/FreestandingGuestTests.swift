@@ -49,7 +49,8 @@ struct FreestandingGuestTests {
         let image = try FreestandingGuests.build("virtio_blk.c", elf: true)
         let console = ConsoleCapture()
         let vm = try VirtualMachine(kvm: try KVM(), memorySize: 64 << 20, console: console.append)
-        let window = vm.addBlockDevice(try LunarFSDisk(file: file), serial: "disk0")
+        let window = try vm.addBlockDevice(try LunarFSDisk(file: file), serial: "disk0")
+        #expect(window.notificationsInKernel && window.interruptsInKernel)
         #expect(window.address == 0xD000_0000)
         let entry = try vm.loadELF(image)
         let exit = try vm.runFreestanding(entry: entry)
@@ -58,6 +59,54 @@ struct FreestandingGuestTests {
         let text = Array("LunarFS disk written by a KVM guest through virtio-blk".utf8)
         let expected = (0..<512).map { text[$0 % text.count] }
         #expect(try file.read(at: 2 * 512, count: 512) == expected)
+        try volume.close()
+    }
+
+    @Test("a guest's malformed chains break its device 0 while device 1 keeps serving; device 0's file is untouched")
+    func hostileGuestTwoDevices() throws {
+        let scratch = Scratch()
+        try Volume.format(path: scratch.path("lun.img"), size: 1 << 30)
+        let volume = try Volume.open(path: scratch.path("lun.img"))
+        let victim = try volume.create("/victim.raw")
+        try victim.truncate(to: 16 << 20)
+        // Device 0's disk holds known bytes at the sector its malformed writes name.
+        let before = pattern(64 << 10, seed: 11).array
+        try victim.write(before, at: 0)
+        let allocatedBefore = try victim.allocatedRanges()
+        let healthy = try volume.create("/healthy.raw")
+        try healthy.truncate(to: 16 << 20)
+
+        let image = try FreestandingGuests.build("virtio_hostile.c", elf: true)
+        let console = ConsoleCapture()
+        let vm = try VirtualMachine(kvm: try KVM(), memorySize: 64 << 20, console: console.append)
+        let slot0 = try vm.addBlockDevice(try LunarFSDisk(file: victim), serial: "victim")
+        let slot1 = try vm.addBlockDevice(try LunarFSDisk(file: healthy), serial: "healthy")
+        #expect(slot0.address == 0xD000_0000 && slot1.address == 0xD000_0200)
+        #expect(slot0.irq == 5 && slot1.irq == 6)
+        let exit = try vm.runFreestanding(entry: try vm.loadELF(image))
+        #expect(console.text == """
+            device 0, descriptor loop: needs reset
+            device 0, address outside memory: needs reset
+            device 0, length overflows: needs reset
+            device 0, zero-length header: I/O error
+            device 0, chain longer than the queue: needs reset
+            device 0, head out of range: needs reset
+            device 0, write from a device-writable buffer: I/O error
+            device 0 serves again after reset
+            device 1: 8 writes, 7 read-backs and a flush ok
+            hostile ok
+
+            """)
+        #expect(exit == .poweredOff(status: 0x31))
+
+        // What the guest wrote to device 1, computed as the guest does.
+        for round in 0..<7 {
+            let expected = (0..<4096).map { i in UInt8(truncatingIfNeeded: (round * 37 + i * 13 + (i >> 8)) ^ 0x5A) }
+            #expect(try healthy.read(at: UInt64(8 * (round + 1)) * 512, count: 4096) == expected, "round \(round)")
+        }
+        #expect(try healthy.read(at: 0, count: 4096) == [UInt8](repeating: 0, count: 4096))
+        #expect(try victim.read(at: 0, count: before.count) == before)
+        #expect(try victim.allocatedRanges() == allocatedBefore)
         try volume.close()
     }
 

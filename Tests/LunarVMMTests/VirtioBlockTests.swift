@@ -20,7 +20,7 @@ struct VirtioBlockTests {
 
         init(backend: VirtioBlockBackend) throws {
             memory = try GuestMemory(size: 16 << 20)
-            device = VirtioBlockDevice(memory: memory, backend: backend, serial: "lunar-test-disk")
+            device = try VirtioBlockDevice(memory: memory, backend: backend, serial: "lunar-test-disk")
             #expect(device.setQueue(size: Self.queueSize, descriptors: Self.descriptors, available: Self.available, used: Self.used))
         }
 
@@ -167,7 +167,7 @@ struct VirtioBlockTests {
     func queueOutsideMemory() throws {
         let (volume, disk, _) = try Self.disk()
         let memory = try GuestMemory(size: 4 << 20)
-        let device = VirtioBlockDevice(memory: memory, backend: disk, serial: "x")
+        let device = try VirtioBlockDevice(memory: memory, backend: disk, serial: "x")
         #expect(!device.setQueue(size: 256, descriptors: (4 << 20) - 100, available: 0, used: 0x1000))
         #expect(!device.setQueue(size: 100, descriptors: 0, available: 0x1000, used: 0x2000))
         try volume.close()

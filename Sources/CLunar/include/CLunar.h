@@ -24,6 +24,9 @@ int lunar_uring_prep_fallocate(struct io_uring *ring, int fd, int fixed_file, in
 int lunar_uring_prep_poll_in(struct io_uring *ring, int fd, uint64_t user_data);
 int lunar_uring_submit(struct io_uring *ring);
 int lunar_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr);
+/// Enters the kernel without waiting so that completions it holds back (deferred task work,
+/// COOP_TASKRUN) reach the completion ring. Never blocks.
+int lunar_uring_get_events(struct io_uring *ring);
 /// Copies up to `max` ready completions out and marks them seen. Never blocks.
 unsigned lunar_uring_reap(struct io_uring *ring, uint64_t *user_data, int32_t *res, unsigned max);
 
@@ -142,5 +145,10 @@ void lunar_kvm_run_io(const struct kvm_run *run, uint8_t *direction, uint8_t *si
 uint32_t lunar_kvm_run_internal_suberror(const struct kvm_run *run);
 uint64_t lunar_kvm_run_fail_entry_reason(const struct kvm_run *run);
 void lunar_kvm_run_mmio(struct kvm_run *run, uint64_t *address, uint8_t **data, uint32_t *length, uint8_t *is_write);
+/// KVM_IOEVENTFD on an MMIO address: a guest write of `length` bytes there (of the value 0
+/// when `match_zero`) signals `fd` in the kernel instead of exiting to the VMM.
+int lunar_kvm_ioeventfd(int vm, uint64_t address, uint32_t length, int fd, int match_zero, int deassign);
+/// KVM_IRQFD: a write to `fd` pulses interrupt line `gsi` of the in-kernel irqchip.
+int lunar_kvm_irqfd(int vm, int fd, uint32_t gsi, int deassign);
 
 #endif

@@ -50,7 +50,7 @@ public final class VMSession: @unchecked Sendable {
         var slots: [Layout.DiskSlot] = []
         for (disk, file) in zip(config.disks, files) {
             let backend = try LunarFSDisk(file: file, readOnly: disk.readOnly)
-            let window = vm.addBlockDevice(backend, serial: String("\(config.name)-\(disk.name)".prefix(20)))
+            let window = try vm.addBlockDevice(backend, serial: String("\(config.name)-\(disk.name)".prefix(20)))
             slots.append(.init(name: disk.name, path: file.path, size: backend.capacity, readOnly: backend.isReadOnly,
                                address: window.address, irq: window.irq))
         }

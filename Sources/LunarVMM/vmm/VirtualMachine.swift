@@ -79,24 +79,40 @@ public final class VirtualMachine {
         ports.attach(exitPort, at: 0x501...0x501)
     }
 
-    deinit { close(fd) }
+    deinit {
+        // The I/O threads may still raise interrupts through the VM's descriptor: they end first.
+        for b in blockDevices { b.device.shutdown() }
+        close(fd)
+    }
 
-    /// Adds a virtio-blk disk; its register window is the next 0x200 bytes from `mmioBase`.
-    /// Returns the window's address and IRQ, which a Linux guest is told on its command line
-    /// (`virtio_mmio.device=512@0xd0000000:5`).
+    /// Where a virtio-blk disk was placed, and how its notifications and interrupts travel.
+    public struct BlockDeviceSlot: Sendable, Equatable {
+        /// The register window (0x200 bytes) and the IRQ, which a Linux guest is told on its
+        /// command line (`virtio_mmio.device=512@0xd0000000:5`).
+        public var address: UInt64
+        public var irq: UInt32
+        /// The guest's QueueNotify writes signal the I/O thread in the kernel (ioeventfd),
+        /// without an exit to the vCPU thread.
+        public var notificationsInKernel: Bool
+        /// The I/O thread raises the interrupt through an irqfd (else with KVM_IRQ_LINE).
+        public var interruptsInKernel: Bool
+    }
+
+    /// Adds a virtio-blk disk served by an I/O thread of its own; its register window is the
+    /// next 0x200 bytes from `mmioBase`.
     @discardableResult
-    public func addBlockDevice(_ backend: VirtioBlockBackend, serial: String) -> (address: UInt64, irq: UInt32) {
+    public func addBlockDevice(_ backend: VirtioBlockBackend, serial: String) throws(VMMError) -> BlockDeviceSlot {
         let index = blockDevices.count
         let address = Self.mmioBase + UInt64(index) * VirtioMMIOBlock.windowSize
         let irq = Self.firstDeviceIRQ + UInt32(index)
-        let device = VirtioBlockDevice(memory: memory, backend: backend, serial: serial)
-        let vmFD = fd
-        blockDevices.append(VirtioMMIOBlock(base: address, device: device, backend: backend) {
-            // An edge on the in-kernel IOAPIC.
-            _ = lunar_kvm_irq_line(vmFD, irq, 1)
-            _ = lunar_kvm_irq_line(vmFD, irq, 0)
-        })
-        return (address, irq)
+        let device = try VirtioBlockDevice(memory: memory, backend: backend, serial: serial)
+        // Queue 0 is the only queue: match the value 0 so a write naming another still exits
+        // (and is ignored) instead of waking the thread.
+        let ioeventfd = lunar_kvm_ioeventfd(fd, address + VirtioMMIOBlock.queueNotifyOffset, 4, device.notificationEventFD, 1, 0) == 0
+        let irqfd = lunar_kvm_irqfd(fd, device.interruptEventFD, irq, 0) == 0
+        if !irqfd { device.useInterruptLine(vm: fd, irq: irq) }
+        blockDevices.append(VirtioMMIOBlock(base: address, device: device, backend: backend))
+        return BlockDeviceSlot(address: address, irq: irq, notificationsInKernel: ioeventfd, interruptsInKernel: irqfd)
     }
 
     /// Loads a flat 64-bit image (linked to run at `imageAddress`) for `runFreestanding`.

@@ -1,7 +1,10 @@
 /// The virtio-mmio transport (virtio 1.x §4.2.2, "modern", version 2) for one virtio-blk
 /// device: the register window a guest driver programs, turned into calls on the device.
+/// Runs on the vCPU thread; the device's I/O thread owns the queue, the interrupt status
+/// (shared atomically) and whether the device broke.
 final class VirtioMMIOBlock {
     static let windowSize: UInt64 = 0x200
+    static let queueNotifyOffset: UInt64 = 0x050
     static let magic: UInt32 = 0x7472_6976 // "virt"
     static let vendor: UInt32 = 0x524E_554C // "LUNR"
     static let deviceIDBlock: UInt32 = 2
@@ -10,13 +13,15 @@ final class VirtioMMIOBlock {
     static let featureVersion1: UInt64 = 1 << 32
     static let featureFlush: UInt64 = 1 << 9
     static let featureReadOnly: UInt64 = 1 << 5
+    static let featureDiscard: UInt64 = 1 << 13
+
+    static let statusNeedsReset: UInt32 = 0x40
 
     let base: UInt64
     let device: VirtioBlockDevice
-    let capacitySectors: UInt64
     let offered: UInt64
-    /// Raises the device's interrupt line.
-    private let interrupt: () -> Void
+    /// The device configuration space (virtio-blk's `struct virtio_blk_config`), little-endian.
+    let config: [UInt8]
 
     private var deviceFeaturesSelect: UInt32 = 0
     private var driverFeaturesSelect: UInt32 = 0
@@ -25,14 +30,24 @@ final class VirtioMMIOBlock {
     private var queueReady = false
     private var descriptors: UInt64 = 0, available: UInt64 = 0, used: UInt64 = 0
     private var status: UInt32 = 0
-    private var interruptStatus: UInt32 = 0
 
-    init(base: UInt64, device: VirtioBlockDevice, backend: VirtioBlockBackend, interrupt: @escaping () -> Void) {
+    init(base: UInt64, device: VirtioBlockDevice, backend: VirtioBlockBackend) {
         self.base = base
         self.device = device
-        capacitySectors = backend.capacity / 512
-        offered = Self.featureVersion1 | Self.featureFlush | (backend.isReadOnly ? Self.featureReadOnly : 0)
-        self.interrupt = interrupt
+        // A read-only disk offers no discard: it would only ever fail.
+        offered = Self.featureVersion1 | Self.featureFlush | (backend.isReadOnly ? Self.featureReadOnly : Self.featureDiscard)
+        var c = [UInt8](repeating: 0, count: 0x3C)
+        func put<T: FixedWidthInteger>(_ v: T, at offset: Int) {
+            for i in 0..<MemoryLayout<T>.size { c[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+        }
+        let sectors = backend.capacity / VirtioBlock.sectorSize
+        put(sectors, at: 0x00)                                           // capacity
+        if !backend.isReadOnly {
+            put(UInt32(clamping: sectors), at: 0x24)                     // max_discard_sectors
+            put(UInt32(VirtioBlock.maxDiscardSegments), at: 0x28)      // max_discard_seg
+            put(UInt32(8), at: 0x2C)                                     // discard_sector_alignment: 4 KiB
+        }
+        config = c
     }
 
     func contains(_ address: UInt64) -> Bool { address >= base && address < base + Self.windowSize }
@@ -48,12 +63,13 @@ final class VirtioMMIOBlock {
         case 0x010: value = deviceFeaturesSelect == 0 ? offered & 0xFFFF_FFFF : deviceFeaturesSelect == 1 ? offered >> 32 : 0
         case 0x034: value = UInt64(Self.queueSizeMax)
         case 0x044: value = queueReady ? 1 : 0
-        case 0x060: value = UInt64(interruptStatus)
-        case 0x070: value = UInt64(status)
+        case 0x060: value = UInt64(device.interruptStatus)
+        case 0x070: value = UInt64(status | (device.shared.isBroken.load(ordering: .sequentiallyConsistent) ? Self.statusNeedsReset : 0))
         case 0x0FC: value = 0
-        case 0x100..<0x108:
-            // Configuration space: capacity in 512-byte sectors, little-endian.
-            value = capacitySectors >> (8 * (offset - 0x100))
+        case 0x100..<0x200:
+            value = 0
+            let start = Int(offset - 0x100)
+            for i in 0..<data.count where start + i < config.count { value |= UInt64(config[start + i]) << (8 * UInt64(i)) }
         default: value = 0
         }
         for i in 0..<data.count { data[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
@@ -77,16 +93,14 @@ final class VirtioMMIOBlock {
             queueReady = value == 1
             if queueReady && !device.setQueue(size: queueSize, descriptors: descriptors, available: available, used: used) {
                 // Areas outside guest memory: the driver broke the rules.
-                status |= 0x40 // DEVICE_NEEDS_RESET
+                status |= Self.statusNeedsReset
                 queueReady = false
             }
-        case 0x050:
-            if queueReady && device.serviceQueue() > 0 {
-                interruptStatus |= 1
-                interrupt()
-            }
-            if device.broken != nil { status |= 0x40 }
-        case 0x064: interruptStatus &= ~value
+        case Self.queueNotifyOffset:
+            // With an ioeventfd registered, KVM signals the I/O thread for 4-byte writes itself;
+            // other sizes still come here. Only queue 0 exists.
+            if value == 0 && queueReady { device.notify() }
+        case 0x064: device.acknowledgeInterrupt(value)
         case 0x070:
             if value == 0 { reset() } else { status = value }
         case 0x080: descriptors = (descriptors & ~0xFFFF_FFFF) | UInt64(value)
@@ -99,13 +113,14 @@ final class VirtioMMIOBlock {
         }
     }
 
+    /// Waits for the I/O thread to finish what it has in flight for this device before the
+    /// registers clear: after the reset the guest owns its buffers again.
     private func reset() {
+        device.reset()
         status = 0
-        interruptStatus = 0
         driverFeatures = 0
         queueReady = false
         queueSize = Self.queueSizeMax
         descriptors = 0; available = 0; used = 0
-        device.reset()
     }
 }

@@ -62,16 +62,25 @@ final class Virtqueue {
 
     /// The next chain the guest made available, or nil when there is none.
     func pop() throws(Fault) -> Chain? {
+        var descriptors: [Descriptor] = []
+        guard let head = try pop(into: &descriptors) else { return nil }
+        return Chain(head: head, descriptors: descriptors)
+    }
+
+    /// The same into the caller's array (emptied first, its storage reused: the hot path
+    /// allocates nothing per request); returns the chain's head.
+    func pop(into out: inout [Descriptor]) throws(Fault) -> UInt16? {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         let available: UInt16 = load(availableRing + 2)
         guard available != nextAvailable else { return nil }
         let head: UInt16 = load(availableRing + 4 + 2 * UInt64(nextAvailable % size))
         nextAvailable &+= 1
-        return Chain(head: head, descriptors: try walk(head))
+        out.removeAll(keepingCapacity: true)
+        try walk(head, into: &out)
+        return head
     }
 
-    private func walk(_ head: UInt16) throws(Fault) -> [Descriptor] {
-        var out: [Descriptor] = []
+    private func walk(_ head: UInt16, into out: inout [Descriptor]) throws(Fault) {
         var index = head
         while true {
             guard index < size else { throw .badIndex(index) }
@@ -85,9 +94,25 @@ final class Virtqueue {
             if flags & Self.flagIndirect != 0 { throw .indirectNotNegotiated }
             guard let region = memory.region(address, Int(length)) else { throw .outOfMemory(address: address, length: length) }
             out.append(Descriptor(region: region, deviceWrites: flags & Self.flagWrite != 0))
-            guard flags & Self.flagNext != 0 else { return out }
+            guard flags & Self.flagNext != 0 else { return }
             index = next
         }
+    }
+
+    /// Whether chains are available that `pop` has not taken.
+    var hasAvailable: Bool {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let available: UInt16 = load(availableRing + 2)
+        return available != nextAvailable
+    }
+
+    /// Tells the driver whether to notify after making chains available (VRING_USED_F_NO_NOTIFY
+    /// clear or set). Only a hint: a driver may notify anyway, and after turning notifications
+    /// back on the device must look at the ring once more, since the driver may have added a
+    /// chain while it still saw them off.
+    func setNotifications(_ wanted: Bool) {
+        store(UInt16(wanted ? 0 : 1), usedRing)
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
     /// Returns a finished chain to the guest with `written` bytes filled in.

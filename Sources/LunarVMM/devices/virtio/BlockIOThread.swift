@@ -1,0 +1,690 @@
+import CLunar
+import Glibc
+import LunarIO
+import Synchronization
+
+/// A virtio-blk device with its one request queue, served by an I/O thread of its own.
+///
+/// The guest's notifications arrive on an eventfd (KVM signals it for a write to QueueNotify
+/// without a VM exit to the VMM, once it is registered as an ioeventfd); the thread then takes
+/// the available chains, checks them, and sends reads and writes of allocated disk ranges
+/// straight between guest memory and the LUN through io_uring, many at once, completing them
+/// into the used ring in whatever order the LUN finishes them. Requests that need the file
+/// system (writes into holes, discards, unaligned pieces) run through the backend's blocking
+/// calls on the same thread. Completions raise the interrupt through a second eventfd (an
+/// irqfd in a VM) or, where KVM refuses irqfds, through KVM_IRQ_LINE.
+///
+/// Host-side tests and benchmarks drive it like a guest: lay a queue out in `memory`, then
+/// `notify()` (or `serviceQueue()`, which also waits until the device is idle again).
+public final class VirtioBlockDevice {
+    public let memory: GuestMemory
+    let shared: BlockShared
+    let model: VirtioBlock
+    /// Whether requests can take the direct path (the backend is on a local LUN).
+    public let hasDirectPath: Bool
+    private var thread: pthread_t?
+
+    public init(memory: GuestMemory, backend: VirtioBlockBackend, serial: String) throws(VMMError) {
+        self.memory = memory
+        model = VirtioBlock(backend: backend, serial: serial)
+        let doorbell = lunar_eventfd()
+        guard doorbell >= 0 else { throw VMMError.system("eventfd", -doorbell) }
+        let interrupt = lunar_eventfd()
+        guard interrupt >= 0 else {
+            close(doorbell)
+            throw VMMError.system("eventfd", -interrupt)
+        }
+        shared = BlockShared(doorbell: doorbell, interrupt: interrupt)
+        let worker = BlockIOThread(shared: shared, memory: memory, model: model)
+        hasDirectPath = worker.direct != nil
+        let handoff = Handoff(worker)
+        let started = startThread {
+            var thread = handoff.value
+            thread.run()
+        }
+        guard let handle = started.handle else {
+            close(doorbell)
+            close(interrupt)
+            throw VMMError.system("pthread_create (virtio-blk I/O thread)", started.errno)
+        }
+        thread = handle
+    }
+
+    deinit {
+        shutdown()
+        close(shared.doorbell)
+        close(shared.interrupt)
+    }
+
+    /// Finishes what is in flight and ends the I/O thread; the device serves nothing after.
+    func shutdown() {
+        guard let handle = thread else { return }
+        thread = nil
+        shared.control.withLock { $0.stopping = true }
+        shared.ring()
+        pthread_join(handle, nil)
+    }
+
+    public var malformedRequests: Int { model.malformedRequests.load(ordering: .relaxed) }
+
+    /// Reads and writes that went straight between guest memory and the LUN (the rest went
+    /// through the backend's blocking calls).
+    public var requestsServedDirectly: Int { shared.direct.load(ordering: .relaxed) }
+
+    /// Why the device stopped serving (the guest broke the virtqueue rules); nil while healthy.
+    /// Only a device reset clears it.
+    public var broken: String? { shared.brokenReason.withLock { $0 } }
+
+    /// The eventfd the guest's notifications should signal (an ioeventfd on QueueNotify).
+    public var notificationEventFD: Int32 { shared.doorbell }
+    /// The eventfd the device signals when it completed requests (an irqfd in a VM).
+    public var interruptEventFD: Int32 { shared.interrupt }
+
+    /// Sets up the request queue; false when its areas do not fit guest memory or the size is
+    /// not a power of two up to 32 768. The I/O thread takes it before it next looks for work.
+    @discardableResult
+    public func setQueue(size: UInt16, descriptors: UInt64, available: UInt64, used: UInt64) -> Bool {
+        guard let queue = Virtqueue(memory: memory, size: size, descriptorTable: descriptors, availableRing: available, usedRing: used) else {
+            return false
+        }
+        shared.control.withLock { $0.pendingQueue = Handoff(queue) }
+        shared.ring()
+        return true
+    }
+
+    /// Stops taking requests, waits until every one in flight has completed, then forgets the
+    /// queue and any breakage. The guest may reuse its buffers as soon as this returns.
+    public func reset() {
+        guard thread != nil else { return }
+        let generation = shared.control.withLock { c -> UInt64 in
+            c.pendingQueue = nil
+            c.reset &+= 1
+            return c.reset
+        }
+        shared.ring()
+        shared.progress.wait(reset: generation)
+        shared.interruptStatus.store(0, ordering: .sequentiallyConsistent)
+    }
+
+    /// What a guest's write to QueueNotify does: the I/O thread looks for work.
+    public func notify() { shared.ring() }
+
+    /// Notifies, then waits until the device has taken every available request and completed
+    /// every one in flight (or stopped serving, broken). Returns how many requests completed
+    /// meanwhile.
+    @discardableResult
+    public func serviceQueue() -> Int {
+        guard thread != nil else { return 0 }
+        let before = shared.completed.load(ordering: .sequentiallyConsistent)
+        let generation = shared.control.withLock { c -> UInt64 in
+            c.kick &+= 1
+            return c.kick
+        }
+        shared.ring()
+        shared.progress.wait(idle: generation)
+        return shared.completed.load(ordering: .sequentiallyConsistent) - before
+    }
+
+    /// The interrupt status register: bit 0 used-ring update, bit 1 configuration change (the
+    /// device broke).
+    public var interruptStatus: UInt32 { shared.interruptStatus.load(ordering: .sequentiallyConsistent) }
+
+    public func acknowledgeInterrupt(_ bits: UInt32) {
+        shared.interruptStatus.bitwiseAnd(~bits, ordering: .sequentiallyConsistent)
+    }
+
+    /// Where no irqfd could be registered: the I/O thread raises the line with KVM_IRQ_LINE.
+    func useInterruptLine(vm: Int32, irq: UInt32) {
+        shared.interruptLine.store(1 << 63 | UInt64(UInt32(bitPattern: vm)) << 32 | UInt64(irq), ordering: .releasing)
+    }
+}
+
+/// Hands a non-Sendable value to exactly one other thread, which becomes its only user.
+struct Handoff<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// What the device's owners (vCPU thread, host-side callers) and its I/O thread share.
+final class BlockShared: Sendable {
+    struct Control {
+        /// A queue the I/O thread installs once nothing is in flight on the old one.
+        var pendingQueue: Handoff<Virtqueue>?
+        /// Raised by `reset`; the thread answers through `progress` once it has drained.
+        var reset: UInt64 = 0
+        /// Raised by `serviceQueue`; the thread answers once idle after seeing it.
+        var kick: UInt64 = 0
+        var stopping = false
+    }
+
+    let control = Mutex(Control())
+    let doorbell: Int32
+    let interrupt: Int32
+    let interruptStatus = Atomic<UInt32>(0)
+    let isBroken = Atomic<Bool>(false)
+    let brokenReason = Mutex<String?>(nil)
+    let completed = Atomic<Int>(0)
+    let direct = Atomic<Int>(0)
+    /// 0: signal `interrupt`; else bit 63 | VM fd << 32 | IRQ, for KVM_IRQ_LINE.
+    let interruptLine = Atomic<UInt64>(0)
+    let progress = Progress()
+
+    init(doorbell: Int32, interrupt: Int32) {
+        self.doorbell = doorbell
+        self.interrupt = interrupt
+    }
+
+    func ring() {
+        var one: UInt64 = 1
+        _ = write(doorbell, &one, 8)
+    }
+
+    /// Sets interrupt status bits, then raises the interrupt: the guest's handler must find the
+    /// bits (and the used ring entries written before) when it runs.
+    func raise(_ bits: UInt32) {
+        interruptStatus.bitwiseOr(bits, ordering: .sequentiallyConsistent)
+        let line = interruptLine.load(ordering: .acquiring)
+        if line != 0 {
+            let vm = Int32(truncatingIfNeeded: (line >> 32) & 0x7FFF_FFFF), irq = UInt32(truncatingIfNeeded: line)
+            _ = lunar_kvm_irq_line(vm, irq, 1)
+            _ = lunar_kvm_irq_line(vm, irq, 0)
+        } else {
+            var one: UInt64 = 1
+            _ = write(interrupt, &one, 8)
+        }
+    }
+}
+
+/// Lets a caller sleep until the I/O thread got as far as it needs: idle after a given
+/// notification, or done with a given reset. A condition variable, so nothing spins and no
+/// closure is stored anywhere.
+final class Progress: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var idle: UInt64 = 0
+    private var reset: UInt64 = 0
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+
+    func publish(idle: UInt64? = nil, reset: UInt64? = nil) {
+        pthread_mutex_lock(mutex)
+        if let idle { self.idle = max(self.idle, idle) }
+        if let reset { self.reset = max(self.reset, reset) }
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    func wait(idle target: UInt64) {
+        pthread_mutex_lock(mutex)
+        while idle < target { pthread_cond_wait(condition, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    func wait(reset target: UInt64) {
+        pthread_mutex_lock(mutex)
+        while reset < target { pthread_cond_wait(condition, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+}
+
+/// Starts a joinable POSIX thread running `body`.
+func startThread(_ body: @escaping @Sendable () -> Void) -> (handle: pthread_t?, errno: Int32) {
+    final class Context {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let context = Unmanaged.passRetained(Context(body)).toOpaque()
+    var handle = pthread_t()
+    let r = pthread_create(&handle, nil, { raw in
+        guard let raw else { return nil }
+        let context = Unmanaged<Context>.fromOpaque(raw).takeRetainedValue()
+        context.body()
+        return nil
+    }, context)
+    if r != 0 {
+        Unmanaged<Context>.fromOpaque(context).release()
+        return (nil, r)
+    }
+    return (handle, 0)
+}
+
+/// The device's I/O thread: everything here is touched by that thread alone. A value the
+/// thread keeps in a local variable, so its hot state is checked for exclusive access at
+/// compile time rather than on every access at run time, as a class's properties would be.
+struct BlockIOThread {
+    /// The direct path: an io_uring queue on the LUN and the disk's block map.
+    struct Direct {
+        let queue: IOQueue
+        let sector: UInt64
+        /// nil until (re)built; `unmappable` when the backend could not say (a file stored
+        /// inline, say), until a blocking write changes the file.
+        var map: ExtentMap?
+        var unmappable = false
+    }
+
+    /// One request with pieces in flight on the LUN.
+    struct Slot {
+        var head: UInt16 = 0
+        var status: UnsafeMutablePointer<UInt8>?
+        var remaining = 0
+        var failed = false
+        var written: UInt32 = 0
+    }
+
+    enum PieceKind { case read, write, flush }
+
+    struct Piece {
+        var slot: Int
+        var kind: PieceKind
+        var buffer: UnsafeMutableRawBufferPointer
+        var deviceOffset: UInt64
+    }
+
+    /// A flush or discard waiting until nothing is in flight. Flushes wait so that every write
+    /// the guest may have seen complete is on the LUN before the LUN is flushed; discards wait
+    /// so that no in-flight read or write can touch a block the file system frees (and may
+    /// hand to another file).
+    struct Parked {
+        var head: UInt16
+        var status: UnsafeMutablePointer<UInt8>
+        var plan: VirtioBlock.Plan
+    }
+
+    /// The most one piece moves: a Linux read or write moves at most 2 GiB, so a larger guest
+    /// buffer becomes several pieces.
+    static let maxPiece = 1 << 30
+    static let doorbellTag = UInt64.max
+
+    let shared: BlockShared
+    let memory: GuestMemory
+    let model: VirtioBlock
+    var direct: Direct?
+    private var queue: Virtqueue?
+    private var broken = false
+    private var handledReset: UInt64 = 0
+    private var descriptors: [Virtqueue.Descriptor] = []
+    private var slots: [Slot] = []
+    private var freeSlots: [Int] = []
+    private var inFlight = 0
+    private var backlog: [Piece] = []
+    private var backlogHead = 0
+    private var planned: [Piece] = []
+    private var zeroFills: [UnsafeMutableRawBufferPointer] = []
+    private var parked: Parked?
+    /// A blocking write or discard changed file system metadata since the last flush.
+    private var metadataDirty = false
+    private var completedSinceInterrupt = false
+    private var sawEmpty = false
+    private var doorbellArmed = false
+    /// What the used ring's flags tell the driver: notify (true), or not while this thread
+    /// looks at the ring by itself.
+    private var notificationsOn = true
+
+    init(shared: BlockShared, memory: GuestMemory, model: VirtioBlock) {
+        self.shared = shared
+        self.memory = memory
+        self.model = model
+        descriptors.reserveCapacity(64)
+        if let lun = model.backend.lun, let q = try? lun.makeQueue(depth: 256) {
+            direct = Direct(queue: q, sector: UInt64(q.sectorSize))
+        }
+    }
+
+    mutating func run() {
+        while true {
+            let control = shared.control.withLock { c -> (reset: UInt64, kick: UInt64, stopping: Bool, queue: Handoff<Virtqueue>?, waiting: Bool) in
+                // A new queue replaces the old one only once nothing is in flight on it.
+                var taken: Handoff<Virtqueue>?
+                if inFlight == 0 && c.reset == handledReset {
+                    taken = c.pendingQueue
+                    c.pendingQueue = nil
+                }
+                return (c.reset, c.kick, c.stopping, taken, c.pendingQueue != nil)
+            }
+            if let q = control.queue {
+                queue = q.value
+                parked = nil
+                sawEmpty = false
+                // Whatever the ring's memory held before, the driver is asked to notify.
+                q.value.setNotifications(true)
+                notificationsOn = true
+            }
+            let quiescing = control.reset != handledReset || control.stopping || control.waiting
+            if !quiescing { pump() }
+            submitBacklog()
+            if completedSinceInterrupt {
+                completedSinceInterrupt = false
+                shared.raise(1)
+            }
+            if quiescing && inFlight == 0 {
+                if control.reset != handledReset {
+                    queue = nil
+                    parked = nil
+                    broken = false
+                    shared.isBroken.store(false, ordering: .sequentiallyConsistent)
+                    shared.brokenReason.withLock { $0 = nil }
+                    handledReset = control.reset
+                    shared.progress.publish(reset: control.reset)
+                    continue
+                }
+                if control.stopping {
+                    shared.progress.publish(idle: .max)
+                    return
+                }
+                if control.waiting { continue }
+            }
+            let idle = inFlight == 0 && parked == nil && backlogHead == backlog.count && (queue == nil || broken || sawEmpty)
+            if idle { shared.progress.publish(idle: control.kick) }
+            waitForWork()
+            if completedSinceInterrupt {
+                // Before looking for new work: the driver can start on these meanwhile.
+                completedSinceInterrupt = false
+                shared.raise(1)
+            }
+        }
+    }
+
+    // MARK: taking requests
+
+    /// Runs a parked request once it may, and takes chains until none is left or one parks.
+    private mutating func pump() {
+        while true {
+            if let p = parked {
+                guard inFlight == 0 else { return }
+                parked = nil
+                runBarrier(p)
+            }
+            guard let queue, !broken else { return }
+            let head: UInt16?
+            do throws(Virtqueue.Fault) {
+                head = try queue.pop(into: &descriptors)
+            } catch {
+                markBroken("bad descriptor chain: \(error)")
+                return
+            }
+            guard let head else {
+                sawEmpty = true
+                return
+            }
+            sawEmpty = false
+            start(head)
+        }
+    }
+
+    private mutating func markBroken(_ why: String) {
+        broken = true
+        shared.brokenReason.withLock { $0 = why }
+        shared.isBroken.store(true, ordering: .sequentiallyConsistent)
+        // DEVICE_NEEDS_RESET is announced with a configuration change interrupt.
+        shared.raise(2)
+    }
+
+    private mutating func start(_ head: UInt16) {
+        guard let last = descriptors.last, last.deviceWrites, let base = last.region.baseAddress, last.region.count >= 1 else {
+            // Nowhere to put a status: the chain goes back with nothing written.
+            model.noteMalformed()
+            finish(head, written: 0)
+            return
+        }
+        let status = base.assumingMemoryBound(to: UInt8.self) + (last.region.count - 1)
+        let parts = descriptors[0..<(descriptors.count - 1)]
+        let plan = model.plan(parts)
+        switch plan {
+        case .done(let code, let written):
+            status.pointee = code
+            finish(head, written: written + 1)
+        case .transfer(let reading, let offset, let total):
+            let buffers = parts.dropFirst()
+            if startDirect(head, status: status, reading: reading, offset: offset, total: total, buffers: buffers) { return }
+            let code = model.transferBlocking(reading: reading, offset: offset, buffers: buffers)
+            if !reading {
+                metadataDirty = true
+                remap(offset..<(offset + total))
+            }
+            status.pointee = code
+            finish(head, written: (reading && code == VirtioBlock.statusOK ? UInt32(clamping: total) : 0) + 1)
+        case .flush, .discard:
+            parked = Parked(head: head, status: status, plan: plan)
+        }
+    }
+
+    /// Flushes and discards, with nothing in flight.
+    private mutating func runBarrier(_ p: Parked) {
+        switch p.plan {
+        case .discard(let ranges):
+            p.status.pointee = model.discardBlocking(ranges)
+            metadataDirty = true
+            for r in ranges { remap(r) }
+            finish(p.head, written: 1)
+        case .flush:
+            if !metadataDirty && direct != nil && !model.backend.isReadOnly {
+                // Only data went to the LUN since the last flush: flush it without blocking.
+                let slot = takeSlot(head: p.head, status: p.status, pieces: 1, written: 1)
+                backlog.append(Piece(slot: slot, kind: .flush, buffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
+                                     deviceOffset: 0))
+            } else {
+                p.status.pointee = model.flushBlocking()
+                if p.status.pointee == VirtioBlock.statusOK { metadataDirty = false }
+                finish(p.head, written: 1)
+            }
+        default:
+            break
+        }
+    }
+
+    private mutating func finish(_ head: UInt16, written: UInt32) {
+        queue?.push(head: head, written: written)
+        shared.completed.add(1, ordering: .sequentiallyConsistent)
+        completedSinceInterrupt = true
+    }
+
+    // MARK: the direct path
+
+    /// Sends a read or write to the LUN when every piece is aligned for direct I/O and lies in
+    /// allocated blocks (reads may also cover holes, which read as zeros). False leaves the
+    /// request untouched for the blocking path.
+    private mutating func startDirect(_ head: UInt16, status: UnsafeMutablePointer<UInt8>, reading: Bool, offset: UInt64, total: UInt64,
+                             buffers: ArraySlice<Virtqueue.Descriptor>) -> Bool {
+        guard var d = direct else { return false }
+        if d.map == nil && !d.unmappable {
+            if let pieces = try? model.backend.extents(0..<model.backend.capacity) {
+                d.map = ExtentMap(pieces)
+            } else {
+                d.unmappable = true
+            }
+            direct = d
+        }
+        guard let map = d.map, offset % d.sector == 0 else { return false }
+        planned.removeAll(keepingCapacity: true)
+        zeroFills.removeAll(keepingCapacity: true)
+        let kind: PieceKind = reading ? .read : .write
+        let sector = d.sector
+        var at = offset
+        for b in buffers {
+            let n = UInt64(b.region.count)
+            guard n % sector == 0, let base = b.region.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 else { return false }
+            let start = at
+            let mapped = map.visit(at..<(at + n)) { range, device in
+                let within = Int(range.lowerBound - start)
+                var piece = UnsafeMutableRawBufferPointer(rebasing: b.region[within..<(within + range.count)])
+                guard let device else {
+                    guard reading else { return false }
+                    zeroFills.append(piece)
+                    return true
+                }
+                guard device % sector == 0 else { return false }
+                var deviceOffset = device
+                while piece.count > 0 {
+                    let chunk = min(piece.count, Self.maxPiece)
+                    planned.append(Piece(slot: 0, kind: kind, buffer: UnsafeMutableRawBufferPointer(rebasing: piece[0..<chunk]),
+                                         deviceOffset: deviceOffset))
+                    piece = UnsafeMutableRawBufferPointer(rebasing: piece[chunk...])
+                    deviceOffset += UInt64(chunk)
+                }
+                return true
+            }
+            guard mapped else { return false }
+            at += n
+        }
+        for z in zeroFills { z.initializeMemory(as: UInt8.self, repeating: 0) }
+        let written = (reading ? UInt32(clamping: total) : 0) + 1
+        if planned.isEmpty {
+            shared.direct.add(1, ordering: .relaxed)
+            status.pointee = VirtioBlock.statusOK
+            finish(head, written: written)
+            return true
+        }
+        shared.direct.add(1, ordering: .relaxed)
+        let slot = takeSlot(head: head, status: status, pieces: planned.count, written: written)
+        for var p in planned {
+            p.slot = slot
+            backlog.append(p)
+        }
+        return true
+    }
+
+    private mutating func takeSlot(head: UInt16, status: UnsafeMutablePointer<UInt8>, pieces: Int, written: UInt32) -> Int {
+        let slot: Int
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = slots.count
+            slots.append(Slot())
+        }
+        slots[slot] = Slot(head: head, status: status, remaining: pieces, failed: false, written: written)
+        inFlight += 1
+        return slot
+    }
+
+    /// Re-reads the block map of a range a blocking write or discard may have changed.
+    private mutating func remap(_ range: Range<UInt64>) {
+        guard var d = direct, !range.isEmpty else { return }
+        if d.map != nil, let pieces = try? model.backend.extents(range) {
+            d.map?.replace(range, with: pieces)
+        } else {
+            d.map = nil
+            d.unmappable = false
+        }
+        direct = d
+    }
+
+    private mutating func submitBacklog() {
+        guard let d = direct else { return }
+        let q = d.queue
+        while backlogHead < backlog.count && q.outstanding - (doorbellArmed ? 1 : 0) < q.depth {
+            let p = backlog[backlogHead]
+            backlogHead += 1
+            do throws(IOError) {
+                switch p.kind {
+                case .read: try q.prepareRead(into: p.buffer, at: p.deviceOffset, tag: UInt64(p.slot))
+                case .write: try q.prepareWrite(from: UnsafeRawBufferPointer(p.buffer), at: p.deviceOffset, tag: UInt64(p.slot))
+                case .flush: try q.prepareFlush(tag: UInt64(p.slot))
+                }
+            } catch {
+                pieceDone(p.slot, failed: true)
+            }
+        }
+        if backlogHead == backlog.count {
+            backlog.removeAll(keepingCapacity: true)
+            backlogHead = 0
+        }
+    }
+
+    private mutating func pieceDone(_ slot: Int, failed: Bool) {
+        slots[slot].remaining -= 1
+        if failed { slots[slot].failed = true }
+        guard slots[slot].remaining == 0 else { return }
+        let s = slots[slot]
+        s.status?.pointee = s.failed ? VirtioBlock.statusIOError : VirtioBlock.statusOK
+        slots[slot].status = nil
+        freeSlots.append(slot)
+        inFlight -= 1
+        finish(s.head, written: s.failed ? 1 : s.written)
+    }
+
+    // MARK: waiting
+
+    /// How long the thread keeps looking for completions and new requests before it sleeps,
+    /// while requests are in flight (as QEMU's adaptive polling of its I/O threads). Sleeping
+    /// costs a wake-up, dear under nested virtualization, every time the LUN or the driver
+    /// has something; the look is a few system calls that do not wait.
+    static let pollSeconds = 50e-6
+
+    /// Sleeps until the guest notifies, a caller rings, or I/O completes (whichever first),
+    /// handling the completions that arrived.
+    private mutating func waitForWork() {
+        guard let d = direct else {
+            var p = pollfd(fd: shared.doorbell, events: Int16(POLLIN), revents: 0)
+            while poll(&p, 1, -1) < 0 && errno == EINTR {}
+            drainDoorbell()
+            return
+        }
+        do throws(IOError) {
+            if !doorbellArmed {
+                try d.queue.preparePoll(fd: shared.doorbell, tag: Self.doorbellTag)
+                doorbellArmed = true
+            }
+            if inFlight > 0 {
+                // Guest notifications cost the guest an exit each and this thread a wake-up:
+                // none while it looks at the ring itself.
+                setNotifications(false)
+                let until = monotonicSeconds() + Self.pollSeconds
+                repeat {
+                    if try d.queue.reap(minimum: 0, { handle($0) }) > 0 { return }
+                    if let queue, !broken, queue.hasAvailable { return }
+                } while monotonicSeconds() < until
+            }
+            // About to sleep: a chain made available from now on must wake this thread, and
+            // one made available while notifications were off must not wait for the next
+            // completion (which may be a long way off).
+            setNotifications(true)
+            if let queue, !broken, queue.hasAvailable { return }
+            try d.queue.reap(minimum: 1) { handle($0) }
+        } catch {
+            // The ring itself failed, not one request: nothing more completes through it.
+            // Fail what it held and carry on with the blocking path.
+            direct = nil
+            doorbellArmed = false
+            for slot in slots.indices where slots[slot].status != nil {
+                slots[slot].remaining = 1
+                pieceDone(slot, failed: true)
+            }
+            backlog.removeAll()
+            backlogHead = 0
+            if completedSinceInterrupt {
+                completedSinceInterrupt = false
+                shared.raise(1)
+            }
+        }
+    }
+
+    private mutating func setNotifications(_ wanted: Bool) {
+        guard wanted != notificationsOn, let queue, !broken else { return }
+        queue.setNotifications(wanted)
+        notificationsOn = wanted
+    }
+
+    private mutating func handle(_ c: IOCompletion) {
+        if c.tag == Self.doorbellTag {
+            doorbellArmed = false
+            drainDoorbell()
+        } else {
+            pieceDone(Int(c.tag), failed: c.error != nil)
+        }
+    }
+
+    private func drainDoorbell() {
+        var count: UInt64 = 0
+        _ = read(shared.doorbell, &count, 8)
+    }
+}

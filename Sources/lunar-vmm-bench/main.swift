@@ -1,0 +1,69 @@
+// The LunarVMM side of Tools/bench/vmm.sh: virtio-blk driven from the host side on a
+// preallocated LunarFS file.
+//
+//   lunar-vmm-bench prepare VOLUME --size 1G
+//       formats VOLUME (a sparse image twice the size, plus room for metadata), writes
+//       /bench.raw of SIZE in full, and prints one JSON line: the file, its size, the device
+//       offset of its first byte, and whether it lies in one piece on the image (then fio can
+//       run on exactly the same bytes).
+//   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 0]
+//       prints one JSON line: {"workload": ..., "iops": ..., "mb_per_s": ..., "engine": ...}
+import Glibc
+import LunarFS
+import LunarIO
+import LunarVMM
+
+func fail(_ message: String) -> Never {
+    let line = Array("lunar-vmm-bench: \(message)\n".utf8)
+    _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    exit(1)
+}
+
+func parseSize(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    if let last = text.last?.uppercased().first, let unit = units[last] {
+        return UInt64(text.dropLast()).map { $0 * unit }
+    }
+    return UInt64(text)
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard arguments.count >= 2 else { fail("usage: lunar-vmm-bench prepare|run VOLUME [options] (see the source's header)") }
+let command = arguments[0], volumePath = arguments[1]
+var options: [String: String] = [:]
+var i = 2
+while i < arguments.count {
+    guard arguments[i].hasPrefix("--"), i + 1 < arguments.count else { fail("unexpected argument \(arguments[i])") }
+    options[String(arguments[i].dropFirst(2))] = arguments[i + 1]
+    i += 2
+}
+let filePath = options["file"] ?? "/bench.raw"
+
+do {
+    switch command {
+    case "prepare":
+        guard let size = parseSize(options["size"] ?? "1G"), size >= 64 << 20 else { fail("bad --size") }
+        try Volume.format(path: volumePath, size: 2 * size + (256 << 20))
+        let volume = try Volume.open(path: volumePath)
+        _ = try FSBenchmark.layOut(volume, path: filePath, size: size)
+        let extents = try volume.openFile(filePath).extents(0..<size)
+        let first = extents.first?.deviceOffset ?? 0
+        var contiguous = true
+        for e in extents where e.deviceOffset != first + e.range.lowerBound { contiguous = false }
+        try volume.close()
+        print("{\"file\": \"\(filePath)\", \"size\": \(size), \"device_offset\": \(first), \"contiguous\": \(contiguous)}")
+    case "run":
+        guard let workload = IOWorkload.named(options["workload"] ?? "randread") else { fail("unknown --workload") }
+        guard let seconds = Double(options["runtime"] ?? "5"), seconds > 0 else { fail("bad --runtime") }
+        let volume = try Volume.open(path: volumePath)
+        let disk = try LunarFSDisk(file: try volume.openFile(filePath))
+        guard let poll = Double(options["driver-poll-us"] ?? "0"), poll >= 0 else { fail("bad --driver-poll-us") }
+        let result = try VirtioBlockBenchmark.run(workload, on: disk, seconds: seconds, pollSeconds: poll / 1e6)
+        try volume.close()
+        print("{\"workload\": \"\(workload.name)\", \"iops\": \(result.iops), \"mb_per_s\": \(result.megabytesPerSecond), \"engine\": \"\(result.engine)\"}")
+    default:
+        fail("unknown command \(command)")
+    }
+} catch {
+    fail("\(error)")
+}
