@@ -27,6 +27,16 @@ public struct HostSlotInfo: Sendable, Equatable {
 }
 
 extension Volume {
+    /// How compare-and-write is made atomic on the LUN at `path` (nil: not known for this
+    /// kind of storage). On an iSCSI LUN this asks the target once (a COMPARE AND WRITE that
+    /// cannot match, so nothing is written).
+    public static func compareAndWriteMethod(path: String) throws(FSError) -> CompareAndWriteMethod? {
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.closeStorage() }
+        return device.compareAndWriteMethodIfKnown
+    }
+
     /// The volume's host slots in use, watched for `observe` seconds (by default long enough to
     /// see one renewal of the slowest holder, at most 10 s) on this process's monotonic clock.
     public static func hosts(path: String, observe: Double? = nil) throws(FSError) -> [HostSlotInfo] {

@@ -326,7 +326,8 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func handle(_ path: String, lock mode: FileLockMode?, wait: Double) throws(FSError) -> File {
-        let deadline = monotonicSeconds() + wait
+        let started = monotonicSeconds()
+        var deadline = started + wait
         let lockMode = isReadOnly ? nil : mode
         while true {
             let (n, reuse, blocker) = try locked(path) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
@@ -337,6 +338,12 @@ public final class Volume: @unchecked Sendable {
                 return (n, ino.reuseGeneration, blocker)
             }
             guard let blocker, let lockMode else { return File(volume: self, inode: n, reuseGeneration: reuse, path: path, lockMode: lockMode) }
+            // Before saying no, watch a holder elsewhere for one of its heartbeats, so the
+            // error can tell whether it is alive.
+            if case .held(let holder, .unknown) = blocker {
+                let interval = holder.intervalMillis > 0 ? Double(holder.intervalMillis) / 1000 : 3
+                deadline = max(deadline, started + min(interval * 1.5, 10))
+            }
             if monotonicSeconds() >= deadline {
                 let waited = wait > 0 ? " (waited \(wait) s)" : ""
                 throw FSError(.busy("cannot open it \(lockMode.rawValue): it is held by \(blocker.description)\(waited); close it there, or wait for it"), path: path)

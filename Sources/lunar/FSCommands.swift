@@ -482,7 +482,9 @@ struct FSCpCommand: AsyncParsableCommand {
             zeros are not written into the volume, and a copy out writes only the volume file's \
             allocated data, then sets the size. A copy into a volume that fails removes the file \
             if the copy created it. Files from 64 MiB show a progress bar when standard error is \
-            a terminal.
+            a terminal. A copy into a volume holds the file's exclusive lock while it writes: a \
+            file another host holds open (a running VM's disk) is refused, naming that host, \
+            unless --wait gives it time to let go.
             """
     )
 
@@ -492,15 +494,22 @@ struct FSCpCommand: AsyncParsableCommand {
     @Argument(help: "Host path or LUN:/path to copy to.")
     var destination: String
 
+    @Option(help: "Seconds to wait for another host to close the destination file.")
+    var wait: Double = 0
+
     @Flag(name: .shortAndLong, help: "Print nothing on success.")
     var quiet = false
+
+    func validate() throws {
+        guard (0...86_400).contains(wait) else { throw ValidationError("--wait must be from 0 to 86400 seconds") }
+    }
 
     func run() async throws {
         try reportingErrors {
             let result: CopyResult
             switch (Location(source), Location(destination)) {
             case (.host(let from), .volume(let to)):
-                result = try copyIn(from: from, to: to, quiet: quiet)
+                result = try copyIn(from: from, to: to, quiet: quiet, wait: wait)
             case (.volume(let from), .host(let to)):
                 result = try copyOut(from: from, to: to, quiet: quiet)
             case (.host, .host):

@@ -106,7 +106,7 @@ func writeStandardOutput(_ bytes: UnsafeRawBufferPointer) throws(CLIError) {
 /// Copies host file `hostPath` to `ref` (into it, under the host file's name, when `ref` is a
 /// directory). An existing volume file is replaced; a file this copy created is removed again
 /// if the copy fails, so a failed copy never leaves a truncated file under a new name.
-func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool) throws -> CopyResult {
+func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool, wait: Double = 0) throws -> CopyResult {
     let source = try HostFile(path: hostPath, flags: O_RDONLY)
     let st = try source.status()
     switch st.st_mode & S_IFMT {
@@ -125,7 +125,7 @@ func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool) throws -> Cop
     try withVolume(ref.lun, readOnly: false) { volume in
         destination.path = try copyTarget(volume, ref, name: baseName(hostPath))
         let existed = try volume.exists(destination.path)
-        let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777)
+        let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777, wait: wait)
         do {
             if existed, try file.size > 0 { try file.truncate(to: 0) }
             data = try copyData(from: source, size: size, to: file, blockSize: UInt64(volume.header.blockSize),

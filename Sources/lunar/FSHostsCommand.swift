@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LunarFS
+import LunarIO
 
 struct FSHostsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,17 +33,22 @@ struct FSHostsCommand: AsyncParsableCommand {
         try reportingErrors {
             let lun = lunArgument(self.lun)
             let hosts: [HostSlotInfo]
-            do throws(FSError) { hosts = try Volume.hosts(path: lun, observe: observe) } catch { throw error.naming(lun) }
+            let method: CompareAndWriteMethod?
+            do throws(FSError) {
+                hosts = try Volume.hosts(path: lun, observe: observe)
+                method = try Volume.compareAndWriteMethod(path: lun)
+            } catch { throw error.naming(lun) }
             if json {
-                return printJSON(hosts.map { h in
+                return printJSON(["compare_and_write": method?.rawValue ?? "unknown", "hosts": hosts.map { h in
                     [
                         "slot": h.slot, "state": h.state, "host": h.hostName, "pid": h.pid,
                         "claim_generation": h.claimGeneration, "counter": h.counter,
                         "heartbeat_interval_s": h.heartbeatInterval ?? 0, "liveness": h.liveness.rawValue,
                         "here": h.runningHere, "observed_s": h.observedSeconds,
                     ] as [String: Any]
-                })
+                }] as [String: Any])
             }
+            print("compare-and-write: \(method?.summary ?? "unknown for this kind of LUN")")
             guard !hosts.isEmpty else { return print("no host has \(lun) open") }
             let widths = [6, 11, 20, 9, 8, 10, 10, 8]
             print(zip(["slot", "state", "host", "pid", "claim", "counter", "interval", "alive"], widths).map { pad($0, $1) }.joined())

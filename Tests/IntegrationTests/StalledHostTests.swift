@@ -101,4 +101,29 @@ struct StalledHostTests {
         let fsck = try LunarProcess.run(["fs", "fsck", lun])
         #expect(fsck.status == 0, "\(fsck.stdout)")
     }
+
+    @Test("lunar fs cp into a file another host holds: refused naming it and that it is alive; --wait outlasts a killed holder")
+    func copyIntoHeldFile() throws {
+        let scratch = Scratch()
+        let lun = scratch.path("vol.img")
+        try #require(try LunarProcess.run(["fs", "mkfs", lun, "--size", "512M"]).status == 0)
+        let (holder, _) = try Self.holder(lun, path: "/disk", machine: "machine-a")
+        defer { kill(holder.processIdentifier, SIGKILL) }
+        let source = scratch.path("in.bin")
+        try Data(repeating: 7, count: 100_000).write(to: URL(fileURLWithPath: source))
+        let refused = try LunarProcess.run(["fs", "cp", source, "\(lun):/disk"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("host slot 0") && refused.stderr.contains("alive"), "\(refused.stderr)")
+        let hosts = try LunarProcess.run(["fs", "hosts", "--json", "--observe", "0.5", lun])
+        #expect(hosts.json?["compare_and_write"] as? String == "ofd-lock", "\(hosts.stdout)")
+        #expect((hosts.json?["hosts"] as? [[String: Any]])?.count == 1, "\(hosts.stdout)")
+
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        let copied = try LunarProcess.run(["fs", "cp", "--wait", "20", source, "\(lun):/disk"])
+        #expect(copied.status == 0, "\(copied.stderr)")
+        let back = scratch.path("out.bin")
+        #expect(try LunarProcess.run(["fs", "cp", "\(lun):/disk", back]).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: back)) == Data(repeating: 7, count: 100_000))
+    }
 }

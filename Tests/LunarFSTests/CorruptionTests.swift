@@ -120,7 +120,8 @@ struct CorruptionTests {
     @Test("garbage after the last journal transaction is the end of the log, not an error")
     func journalTail() throws {
         let t = try TestVolume(size: 1 << 30)
-        let v = try t.open()
+        // Keeping the metadata lock (a long linger) keeps the transaction in the journal.
+        let v = try Volume.open(path: t.path, options: OpenOptions(metadataLockLinger: 60, metadataLockMaxHold: 60))
         try v.mkdir("/a")
         try v.sync()
         // A copy taken now is what a crash would leave: slot 0's journal holds the transaction.

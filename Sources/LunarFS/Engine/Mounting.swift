@@ -115,9 +115,9 @@ extension VolumeCore {
                 }
             }
             let own = try recovery.replay(slot.index)
-            report.replayedTransactions += recovery.replayedTransactions + own.transactions
+            report.replayedTransactions += recovery.replayedTransactions + own.transactions + slot.replayed
             report.recoveredSlots = recovery.recoveredSlots
-            if own.transactions > 0 { report.recoveredSlots.append(slot.index) }
+            if own.transactions + slot.replayed > 0 { report.recoveredSlots.append(slot.index) }
             let ownNext = own.nextSequence
             store.attach(Journal(storage: fenced, header: header, slot: slot.index, sequence: ownNext))
             let core = VolumeCore(storage: fenced, header: header, store: store, slot: slot.index, isReadOnly: false)
@@ -177,7 +177,12 @@ extension VolumeCore {
         throw FSError(.busy("host slot \(s) keeps changing under us"), path: storage.path)
     }
 
-    struct ClaimedSlot { var index: UInt32; var claim: UInt64 }
+    struct ClaimedSlot {
+        var index: UInt32
+        var claim: UInt64
+        /// Transactions of a dead predecessor in the slot, replayed before it was claimed.
+        var replayed = 0
+    }
 
     private static func claimSlot(_ storage: any BlockStorage, _ header: VolumeHeader, device: PresenceTokens,
                                   host: VolumeID, name: String, interval: Double) throws(FSError) -> ClaimedSlot {
@@ -189,6 +194,7 @@ extension VolumeCore {
             guard try device.tryHold(s) else { continue }
             do throws(FSError) {
                 var expected = image
+                var replayed = 0
                 if record.state != .free {
                     // A dead predecessor of this machine. Its journal may hold committed changes
                     // not yet in place, and until they are, its locks must not look stale (as
@@ -199,7 +205,7 @@ extension VolumeCore {
                         r.claimGeneration += 1
                         r.recoveredBy = s
                     }) else { device.release(s); continue }
-                    _ = try replayInPlace(storage, header, slot: s, store: nil)
+                    replayed = try replayInPlace(storage, header, slot: s, store: nil).transactions
                     expected = recovering
                 }
                 // One compare-and-write against the image judged free: a host elsewhere that
@@ -214,7 +220,8 @@ extension VolumeCore {
                     r.recoveredBy = LockRecord.noOwner
                     r.intervalMillis = UInt32(interval * 1000)
                 }) else { device.release(s); continue }
-                return ClaimedSlot(index: s, claim: try HeartbeatSlot.decode(claimed, at: header.heartbeatSlotOffset(Int(s))).claimGeneration)
+                return ClaimedSlot(index: s, claim: try HeartbeatSlot.decode(claimed, at: header.heartbeatSlotOffset(Int(s))).claimGeneration,
+                                   replayed: replayed)
             } catch {
                 device.release(s)
                 throw error
