@@ -107,9 +107,9 @@ extension IOEngine {
 }
 
 /// An errno value carried through `Result`.
-struct SystemErrno: Error {
-    let code: Int32
-    init(_ code: Int32) { self.code = code }
+public struct SystemErrno: Error, Sendable {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
 }
 
 func makeEngine(_ kind: IOEngineKind, fd: Int32, depth: Int) -> Result<any IOEngine, SystemErrno> {

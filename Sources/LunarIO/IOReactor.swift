@@ -174,8 +174,9 @@ struct UncheckedBox<Value>: @unchecked Sendable {
     init(_ value: Value) { self.value = value }
 }
 
-/// Starts a joinable POSIX thread running `body`.
-func startThread(_ body: @escaping @Sendable () -> Void) -> Result<pthread_t, SystemErrno> {
+/// Starts a joinable POSIX thread running `body` (a thread of its own, outside Swift's pools:
+/// for loops that block in the kernel, such as a ring's reactor, an I/O thread or a vCPU).
+public func startThread(_ body: @escaping @Sendable () -> Void) -> Result<pthread_t, SystemErrno> {
     final class Context {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
@@ -183,12 +184,12 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> Result<pthread_t, Sy
     let context = Unmanaged.passRetained(Context(body)).toOpaque()
     var handle = pthread_t()
     let r = pthread_create(&handle, nil, { raw in
-        let context = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Context
-        context.body()
+        guard let raw else { return nil }
+        Unmanaged<Context>.fromOpaque(raw).takeRetainedValue().body()
         return nil
     }, context)
     if r != 0 {
-        Unmanaged<AnyObject>.fromOpaque(context).release()
+        Unmanaged<Context>.fromOpaque(context).release()
         return .failure(SystemErrno(r))
     }
     return .success(handle)

@@ -159,20 +159,9 @@ extension VolumeCore {
     /// Rewrites a slot record by compare-and-write against what was just read.
     static func updateSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int,
                            _ change: (inout HeartbeatSlot) -> Void) throws(FSError) {
-        let offset = header.heartbeatSlotOffset(s)
         for _ in 0..<100 {
-            let current = IOBuffer(count: RecordHeader.sectorSize)
-            try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
-            try current.verify(.heartbeat, at: offset)
-            var record = try HeartbeatSlot.decode(current, at: offset)
-            change(&record)
-            record.slot = UInt32(s)
-            let next = IOBuffer(count: RecordHeader.sectorSize)
-            record.encode(into: next)
-            next.seal(.heartbeat, at: offset, generation: current.recordGeneration &+ 1)
-            if try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten {
-                return
-            }
+            let (current, _) = try readSlotImage(storage, header, s)
+            if try swapSlot(storage, header, s, expected: current, change) != nil { return }
         }
         throw FSError(.busy("host slot \(s) keeps changing under us"), path: storage.path)
     }

@@ -1,5 +1,6 @@
 import CLunar
 import Glibc
+import LunarIO
 import Synchronization
 
 /// The threads of one run of a VM, one per vCPU: which are inside their run loop, and how the
@@ -85,22 +86,10 @@ enum VCPUKick {
 
 /// Starts a joinable thread running `body`.
 func startVCPUThread(_ body: @escaping @Sendable () -> Void) throws(VMMError) -> pthread_t {
-    final class Context {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    switch startThread(body) {
+    case .success(let handle): return handle
+    case .failure(let e): throw VMMError.system("pthread_create (vCPU)", e.code)
     }
-    let context = Unmanaged.passRetained(Context(body)).toOpaque()
-    var handle = pthread_t()
-    let r = pthread_create(&handle, nil, { raw in
-        guard let raw else { return nil }
-        Unmanaged<Context>.fromOpaque(raw).takeRetainedValue().body()
-        return nil
-    }, context)
-    if r != 0 {
-        Unmanaged<Context>.fromOpaque(context).release()
-        throw VMMError.system("pthread_create", r)
-    }
-    return handle
 }
 
 /// A plain mutex. Unlike `Mutex.withLock` its lock and unlock can bracket one case of a

@@ -42,12 +42,13 @@ public final class VirtioBlockDevice {
             var thread = handoff.value
             thread.run()
         }
-        guard let handle = started.handle else {
+        switch started {
+        case .success(let handle): thread = handle
+        case .failure(let e):
             close(doorbell)
             close(interrupt)
-            throw VMMError.system("pthread_create (virtio-blk I/O thread)", started.errno)
+            throw VMMError.system("pthread_create (virtio-blk I/O thread)", e.code)
         }
-        thread = handle
     }
 
     deinit {
@@ -237,26 +238,6 @@ final class Progress: @unchecked Sendable {
     }
 }
 
-/// Starts a joinable POSIX thread running `body`.
-func startThread(_ body: @escaping @Sendable () -> Void) -> (handle: pthread_t?, errno: Int32) {
-    final class Context {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    let context = Unmanaged.passRetained(Context(body)).toOpaque()
-    var handle = pthread_t()
-    let r = pthread_create(&handle, nil, { raw in
-        guard let raw else { return nil }
-        let context = Unmanaged<Context>.fromOpaque(raw).takeRetainedValue()
-        context.body()
-        return nil
-    }, context)
-    if r != 0 {
-        Unmanaged<Context>.fromOpaque(context).release()
-        return (nil, r)
-    }
-    return (handle, 0)
-}
 
 /// The device's I/O thread: everything here is touched by that thread alone. A value the
 /// thread keeps in a local variable, so its hot state is checked for exclusive access at
