@@ -78,6 +78,8 @@ public final class Volume: @unchecked Sendable {
     static let commitInterval = 5.0
 
     private let linger = LingerControl()
+    /// The volume's write fence (nil on a read-only open), readable without the volume's lock.
+    private let fence: FencedStorage?
     /// A failure of the background release of the metadata lock, reported by the next call.
     private let backgroundFailure = Mutex<FSError?>(nil)
 
@@ -86,6 +88,7 @@ public final class Volume: @unchecked Sendable {
         self.header = core.header
         self.mountReport = report
         self.ownedDevice = ownedDevice
+        fence = core.fence
         lastCommit.withLock { $0 = monotonicSeconds() }
         if let metadataLock = core.metadataLock { startLinger(metadataLock.linger) }
     }
@@ -129,6 +132,12 @@ public final class Volume: @unchecked Sendable {
             }
         }
     }
+
+    /// Why this host may not write to the volume now, or nil. Hot paths that write a file's
+    /// blocks through their own queue (`File.extents`) ask before every write, as the volume's
+    /// own writes do: a host that was fenced (its slot claimed by a host that judged it dead)
+    /// or whose heartbeat is too old writes nothing more.
+    public var writeRefusal: String? { fence?.refusal() }
 
     /// Hands the metadata lock back now rather than when idle (commits first): before a long
     /// pause, or to measure the lock.

@@ -192,4 +192,54 @@ struct VirtioBlockIOThreadTests {
         }
         try volume.close()
     }
+
+    @Test("a host fenced off the volume writes nothing more through the direct path; reads go on")
+    func fencedHostWritesNothing() throws {
+        let scratch = Scratch()
+        let path = scratch.path("lun.img")
+        try Volume.format(path: path, size: 1 << 30)
+        let volume = try Volume.open(path: path, options: OpenOptions(heartbeatInterval: 0.1))
+        let file = try volume.create("/disk.raw")
+        let content = pattern(4 << 20, seed: 5).array
+        try file.write(content, at: 0)
+        try volume.sync()
+        let disk = try LunarFSDisk(file: file)
+        let d = try SyntheticBlockDriver(backend: disk, queueSize: 16, slots: 2, bytesPerSlot: 4096)
+        d.data(0).copyBytes(from: pattern(4096, seed: 6).array)
+        d.enqueue(slot: 0, type: 1, sector: 0, length: 4096)
+        d.publish()
+        #expect(Self.drain(d).map(\.status) == [0])
+        #expect(disk.writeRefusal == nil)
+        let blocks = try #require(file.extents(0..<8192).first?.deviceOffset)
+
+        // Another host claims this host's slot, as one that judged it dead does.
+        let slotOffset = try #require(volume.fixedRecords().first { $0.record == "heartbeat slot" }).offset
+        let other = try BlockDevice.open(path)
+        defer { other.close() }
+        let current = IOBuffer(count: 4096)
+        try other.readBlocking(into: current, at: slotOffset)
+        let next = IOBuffer(copying: current.array)
+        next.bytes.storeBytes(of: next.bytes.load(fromByteOffset: 40, as: UInt64.self) + 1, toByteOffset: 40, as: UInt64.self)
+        next.bytes.storeBytes(of: UInt32(2), toByteOffset: 36, as: UInt32.self)
+        next.bytes.storeBytes(of: UInt32(0), toByteOffset: 24, as: UInt32.self)
+        next.bytes.storeBytes(of: CRC32C.checksum(UnsafeRawBufferPointer(next.bytes)), toByteOffset: 24, as: UInt32.self)
+        #expect(try other.compareAndWriteBlocking(expected: current, new: next, at: slotOffset).isWritten)
+        usleep(500_000)
+        #expect(disk.writeRefusal?.contains("claimed by another host") == true, "\(String(describing: disk.writeRefusal))")
+
+        let before = IOBuffer(count: 8192)
+        try other.readBlocking(into: before, at: blocks)
+        d.data(0).copyBytes(from: pattern(4096, seed: 7).array)
+        d.enqueue(slot: 0, type: 1, sector: 0, length: 4096)
+        d.enqueue(slot: 1, type: 0, sector: 8, length: 4096)
+        d.publish()
+        let done = Dictionary(uniqueKeysWithValues: Self.drain(d).map { ($0.slot, $0.status) })
+        #expect(done == [0: 1, 1: 0])
+        #expect(Array(d.data(1)) == Array(content[4096..<8192]))
+        let after = IOBuffer(count: 8192)
+        try other.readBlocking(into: after, at: blocks)
+        #expect(after.array == before.array)
+        #expect(before.array.prefix(4096) == pattern(4096, seed: 6).array[...])
+        _ = try? volume.close()
+    }
 }

@@ -131,9 +131,15 @@ final class FencedStorage: BlockStorage, @unchecked Sendable {
 
     func watch(_ heartbeat: Heartbeat) { self.heartbeat = heartbeat }
 
-    private func check(_ op: IOOperationKind, _ offset: UInt64?) throws(IOError) {
+    /// Why this host may not write now (fenced, or its heartbeat too old, which fences it), or
+    /// nil: the check before every write (locking.md R3).
+    func refusal() -> String? {
         if fencedBecause == nil, let stale = heartbeat?.staleness() { fence(stale) }
-        if let why = fencedBecause {
+        return fencedBecause
+    }
+
+    private func check(_ op: IOOperationKind, _ offset: UInt64?) throws(IOError) {
+        if let why = refusal() {
             throw IOError(.unsupported("this host is fenced off the volume: \(why)"), op, path: base.path, offset: offset)
         }
     }

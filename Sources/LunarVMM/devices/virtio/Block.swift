@@ -19,10 +19,14 @@ public protocol VirtioBlockBackend: AnyObject {
     /// device offset, or nil for a hole (reads as zeros; written only through `write`, which
     /// allocates). May throw when the disk has no such map (then the blocking calls serve).
     func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)]
+    /// Why writes on the direct path must be refused now (the host was fenced off the volume),
+    /// or nil. Asked before every direct write: they bypass the volume's own fence.
+    var writeRefusal: String? { get }
 }
 
 extension VirtioBlockBackend {
     public var lun: BlockDevice? { nil }
+    public var writeRefusal: String? { nil }
     public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)] { [] }
 }
 
@@ -56,6 +60,7 @@ public final class LunarFSDisk: VirtioBlockBackend {
     public func discard(at offset: UInt64, length: UInt64) throws { try file.discard(at: offset, length: length) }
 
     public var lun: BlockDevice? { file.volume.device }
+    public var writeRefusal: String? { file.volume.writeRefusal }
 
     public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)] {
         try file.extents(range)

@@ -486,6 +486,13 @@ struct BlockIOThread {
             direct = d
         }
         guard let map = d.map, offset % d.sector == 0 else { return false }
+        if !reading, model.backend.writeRefusal != nil {
+            // Fenced off the volume: another host may own this disk now. Not one byte more.
+            shared.direct.add(1, ordering: .relaxed)
+            status.pointee = VirtioBlock.statusIOError
+            finish(head, written: 1)
+            return true
+        }
         planned.removeAll(keepingCapacity: true)
         zeroFills.removeAll(keepingCapacity: true)
         let kind: PieceKind = reading ? .read : .write
