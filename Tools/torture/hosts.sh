@@ -68,4 +68,4 @@ wait 2>/dev/null || true
 ops=$(cat "$work"/host-*.log | grep -c '^D ' || true)
 echo "$hosts hosts, ${duration} s, $kills kills, $ops operations acknowledged"
 "$bin/lunar-hosts" verify "$lun" --logs "$work"
-[ "$keep" = 1 ] && echo "kept: $work"
+if [ "$keep" = 1 ]; then echo "kept: $work"; fi
