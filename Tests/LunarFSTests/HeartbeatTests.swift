@@ -134,4 +134,24 @@ struct RemoteHolderTests {
         let hosts = try Volume.hosts(path: copy, observe: 0.3)
         #expect(hosts.first?.liveness == .alive)
     }
+
+    @Test("a slot left recovering by a breaker that died is recovered by the next host (R5 step 4)")
+    func abandonedRecovery() throws {
+        let t = try TestVolume(size: 1 << 30)
+        let (copy, slotOffset) = try Self.crashedRemoteWriter(t)
+        // Slot 0 (holding the metadata lock, its journal holding /a) is being recovered by
+        // slot 7, whose host has gone: slot 7 is free.
+        let device = try BlockDevice.open(copy)
+        #expect(try Self.patchSlot(device, at: slotOffset) { b in
+            b.bytes.storeBytes(of: UInt32(2), toByteOffset: 36, as: UInt32.self)   // recovering
+            b.bytes.storeBytes(of: UInt32(7), toByteOffset: 140, as: UInt32.self)  // by slot 7
+        })
+        device.close()
+        let v = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 5, heartbeatInterval: 0.1))
+        #expect(v.mountReport.recoveredSlots.contains(0))
+        #expect(try v.stat("/a").type == .directory)
+        #expect(try v.check().isClean)
+        try v.close()
+        #expect(try Volume.hosts(path: copy, observe: 0).isEmpty)
+    }
 }

@@ -137,7 +137,23 @@ extension Recovery {
             }
             return .held(by: owner, verdict)
         case .recovering:
+            // A breaker that died mid-recovery leaves the slot recovering: whoever finds it so
+            // finishes the work (locking.md R5 step 4), from the claim onward.
+            if try recovererGone(owner) { return try recover(owner) ? .stale : .recovering(owner) }
             return .recovering(owner)
+        }
+    }
+
+    /// Whether the host recovering slot `s` is gone: by the slot's presence token when it is a
+    /// process of this machine, else by the recoverer's own slot (freed, or judged dead).
+    func recovererGone(_ s: HeartbeatSlot) throws(FSError) -> Bool {
+        if s.host == judge.machine, let held = try device.heldElsewhere(s.slot) { return !held }
+        guard s.recoveredBy < header.hostSlots, s.recoveredBy != s.slot else { return true }
+        let recoverer = try VolumeCore.readSlot(storage, header, Int(s.recoveredBy))
+        switch recoverer.state {
+        case .free: return true
+        case .live: return try judge.verdict(recoverer, watch: watch) == .dead
+        case .recovering: return false
         }
     }
 }

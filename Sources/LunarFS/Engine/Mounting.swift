@@ -112,6 +112,8 @@ extension VolumeCore {
                 let record = try readSlot(storage, header, Int(s))
                 if record.state == .live, record.host == me, try recovery.judge.verdict(record, watch: recovery.watch) == .dead {
                     _ = try recovery.recover(record)
+                } else if record.state == .recovering, try recovery.recovererGone(record) {
+                    _ = try recovery.recover(record)
                 }
             }
             let own = try recovery.replay(slot.index)
