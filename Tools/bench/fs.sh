@@ -15,6 +15,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/common.sh"
 dir="${TMPDIR:-/var/tmp}"
 size=1G
 runtime=5
@@ -42,7 +43,6 @@ work=$(mktemp -d "$dir/lunar-fs-bench-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 lun="$work/volume.img"
 raw="$work/raw.img"
-json() { python3 -c "import json, sys; print(json.load(sys.stdin)$1)"; }
 
 "$lunar" fs mkfs "$lun" --size 8G --max-files $((files + 1000)) >/dev/null
 echo "first write of $size into a thin file in the volume ..." >&2
@@ -71,7 +71,6 @@ r = json.load(sys.stdin)["results"][0]
 print(r["iops"] if sys.argv[1].startswith("rand") else r["mb_per_s"])' "$1"
 }
 
-median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 printf '\nLunarFS file (%s, 1 MiB blocks) vs fio --ioengine=io_uring --direct=1 on a raw file, %s s x %s rounds\n' \
     "$size" "$runtime" "$rounds"
@@ -80,14 +79,7 @@ printf '%-12s %-6s %14.0f %14.0f %7.2f\n' first-write MB/s "$lunar_first" "$fio_
     "$(python3 -c "print($lunar_first / $fio_first)")"
 summary=""
 for workload in randread randwrite seqread seqwrite; do
-    lunar_runs=() fio_runs=()
-    for ((round = 0; round < rounds; round++)); do
-        if ((round % 2 == 0)); then
-            lunar_runs+=("$(lunar_figure "$workload")"); fio_runs+=("$(fio_figure "$workload")")
-        else
-            fio_runs+=("$(fio_figure "$workload")"); lunar_runs+=("$(lunar_figure "$workload")")
-        fi
-    done
+    alternate "$rounds" "$workload"
     l=$(median "${lunar_runs[@]}") f=$(median "${fio_runs[@]}")
     unit=IOPS; case $workload in seq*) unit=MB/s ;; esac
     ratio=$(python3 -c "print(f'{$l / $f:.2f}')")

@@ -22,6 +22,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/common.sh"
 dir="${TMPDIR:-/var/tmp}"
 files=20000
 heartbeat=1
@@ -46,7 +47,6 @@ work=$(mktemp -d "$dir/lunar-hosts-bench.XXXXXX")
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
 lun="$work/vol.img"
 
-json() { python3 -c "import json, sys; print(json.load(sys.stdin)$1)"; }
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/common.sh"
 file=""
 size=1G
 runtime=5
@@ -70,7 +71,6 @@ r = json.load(sys.stdin)["results"][0]
 print(r["iops"] if sys.argv[1].startswith("rand") else r["mb_per_s"])' "$2"
 }
 
-median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 summary=""
 for engine in $engines; do
@@ -78,19 +78,9 @@ for engine in $engines; do
         "$engine" "$engine" "$file" "$size" "$runtime" "$rounds"
     printf '%-10s %-6s %14s %14s %7s\n' workload unit lunar fio ratio
     for workload in randread randwrite seqread seqwrite; do
-        ours=() theirs=()
-        for round in $(seq "$rounds"); do
-            # Alternate who goes first so write-back left by one side does not always land on the other.
-            if [ $((round % 2)) -eq 1 ]; then
-                ours+=("$(lunar_figure "$engine" "$workload")")
-                theirs+=("$(fio_figure "$engine" "$workload")")
-            else
-                theirs+=("$(fio_figure "$engine" "$workload")")
-                ours+=("$(lunar_figure "$engine" "$workload")")
-            fi
-        done
-        l=$(median "${ours[@]}")
-        f=$(median "${theirs[@]}")
+        alternate "$rounds" "$engine" "$workload"
+        l=$(median "${lunar_runs[@]}")
+        f=$(median "${fio_runs[@]}")
         ratio=$(python3 -c "print(f'{$l / $f:.2f}')")
         case $workload in rand*) unit=IOPS ;; *) unit=MB/s ;; esac
         printf '%-10s %-6s %14.0f %14.0f %7s\n' "$workload" "$unit" "$l" "$f" "$ratio"

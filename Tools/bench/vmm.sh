@@ -33,6 +33,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/common.sh"
 runs=21
 rounds=3
 parts="blk start memory"
@@ -96,8 +97,6 @@ start_ms=n/a
 start_vs_qemu=n/a
 overhead_mib=n/a
 
-json() { python3 -c "import json, sys; print(json.load(sys.stdin)$1)"; }
-median() { python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 # (a) The virtio-blk device path against fio on the same bytes.
 bench_blk() {
@@ -135,14 +134,8 @@ print(r["iops"] if sys.argv[1].startswith("rand") else r["mb_per_s"])' "$1"
         "$size" "$runtime" "$rounds"
     local ratios=() workload l f unit ratio
     for workload in randread randwrite seqread seqwrite; do
-        local lunar_runs=() fio_runs=()
-        for ((round = 0; round < rounds; round++)); do
-            if ((round % 2 == 0)); then
-                lunar_runs+=("$(lunar_figure "$workload")"); fio_runs+=("$(fio_figure "$workload")")
-            else
-                fio_runs+=("$(fio_figure "$workload")"); lunar_runs+=("$(lunar_figure "$workload")")
-            fi
-        done
+        local lunar_runs fio_runs
+        alternate "$rounds" "$workload"
         l=$(median "${lunar_runs[@]}") f=$(median "${fio_runs[@]}")
         unit=IOPS; case $workload in seq*) unit=MB/s ;; esac
         ratio=$(python3 -c "print(f'{$l / $f:.2f}')")
