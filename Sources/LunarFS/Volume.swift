@@ -313,15 +313,25 @@ public final class Volume: @unchecked Sendable {
     /// holding it with `lock` (see `openFile`).
     public func create(_ path: String, mode: UInt32 = 0o644, exclusive: Bool = false,
                        lock: FileLockMode? = .exclusive, wait: Double = 0) throws(FSError) -> File {
-        try change(path) { (core) throws(FSError) -> Void in
+        let lockMode = isReadOnly ? nil : lock
+        // Made and locked in one call: a file this call creates is born locked (in the same
+        // transaction); only an existing file another host holds needs the waiting loop.
+        let (n, reuse, blocker) = try change(path) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
             let (dir, name) = try core.resolveParent(path)
+            let n: UInt32
             if let e = try core.lookup(dir, name) {
                 if exclusive { throw FSError(.exists) }
                 guard e.type == .regular else { throw FSError(.isDirectory) }
-                return
+                n = e.inode
+            } else {
+                n = try core.createNode(in: dir, name: name, type: .regular, mode: mode)
             }
-            _ = try core.createNode(in: dir, name: name, type: .regular, mode: mode)
+            let reuse = try core.inode(n).reuseGeneration
+            // Last: a lock taken by compare-and-write is not undone if the call fails after it.
+            let blocker = try lockMode.flatMap { (m) throws(FSError) -> LockHolder? in try core.lockFile(n, m) }
+            return (n, reuse, blocker)
         }
+        guard blocker != nil else { return File(volume: self, inode: n, reuseGeneration: reuse, path: path, lockMode: lockMode) }
         return try handle(path, lock: lock, wait: wait)
     }
 
