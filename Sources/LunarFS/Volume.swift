@@ -123,8 +123,11 @@ public final class Volume: @unchecked Sendable {
 
     private func releaseIfIdle() {
         lock.withLock { (closed: inout Bool) -> Void in
-            guard !closed, let metadataLock = core.metadataLock, metadataLock.releaseDue(now: monotonicSeconds()) else { return }
+            guard !closed, let metadataLock = core.metadataLock else { return }
+            let now = monotonicSeconds()
             do throws(FSError) {
+                if metadataLock.sweepDue(now: now) { try core.sweepDeadHosts() }
+                guard metadataLock.releaseDue(now: now) else { return }
                 try core.leaveMetadata()
                 lastCommit.withLock { $0 = monotonicSeconds() }
             } catch {

@@ -77,11 +77,12 @@ struct RemoteHolderTests {
 
     /// A copy of a volume whose writer (slot 0, heartbeat 0.1 s) committed `/a` and then
     /// "crashed"; slot 0 now claims to belong to another machine.
-    static func crashedRemoteWriter(_ t: TestVolume) throws -> (copy: String, slotOffset: UInt64) {
+    static func crashedRemoteWriter(_ t: TestVolume, holdingLock: Bool = true) throws -> (copy: String, slotOffset: UInt64) {
         // The writer keeps the metadata lock (a long linger): the copy shows it held.
         let v = try Volume.open(path: t.path, options: OpenOptions(heartbeatInterval: 0.1, metadataLockLinger: 60, metadataLockMaxHold: 60))
         try v.mkdir("/a")
         try v.sync()
+        if !holdingLock { try v.relinquishMetadataLock() }
         let copy = t.scratch.path("remote.img")
         try copySparse(from: t.path, to: copy)
         let slotOffset = try #require(v.fixedRecords().first { $0.record == "heartbeat slot" }).offset
@@ -153,5 +154,24 @@ struct RemoteHolderTests {
         #expect(try v.check().isClean)
         try v.close()
         #expect(try Volume.hosts(path: copy, observe: 0).isEmpty)
+    }
+
+    @Test("a dead host elsewhere that holds nothing is found by a live host's sweep and its slot freed")
+    func sweep() throws {
+        let t = try TestVolume(size: 1 << 30)
+        let (copy, _) = try Self.crashedRemoteWriter(t, holdingLock: false)
+        let v = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 0.1))
+        #expect(v.mountReport.recoveredSlots.isEmpty, "a remote holder of nothing is judged by watching, not at open")
+        #expect(try Volume.hosts(path: copy, observe: 0).count == 2)
+        // Looks every 0.25 s; dead after 0.5 s of silence seen by two of them.
+        var remaining = 2
+        for _ in 0..<40 where remaining > 1 {
+            usleep(100_000)
+            remaining = try Volume.hosts(path: copy, observe: 0).count
+        }
+        #expect(remaining == 1, "the dead host's slot is still taken")
+        #expect(try v.stat("/a").type == .directory)
+        #expect(try v.check().isClean)
+        try v.close()
     }
 }

@@ -53,6 +53,16 @@ final class MetadataLock {
         return cacheValid
     }
 
+    /// Whether it is time to look for dead hosts again: every half of the default lock-break
+    /// timeout, so that a host silent for the whole timeout is seen so by two looks.
+    func sweepDue(now: Double) -> Bool {
+        guard now - lastSweep >= sweepEvery else { return false }
+        lastSweep = now
+        return true
+    }
+    private var lastSweep = monotonicSeconds()
+    private var sweepEvery: Double { OpenOptions.lockBreakTimeout(interval: recovery.judge.defaultInterval) / 2 }
+
     /// Whether the lingering lock is due to go back: idle long enough, or held long enough
     /// that others may be waiting.
     func releaseDue(now: Double) -> Bool {
@@ -218,6 +228,26 @@ extension VolumeCore {
             if try writeLock(storage, header, expected: sector, free) { return free.lockGeneration }
         }
         return nil
+    }
+
+    /// Recovers the hosts found dead that hold nothing anyone asked for (a host holding a lock
+    /// is recovered by whoever wants the lock): otherwise their slots would stay taken until
+    /// the next open on their machine. Watches every slot in use; takes the metadata lock only
+    /// when a dead one is found, since recovery replays its journal in place.
+    func sweepDeadHosts() throws(FSError) {
+        guard let recovery = metadataLock?.recovery, fence?.fencedBecause == nil else { return }
+        var dead: [HeartbeatSlot] = []
+        for s in 0..<header.hostSlots where s != slot {
+            let record = try Self.readSlot(storage, header, Int(s))
+            switch record.state {
+            case .free: continue
+            case .live: if try recovery.judge.verdict(record, watch: recovery.watch) == .dead { dead.append(record) }
+            case .recovering: if try recovery.recovererGone(record) { dead.append(record) }
+            }
+        }
+        guard !dead.isEmpty else { return }
+        try enterMetadata()
+        for record in dead { _ = try recovery.recover(record) }
     }
 
     /// Takes the metadata lock for a call; drops cached metadata when another host may have
