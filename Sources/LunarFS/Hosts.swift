@@ -44,11 +44,7 @@ extension Volume {
         do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
         defer { device.closeStorage() }
         let (header, _, _) = try Formatter.readHeader(device)
-        func snapshot() throws(FSError) -> [HeartbeatSlot] {
-            var slots: [HeartbeatSlot] = []
-            for s in 0..<Int(header.hostSlots) { slots.append(try VolumeCore.readSlot(device, header, s)) }
-            return slots
-        }
+        func snapshot() throws(FSError) -> [HeartbeatSlot] { try VolumeCore.readAllSlots(device, header) }
         let before = try snapshot()
         let busy = before.filter { $0.state != .free }
         let slowest = busy.map { Double($0.intervalMillis) / 1000 }.max() ?? 0

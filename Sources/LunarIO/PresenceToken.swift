@@ -25,7 +25,17 @@ extension BlockDevice {
     /// Whether another open of this LUN (another process, or another `BlockDevice` here)
     /// holds token `token`. Tokens this device holds itself do not count.
     public func isPresenceHeldElsewhere(_ token: UInt32) throws(IOError) -> Bool {
-        let r = lunar_ofd_probe(file.fd, Self.presenceBase + UInt64(token), 1)
+        try isLockedElsewhere(Self.presenceBase + UInt64(token), length: 1)
+    }
+
+    /// Whether another open of this LUN holds a sector lock (a compare-and-write in progress)
+    /// anywhere in the device's bytes; presence tokens, which lie past the end, do not count.
+    public var isSectorLockedElsewhere: Bool {
+        get throws(IOError) { try isLockedElsewhere(0, length: Self.presenceBase) }
+    }
+
+    private func isLockedElsewhere(_ start: UInt64, length: UInt64) throws(IOError) -> Bool {
+        let r = lunar_ofd_probe(file.fd, start, length)
         if r < 0 { throw file.error(.system, .setup, errno: -r) }
         return r == 1
     }

@@ -10,10 +10,10 @@ import Testing
 @Suite("Stalled and killed lock holders")
 struct StalledHostTests {
     /// Starts `lunar-hosts hold` as a host of machine `machine` and waits for it to hold `path`.
-    static func holder(_ lun: String, path: String, machine: String) throws -> (Process, Pipe) {
+    static func holder(_ lun: String, path: String, machine: String, keepMetadataLock: Bool = true) throws -> (Process, Pipe) {
         let p = Process()
         p.executableURL = HostsTortureTests.tool
-        p.arguments = ["hold", lun, "--path", path, "--heartbeat", "0.2", "--keep-metadata-lock"]
+        p.arguments = ["hold", lun, "--path", path, "--heartbeat", "0.2"] + (keepMetadataLock ? ["--keep-metadata-lock"] : [])
         p.environment = ProcessInfo.processInfo.environment.merging(["LUNAR_MACHINE_ID": machine]) { $1 }
         let out = Pipe()
         p.standardOutput = out
@@ -84,8 +84,20 @@ struct StalledHostTests {
         try #require(try LunarProcess.run(["fs", "mkfs", lun, "--size", "512M"]).status == 0)
         let (holder, output) = try Self.holder(lun, path: "/disk", machine: "machine-a")
         usleep(400_000)
-        kill(holder.processIdentifier, SIGSTOP)
         defer { kill(holder.processIdentifier, SIGKILL) }
+        // Stop it outside a compare-and-write: on an image file that is a sector lock, and a
+        // process stopped holding one would stall every other host's compare-and-write of
+        // that sector (a SCSI COMPARE AND WRITE has no such window).
+        let device = try BlockDevice.open(lun)
+        defer { device.close() }
+        var stoppedCleanly = false
+        for _ in 0..<50 where !stoppedCleanly {
+            kill(holder.processIdentifier, SIGSTOP)
+            usleep(20_000)
+            stoppedCleanly = try !device.isSectorLockedElsewhere
+            if !stoppedCleanly { kill(holder.processIdentifier, SIGCONT); usleep(7_000) }
+        }
+        try #require(stoppedCleanly)
         let taken = try Self.acquire(lun, path: "/disk", machine: "machine-b")
         #expect(taken.status == 0, "\(taken.output)")
         #expect(taken.waited >= 1.0, "broke the lock after \(taken.waited) s")
@@ -107,13 +119,14 @@ struct StalledHostTests {
         let scratch = Scratch()
         let lun = scratch.path("vol.img")
         try #require(try LunarProcess.run(["fs", "mkfs", lun, "--size", "512M"]).status == 0)
-        let (holder, _) = try Self.holder(lun, path: "/disk", machine: "machine-a")
+        let (holder, _) = try Self.holder(lun, path: "/disk", machine: "machine-a", keepMetadataLock: false)
         defer { kill(holder.processIdentifier, SIGKILL) }
         let source = scratch.path("in.bin")
         try Data(repeating: 7, count: 100_000).write(to: URL(fileURLWithPath: source))
         let refused = try LunarProcess.run(["fs", "cp", source, "\(lun):/disk"])
         #expect(refused.status != 0)
-        #expect(refused.stderr.contains("host slot 0") && refused.stderr.contains("alive"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("cannot open it exclusive") && refused.stderr.contains("host slot 0")
+                && refused.stderr.contains("alive"), "\(refused.stderr)")
         let hosts = try LunarProcess.run(["fs", "hosts", "--json", "--observe", "0.5", lun])
         #expect(hosts.json?["compare_and_write"] as? String == "ofd-lock", "\(hosts.stdout)")
         #expect((hosts.json?["hosts"] as? [[String: Any]])?.count == 1, "\(hosts.stdout)")

@@ -237,8 +237,7 @@ extension VolumeCore {
     func sweepDeadHosts() throws(FSError) {
         guard let recovery = metadataLock?.recovery, fence?.fencedBecause == nil else { return }
         var dead: [HeartbeatSlot] = []
-        for s in 0..<header.hostSlots where s != slot {
-            let record = try Self.readSlot(storage, header, Int(s))
+        for record in try Self.readAllSlots(storage, header) where record.slot != slot {
             switch record.state {
             case .free: continue
             case .live: if try recovery.judge.verdict(record, watch: recovery.watch) == .dead { dead.append(record) }

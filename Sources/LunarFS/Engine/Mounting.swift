@@ -106,10 +106,9 @@ extension VolumeCore {
         do throws(FSError) {
             _ = try metadataLock.acquire()
             // Recover the dead holders this machine can judge at once (a remote one is judged
-            // by watching it, when something it holds is wanted), then whatever a dead
-            // predecessor left in our own journal.
-            for s in 0..<header.hostSlots where s != slot.index {
-                let record = try readSlot(storage, header, Int(s))
+            // by watching it: when something it holds is wanted, and by the sweep), then
+            // whatever a dead predecessor left in our own journal.
+            for record in try readAllSlots(storage, header) where record.slot != slot.index {
                 if record.state == .live, record.host == me, try recovery.judge.verdict(record, watch: recovery.watch) == .dead {
                     _ = try recovery.recover(record)
                 } else if record.state == .recovering, try recovery.recovererGone(record) {
@@ -156,6 +155,22 @@ extension VolumeCore {
 
     static func readSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int) throws(FSError) -> HeartbeatSlot {
         try readSlotImage(storage, header, s).1
+    }
+
+    /// Every slot, read in one request (the heartbeat region is contiguous).
+    static func readAllSlots(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> [HeartbeatSlot] {
+        let sector = RecordHeader.sectorSize
+        let region = IOBuffer(count: Int(header.hostSlots) * sector)
+        try io { () throws(IOError) in try storage.readBlocking(into: region, at: header.heartbeatSlotOffset(0)) }
+        var slots: [HeartbeatSlot] = []
+        slots.reserveCapacity(Int(header.hostSlots))
+        for s in 0..<Int(header.hostSlots) {
+            let offset = header.heartbeatSlotOffset(s)
+            let b = IOBuffer(copying: UnsafeRawBufferPointer(region.slice((s * sector)..<((s + 1) * sector))))
+            try b.verify(.heartbeat, at: offset)
+            slots.append(try HeartbeatSlot.decode(b, at: offset))
+        }
+        return slots
     }
 
     /// Rewrites a slot record by compare-and-write against what was just read.
