@@ -12,8 +12,11 @@ struct FSCommand: AsyncParsableCommand {
             LUN:/path, e.g. vol.img:/vms/web01/disk.vmdk; where a command takes a LUN alone, \
             that means the root directory.
 
-            Each process that changes a volume holds a host slot and renews its heartbeat every             3 s (LUNAR_HEARTBEAT_INTERVAL sets another interval, in seconds); `lunar fs hosts`             shows them. LunarFS v1 lets one process at a time change a volume: a command that changes it \
-            waits up to 30 s for another to finish. ls, cat, stat, df, info, fsck without \
+            Each process that changes a volume holds a host slot and renews its heartbeat every \
+            3 s (LUNAR_HEARTBEAT_INTERVAL sets another interval, in seconds); `lunar fs hosts` \
+            shows them. Many processes may change a volume at once: they take turns on its \
+            metadata (a command waits up to 30 s for its turn), and a file another host holds \
+            open is refused (cp --wait gives it time to let go). ls, cat, stat, df, info, fsck without \
             --repair, and cp out of a volume open it read-only and never wait.
 
             Examples:

@@ -58,15 +58,9 @@ struct CreateCommand: ParsableCommand {
     @Argument(help: "The LUN.") var lun: String
     @Option(help: "The new directory.") var dir: String
     @Option(help: "How many files.") var count: Int = 10_000
-    @Option(help: "Seconds to wait at start (so that several hosts start together).") var startAt: Double?
 
     func run() throws {
         let volume = try Volume.open(path: lun, options: OpenOptions(lockTimeout: 120))
-        if let startAt {
-            // A wall-clock instant shared by the processes of one run (informational alignment only).
-            let now = Date().timeIntervalSince1970
-            if startAt > now { usleep(UInt32((startAt - now) * 1_000_000)) }
-        }
         let rate = try FSBenchmark.createFiles(volume, directory: dir, count: count)
         let stats = volume.metadataLockStatistics
         try volume.close()

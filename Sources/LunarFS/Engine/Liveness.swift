@@ -45,38 +45,6 @@ struct LivenessJudge {
         return VolumeID(bytes: bytes)
     }
 
-    /// Of `slots` (all in use, none ours), the ones whose holders are dead. Holders on this
-    /// machine are judged at once; the others are watched together for the longest timeout
-    /// among them.
-    func dead(_ slots: [HeartbeatSlot]) throws(FSError) -> [HeartbeatSlot] {
-        var dead: [HeartbeatSlot] = []
-        var remote: [HeartbeatSlot] = []
-        for s in slots {
-            if s.host == machine, let held = try device.heldElsewhere(s.slot) {
-                if !held { dead.append(s) }
-            } else {
-                remote.append(s)
-            }
-        }
-        guard !remote.isEmpty else { return dead }
-        let wait = remote.map { OpenOptions.lockBreakTimeout(interval: interval(of: $0)) }.max() ?? 0
-        let start = monotonicSeconds()
-        // Sleep in steps so that a holder seen renewing ends the wait for it early.
-        var pending = remote
-        while !pending.isEmpty {
-            let elapsed = monotonicSeconds() - start
-            var still: [HeartbeatSlot] = []
-            for s in pending {
-                let now = try VolumeCore.readSlot(storage, header, Int(s.slot))
-                if now.counter != s.counter || now.claimGeneration != s.claimGeneration || now.state != s.state { continue }
-                if elapsed >= OpenOptions.lockBreakTimeout(interval: interval(of: s)) { dead.append(now) } else { still.append(s) }
-            }
-            pending = still
-            if !pending.isEmpty && elapsed < wait { usleep(UInt32(min(0.1, wait / 20) * 1_000_000)) }
-        }
-        return dead
-    }
-
     /// Judges `s` without waiting, from what `watch` saw of it before: alive once its counter
     /// was seen moving, dead once it stood still for the lock-break timeout, unknown before.
     func verdict(_ s: HeartbeatSlot, watch: SlotWatch) throws(FSError) -> HostSlotInfo.Liveness {

@@ -50,9 +50,8 @@ public struct LockRecord: Sendable, Equatable {
     }
 }
 
-/// The volume lock: one sector after the volume header. LunarFS v1 serializes every process
-/// that opens a volume through it (exclusive); per-cluster and per-file locks, already laid
-/// out in their records, take over with multi-host access.
+/// The volume lock sector, one sector after the volume header: its lock record is the
+/// metadata lock (`MetadataLock`), which a host takes, exclusive, while it works on metadata.
 ///
 /// ```
 ///  0 32 record header (magic "LVLK")
