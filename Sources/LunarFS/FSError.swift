@@ -23,6 +23,10 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         case readOnly
         /// Another process holds the volume and did not let go in time.
         case busy(String)
+        /// A call working under the shared metadata lock met a finer lock it cannot take
+        /// without waiting. The volume retries such a call under the exclusive metadata lock;
+        /// callers never see it.
+        case lockConflict(String)
         /// The underlying device failed; the LunarIO error says how.
         case io(IOError)
     }
@@ -60,6 +64,7 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         case .fileTooLarge: return "\(subject)file would exceed the largest size this volume can map"
         case .readOnly: return "\(subject)volume opened read-only"
         case .busy(let why): return "\(subject)\(why)"
+        case .lockConflict(let why): return "\(subject)\(why)"
         case .io(let error): return error.path == path || path == nil ? "\(error)" : "\(subject)\(error)"
         }
     }

@@ -127,7 +127,7 @@ public final class Volume: @unchecked Sendable {
             let now = monotonicSeconds()
             do throws(FSError) {
                 if metadataLock.sweepDue(now: now) { try core.sweepDeadHosts() }
-                guard metadataLock.releaseDue(now: now) else { return }
+                guard try metadataLock.releaseDue(now: now) else { return }
                 try core.leaveMetadata()
                 lastCommit.withLock { $0 = monotonicSeconds() }
             } catch {
@@ -149,6 +149,12 @@ public final class Volume: @unchecked Sendable {
             guard !closed else { return }
             try core.leaveMetadata()
         }
+    }
+
+    /// The host slots this host recovered since it opened the volume (their journals
+    /// replayed), at open or later, when something a dead host held was wanted.
+    public var recoveredSlots: [UInt32] {
+        lock.withLock { _ in core.metadataLock?.recovery.recoveredSlots ?? [] }
     }
 
     /// How this host has used the metadata lock so far (nil on a read-only open).
@@ -230,13 +236,26 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: serialization
 
-    func locked<T>(_ path: String? = nil, _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
+    /// Runs `body` under the metadata lock taken for `access`. A shared call that meets a
+    /// finer lock another host holds runs again, from the start, under the exclusive lock.
+    func locked<T>(_ path: String? = nil, access: MetadataAccess = .exclusive,
+                   _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
         do {
             return try lock.withLock { (closed: inout Bool) throws(FSError) -> T in
                 guard !closed else { throw FSError(.invalidArgument("volume is closed")) }
                 if let failure = backgroundFailure.withLock({ $0 }) { throw failure }
-                try core.enterMetadata()
-                return try body(core)
+                try core.enterMetadata(access)
+                // Idle time counts from the end of a call: a call that took long (a commit) is
+                // no sign that the host stopped working on metadata.
+                defer { core.metadataLock?.lastUse = monotonicSeconds() }
+                do throws(FSError) {
+                    return try body(core)
+                } catch {
+                    guard access == .shared, case .lockConflict = error.kind else { throw error }
+                    core.metadataLock?.noteRetriedExclusive()
+                    try core.enterMetadata(.exclusive)
+                    return try body(core)
+                }
             }
         } catch {
             throw path.map { error.at($0) } ?? error
@@ -244,8 +263,9 @@ public final class Volume: @unchecked Sendable {
     }
 
     /// One all-or-nothing change.
-    func change<T>(_ path: String? = nil, _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
-        let result = try locked(path) { (core) throws(FSError) -> T in
+    func change<T>(_ path: String? = nil, access: MetadataAccess = .exclusive,
+                   _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
+        let result = try locked(path, access: access) { (core) throws(FSError) -> T in
             guard !core.isReadOnly else { throw FSError(.readOnly) }
             return try core.store.operation { () throws(FSError) -> T in try body(core) }
         }
@@ -256,7 +276,7 @@ public final class Volume: @unchecked Sendable {
 
     /// Makes every change so far durable.
     public func sync() throws(FSError) {
-        try locked { (core) throws(FSError) -> Void in
+        try locked(access: .shared) { (core) throws(FSError) -> Void in
             guard !core.isReadOnly else { return }
             try core.store.commit()
         }
@@ -266,7 +286,7 @@ public final class Volume: @unchecked Sendable {
     // MARK: the tree
 
     public func stat(_ path: String) throws(FSError) -> FileInfo {
-        try locked(path) { (core) throws(FSError) -> FileInfo in try core.info(try core.resolve(path)) }
+        try locked(path, access: .shared) { (core) throws(FSError) -> FileInfo in try core.info(try core.resolve(path)) }
     }
 
     public func exists(_ path: String) throws(FSError) -> Bool {
@@ -279,7 +299,7 @@ public final class Volume: @unchecked Sendable {
     }
 
     public func list(_ path: String = "/") throws(FSError) -> [DirectoryItem] {
-        try locked(path) { (core) throws(FSError) -> [DirectoryItem] in
+        try locked(path, access: .shared) { (core) throws(FSError) -> [DirectoryItem] in
             let dir = try core.resolve(path)
             return try core.entries(dir).map {
                 DirectoryItem(name: String(decoding: $0.name, as: UTF8.self), inode: $0.inode, type: $0.type == .directory ? .directory : .file)
@@ -299,15 +319,15 @@ public final class Volume: @unchecked Sendable {
                     guard info.type == .directory else { throw FSError(.notDirectory, path: current) }
                     continue
                 }
-                try change(current) { (core) throws(FSError) -> Void in
-                    let (dir, name) = try core.resolveParent(current)
+                try change(current, access: .shared) { (core) throws(FSError) -> Void in
+                    let (dir, name) = try core.resolveParent(current, forWriting: true)
                     _ = try core.createNode(in: dir, name: name, type: .directory, mode: mode)
                 }
             }
             return
         }
-        try change(path) { (core) throws(FSError) -> Void in
-            let (dir, name) = try core.resolveParent(path)
+        try change(path, access: .shared) { (core) throws(FSError) -> Void in
+            let (dir, name) = try core.resolveParent(path, forWriting: true)
             _ = try core.createNode(in: dir, name: name, type: .directory, mode: mode)
         }
     }
@@ -319,8 +339,8 @@ public final class Volume: @unchecked Sendable {
         let lockMode = isReadOnly ? nil : lock
         // Made and locked in one call: a file this call creates is born locked (in the same
         // transaction); only an existing file another host holds needs the waiting loop.
-        let (n, reuse, blocker) = try change(path) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
-            let (dir, name) = try core.resolveParent(path)
+        let (n, reuse, blocker) = try change(path, access: .shared) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
+            let (dir, name) = try core.resolveParent(path, forWriting: true)
             let n: UInt32
             if let e = try core.lookup(dir, name) {
                 if exclusive { throw FSError(.exists) }
@@ -352,7 +372,7 @@ public final class Volume: @unchecked Sendable {
         var deadline = started + wait
         let lockMode = isReadOnly ? nil : mode
         while true {
-            let (n, reuse, blocker) = try locked(path) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
+            let (n, reuse, blocker) = try locked(path, access: .shared) { (core) throws(FSError) -> (UInt32, UInt32, LockHolder?) in
                 let n = try core.resolve(path)
                 let ino = try core.inode(n)
                 guard ino.type == .regular else { throw FSError(.isDirectory) }
@@ -376,7 +396,7 @@ public final class Volume: @unchecked Sendable {
 
     /// Lets go of one handle's hold on inode `n`.
     func releaseFileLock(_ n: UInt32) throws(FSError) {
-        try locked { (core) throws(FSError) -> Void in try core.unlockFile(n) }
+        try locked(access: .shared) { (core) throws(FSError) -> Void in try core.unlockFile(n) }
     }
 
     /// Atomically renames; an existing target file (or empty directory) is replaced.

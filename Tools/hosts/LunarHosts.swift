@@ -64,7 +64,7 @@ struct CreateCommand: ParsableCommand {
         let rate = try FSBenchmark.createFiles(volume, directory: dir, count: count)
         let stats = volume.metadataLockStatistics
         try volume.close()
-        print(#"{"files": \#(count), "per_second": \#(rate), "acquisitions": \#(stats?.acquisitions ?? 0), "lost_races": \#(stats?.lostRaces ?? 0), "cache_drops": \#(stats?.cacheDrops ?? 0), "waited_s": \#(stats?.waitedSeconds ?? 0)}"#)
+        print(#"{"files": \#(count), "per_second": \#(rate), "acquisitions": \#(stats?.acquisitions ?? 0), "lost_races": \#(stats?.lostRaces ?? 0), "cache_drops": \#(stats?.cacheDrops ?? 0), "waited_s": \#(stats?.waitedSeconds ?? 0), "shared_acquisitions": \#(stats?.sharedAcquisitions ?? 0), "retried_exclusive": \#(stats?.retriedExclusive ?? 0)}"#)
     }
 }
 

@@ -21,6 +21,7 @@ extension VolumeCore {
 
     /// Allocates one resource of `kind`; the bitmap change is part of the running transaction.
     func allocate(_ kind: ResourceKind) throws(FSError) -> UInt64 {
+        if holdsShared { return try allocateShared(kind) }
         let area = header.area(kind)
         let clusters = area.clusterCount
         var c = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters

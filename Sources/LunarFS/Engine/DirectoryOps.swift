@@ -135,6 +135,7 @@ extension VolumeCore {
     // MARK: the directory interface
 
     func lookup(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry? {
+        try lockDirectory(dir, forWriting: false)
         let ino = try inode(dir)
         guard ino.type == .directory else { throw FSError(.notDirectory) }
         if ino.storage == .inline { return try inlineEntries(ino).first { $0.name == name } }
@@ -142,6 +143,7 @@ extension VolumeCore {
     }
 
     func entries(_ dir: UInt32) throws(FSError) -> [DirectoryEntry] {
+        try lockDirectory(dir, forWriting: false)
         let ino = try inode(dir)
         guard ino.type == .directory else { throw FSError(.notDirectory) }
         if ino.storage == .inline { return try inlineEntries(ino) }
@@ -156,6 +158,7 @@ extension VolumeCore {
     }
 
     func isEmptyDirectory(_ dir: UInt32) throws(FSError) -> Bool {
+        try lockDirectory(dir, forWriting: false)
         let ino = try inode(dir)
         if ino.storage == .inline { return ino.size == 0 }
         return try directoryHeader(dir).entryCount == 0
@@ -163,6 +166,7 @@ extension VolumeCore {
 
     /// The directory's inode in the running transaction, its times set to now.
     private func changingDirectory(_ dir: UInt32) throws(FSError) -> InodeRecord {
+        try lockDirectory(dir, forWriting: true)
         let ino = try modifyInode(dir)
         guard ino.type == .directory else { throw FSError(.notDirectory) }
         ino.mtime = wallClockNanoseconds()

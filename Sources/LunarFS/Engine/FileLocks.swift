@@ -23,10 +23,7 @@ public enum FileLockMode: String, Sendable, Codable, CaseIterable {
 /// The holders of an inode's lock: the lock record (at 32) and, for the shared modes, the
 /// holder list (at 176; format.md §3.7).
 struct InodeLock {
-    struct Holder: Equatable {
-        var slot: UInt32
-        var claim: UInt64
-    }
+    typealias Holder = LockOwner
 
     static let countOffset = 176
     static let holdersOffset = 180
@@ -92,18 +89,9 @@ extension VolumeCore {
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
         // Judge the other holders first: recovering a dead one replays its journal, which may
         // rewrite this very inode.
-        let before = try InodeLock.decode(try inode(n), at: inodeOffset(n))
-        var live: [InodeLock.Holder] = []
-        var blocker: LockHolder?
-        for h in before.holders where h != me {
-            switch try recovery.holder(slot: h.slot, claim: h.claim) {
-            case .nobody, .me, .stale: continue
-            case let other:
-                live.append(h)
-                if blocker == nil { blocker = other }
-            }
-        }
-        let current = try InodeLock.decode(try inode(n), at: inodeOffset(n))
+        let before = try InodeLock.decode(try lockedInode(n), at: inodeOffset(n))
+        let (live, blocker, _) = try liveHolders(of: before, except: me)
+        let current = try InodeLock.decode(try lockedInode(n), at: inodeOffset(n))
         if let blocker {
             let sharing = mode != .exclusive && current.record.mode == mode.record && live.count < InodeLock.maxSharedHolders
             if !sharing { return blocker }
@@ -126,13 +114,22 @@ extension VolumeCore {
             fileLocks[n] = held
             return
         }
-        fileLocks[n] = nil
-        guard let recovery = metadataLock?.recovery else { return }
+        guard let recovery = metadataLock?.recovery else {
+            fileLocks[n] = nil
+            return
+        }
+        // Forgotten only once freed on disk: a call retried after a lost race frees it then.
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
         // Removed (or removed and reused) since: nothing of ours is left in it.
-        guard let ino = try? inode(n) else { return }
+        guard let ino = try? lockedInode(n) else {
+            fileLocks[n] = nil
+            return
+        }
         var next = try InodeLock.decode(ino, at: inodeOffset(n))
-        guard next.holders.contains(me) else { return }
+        guard next.holders.contains(me) else {
+            fileLocks[n] = nil
+            return
+        }
         next.holders.removeAll { $0 == me }
         if next.holders.isEmpty {
             next.record = LockRecord.free
@@ -143,12 +140,13 @@ extension VolumeCore {
             next.record.lockGeneration &+= 1
         }
         try writeLock(n, next)
+        fileLocks[n] = nil
     }
 
     /// Another live host holding inode `n` open, if any (removal and replacement refuse then).
     func otherHolder(of n: UInt32) throws(FSError) -> LockHolder? {
         guard let recovery = metadataLock?.recovery else { return nil }
-        let lock = try InodeLock.decode(try inode(n), at: inodeOffset(n))
+        let lock = try InodeLock.decode(try lockedInode(n), at: inodeOffset(n))
         for h in lock.holders {
             switch try recovery.holder(slot: h.slot, claim: h.claim) {
             case .nobody, .me, .stale: continue
@@ -158,6 +156,18 @@ extension VolumeCore {
         return nil
     }
 
+    /// Inode `n` for its lock: under a shared hold as on disk now (other hosts may have taken
+    /// or freed their holds since it was cached), else as cached.
+    private func lockedInode(_ n: UInt32) throws(FSError) -> InodeRecord {
+        guard holdsShared, !store.isInTransaction(inodeOffset(n)) else { return try inode(n) }
+        guard n > 0, UInt64(n) < header.inodes.count else { throw FSError(.notFound) }
+        let offset = inodeOffset(n)
+        let ino = InodeRecord(buffer: try store.readFresh(offset, .inode))
+        if let problem = ino.problem(expectedNumber: n) { throw .corrupt(RecordKind.inode.name, at: offset, problem) }
+        guard ino.type != .free else { throw FSError(.notFound) }
+        return ino
+    }
+
     private func writeLock(_ n: UInt32, _ lock: InodeLock) throws(FSError) {
         let offset = inodeOffset(n)
         if store.isInTransaction(offset) {
@@ -165,15 +175,14 @@ extension VolumeCore {
             return
         }
         let current = try store.read(offset, .inode)
-        let next = current.clone()
-        lock.encode(into: InodeRecord(buffer: next))
-        next.seal(.inode, at: offset, generation: current.recordGeneration &+ 1)
-        guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten else {
-            // Under the metadata lock nobody else writes this sector: what we cached is not on
-            // disk. Forget it; the caller may retry.
-            store.forget(offset)
+        guard try compareAndWriteInode(offset, expected: current, lock) else {
+            if holdsShared {
+                metadataLock?.noteLostRace()
+                throw FSError(.lockConflict("inode \(n)'s lock changed while this host was taking it"))
+            }
+            // Under an exclusive hold nobody else writes this sector: what we cached is not on
+            // disk. The caller may retry.
             throw FSError(.busy("inode \(n) changed on disk under the metadata lock; retry"))
         }
-        store.installWritten(offset, next)
     }
 }

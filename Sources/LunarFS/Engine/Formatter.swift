@@ -17,7 +17,7 @@ enum Formatter {
 
         // Everything but the header first, the header last: a volume with a header is complete.
         let lock = IOBuffer(count: Int(s))
-        LockRecord.free.encode(into: lock, at: VolumeLockSector.lockOffset)
+        VolumeLockState(record: .free, epoch: 0, waiter: nil, holders: []).encode(into: lock)
         lock.seal(.volumeLock, at: header.volumeLockOffset, generation: 1)
         try write(storage, lock, at: header.volumeLockOffset)
 

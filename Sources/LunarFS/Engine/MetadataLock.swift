@@ -1,31 +1,54 @@
 import Glibc
 import LunarIO
 
-/// The metadata lock: the lock record in the volume lock sector, taken by compare-and-write.
+/// How a call works on metadata under the metadata lock.
+enum MetadataAccess: Equatable {
+    /// With other hosts at once, touching only what it holds a finer lock on: directories it
+    /// locked, resource clusters it took, files it has open (creating files and directories,
+    /// looking up, opening and closing). Never frees a resource.
+    case shared
+    /// Alone: anything (writes, truncates, removes, renames, recovery, fsck).
+    case exclusive
+}
+
+/// The metadata lock: the lock record in the volume lock sector (`VolumeLockState`), taken by
+/// compare-and-write, shared or exclusive.
 ///
 /// Every host that has a volume open read-write holds a slot and renews its heartbeat for as
 /// long as it is open, but holds the metadata lock only while it works on metadata: it takes it
-/// for a call that reads or changes the tree, keeps it while calls keep coming, and lets go
-/// once it has been idle for `OpenOptions.metadataLockLinger` or has held it for
-/// `metadataLockMaxHold` (then it pauses briefly before taking it again, so that a waiting
-/// host gets its turn). Letting go commits the running transaction, writes it in place and
-/// empties the journal first (locking.md R6): the next holder reads every change from its home
-/// sector, and a host's journal holds anything only while it holds the lock.
+/// for a call, keeps it while calls keep coming, and lets go once it has been idle for
+/// `OpenOptions.metadataLockLinger` or has held it for `metadataLockMaxHold` (after an
+/// exclusive hold it then pauses briefly, so that a waiting host gets its turn). Letting go
+/// commits the running transaction, writes it in place and empties the journal first
+/// (locking.md R6), then frees the finer locks, then this one: the next holder of anything
+/// reads every change from its home sector, and a host's journal holds anything only while it
+/// holds the lock.
 ///
-/// Cached metadata stays valid while nobody else held the lock: every change of the lock bumps
-/// its generation, so finding on acquire the generation this host wrote on release means no
-/// other host has changed anything; any other generation drops the cache.
+/// Cached metadata: every change of the lock record bumps its generation, so a host that finds
+/// only its own writes in the record's history since it last dropped its cache knows nobody
+/// else changed anything, and keeps the cache when it takes the lock exclusive. A host joining
+/// the shared holders keeps it when no other host held the lock exclusive since (the exclusive
+/// epoch is unchanged): whatever shared holders changed lies under finer locks, and the cache
+/// is checked against each of those when it is taken (`lockDirectory`, `takeCluster`).
 final class MetadataLock {
     let recovery: Recovery
     let timeout: Double
     let linger: Double
     let maxHold: Double
-    private(set) var held = false
-    private var releasedGeneration: UInt64?
+    private(set) var held: MetadataAccess?
     private(set) var heldSince = 0.0
     var lastUse = 0.0
     private var courtesyUntil = 0.0
+    /// The lock generation this host last wrote.
+    private var lastWritten: UInt64?
+    /// Whether another host wrote the lock record since this host last dropped its cache.
+    private var othersSinceDrop = true
+    /// The exclusive epoch as of this host's last write of the lock record.
+    private var epochSeen: UInt64?
     private(set) var statistics = MetadataLockStatistics()
+    /// Whether taking the lock meant waiting for another host: then an exclusive hold goes
+    /// back as soon as the calls that needed it are done.
+    private(set) var contended = false
 
     init(recovery: Recovery, options: OpenOptions) {
         self.recovery = recovery
@@ -34,23 +57,52 @@ final class MetadataLock {
         maxHold = options.metadataLockMaxHold
     }
 
-    /// Takes the lock unless held; false when the cache must be dropped (another host held the
-    /// lock since this one let go of it).
-    func acquire() throws(FSError) -> Bool {
+    var me: LockOwner { LockOwner(slot: recovery.me.index, claim: recovery.me.claim) }
+
+    /// Takes the lock in `access` mode unless held (an exclusive hold serves shared calls too;
+    /// the caller lets go of a shared hold before asking for exclusive). False when the cache
+    /// must be dropped.
+    func acquire(_ access: MetadataAccess) throws(FSError) -> Bool {
         let now = monotonicSeconds()
         lastUse = now
-        if held { return true }
-        if courtesyUntil > now { usleep(UInt32((courtesyUntil - now) * 1_000_000)) }
+        if let held {
+            precondition(held == .exclusive || access == .shared, "let go of a shared hold before taking the lock exclusive")
+            return true
+        }
+        if access == .exclusive, courtesyUntil > now { usleep(UInt32((courtesyUntil - now) * 1_000_000)) }
         let start = monotonicSeconds()
-        let generation = try VolumeCore.takeVolumeLock(recovery, timeout: timeout, statistics: &statistics)
-        held = true
+        let (before, after, waited) = try VolumeCore.takeVolumeLock(recovery, access, timeout: timeout, statistics: &statistics)
+        contended = waited
+        noteWrite(before: before, after: after)
+        held = access
         heldSince = monotonicSeconds()
         lastUse = heldSince
         statistics.acquisitions += 1
+        if access == .shared { statistics.sharedAcquisitions += 1 }
         statistics.waitedSeconds += heldSince - start
-        let cacheValid = releasedGeneration == generation - 1
-        if !cacheValid { statistics.cacheDrops += 1 }
-        return cacheValid
+        let keep: Bool
+        switch access {
+        case .exclusive: keep = !othersSinceDrop
+        case .shared: keep = epochSeen == before.epoch
+        }
+        epochSeen = after.epoch
+        return keep
+    }
+
+    func noteRetriedExclusive() { statistics.retriedExclusive += 1 }
+
+    /// A compare-and-write of a finer lock found its sector changed since it was read.
+    func noteLostRace() { statistics.lostRaces += 1 }
+
+    /// The cache was dropped: what it holds from now on was read under the lock.
+    func cacheDropped(counted: Bool) {
+        othersSinceDrop = false
+        if counted { statistics.cacheDrops += 1 }
+    }
+
+    private func noteWrite(before: VolumeLockState, after: VolumeLockState) {
+        if before.record.lockGeneration != lastWritten { othersSinceDrop = true }
+        lastWritten = after.record.lockGeneration
     }
 
     /// Whether it is time to look for dead hosts again: every half of the default lock-break
@@ -65,21 +117,30 @@ final class MetadataLock {
 
     /// Whether the lingering lock is due to go back: idle long enough, or held long enough
     /// that others may be waiting.
-    func releaseDue(now: Double) -> Bool {
-        held && (now - lastUse >= linger || now - heldSince >= maxHold)
+    func releaseDue(now: Double) throws(FSError) -> Bool {
+        guard let held else { return false }
+        if now - lastUse >= linger || now - heldSince >= maxHold { return true }
+        // A shared hold goes back at once when a host waits to take the lock exclusive.
+        guard held == .shared else { return false }
+        let (_, state) = try VolumeCore.readLockState(recovery.storage, recovery.header)
+        if let waiter = state.waiter, waiter != me { return true }
+        return false
     }
 
-    /// Writes the free lock record; the caller has committed and checkpointed.
+    /// Frees this host's hold; the caller has committed, checkpointed and freed its finer locks.
     func release() throws(FSError) {
-        guard held else { return }
+        guard let access = held else { return }
         let now = monotonicSeconds()
-        if now - heldSince >= maxHold { courtesyUntil = now + Self.courtesy }
-        held = false
-        releasedGeneration = try VolumeCore.releaseVolumeLock(recovery.storage, recovery.header, slot: recovery.me.index)
+        if access == .exclusive, now - heldSince >= maxHold { courtesyUntil = now + Self.courtesy }
+        held = nil
+        if let (before, after) = try VolumeCore.releaseVolumeLock(recovery.storage, recovery.header, me, statistics: &statistics) {
+            noteWrite(before: before, after: after)
+            epochSeen = after.epoch
+        }
     }
 
     /// Forgets the lock without touching the disk (it was never taken, or we were fenced).
-    func abandon() { held = false }
+    func abandon() { held = nil }
 
     /// How long a host that let go after `maxHold` waits before taking the lock again: a few
     /// polls of a waiting host.
@@ -89,10 +150,16 @@ final class MetadataLock {
 /// Counters for benchmarks and `lunar fs bench`.
 public struct MetadataLockStatistics: Sendable {
     public var acquisitions = 0
-    /// Compare-and-writes of the lock record that found it changed since it was read.
+    /// Of them, shared.
+    public var sharedAcquisitions = 0
+    /// Compare-and-writes of a lock (the metadata lock, a directory's, a cluster's, a file's)
+    /// that found its sector changed since it was read.
     public var lostRaces = 0
     public var waitedSeconds = 0.0
+    /// Times cached metadata was dropped because another host may have changed it.
     public var cacheDrops = 0
+    /// Shared calls that met a finer lock held elsewhere and ran again exclusive.
+    public var retriedExclusive = 0
 }
 
 /// Who holds a lock record, as this host judges it now.
@@ -122,9 +189,9 @@ enum LockHolder {
 
 extension Recovery {
     /// Judges the holder of `lock` without waiting. A holder found dead is recovered on the
-    /// spot (slot claimed, journal replayed, slot freed), which makes its lock stale. The
-    /// caller must hold the metadata lock, or be breaking it: recovery writes replayed
-    /// metadata in place.
+    /// spot (slot claimed, journal replayed, slot freed), which makes its lock stale. That
+    /// needs no lock of the caller's: the replayed journal holds only sectors under the locks
+    /// the dead host still held (locking.md R6), which nobody else touches meanwhile.
     func holder(of lock: LockRecord) throws(FSError) -> LockHolder {
         guard lock.mode != .free else { return .nobody }
         if lock.ownerSlot == me.index && lock.ownerClaim == me.claim { return .me }
@@ -169,71 +236,142 @@ extension Recovery {
 }
 
 extension VolumeCore {
-    static func readLock(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> (IOBuffer, LockRecord) {
+    static func readLockState(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> (IOBuffer, VolumeLockState) {
         let offset = header.volumeLockOffset
         let b = IOBuffer(count: RecordHeader.sectorSize)
         try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
         try b.verify(.volumeLock, at: offset)
-        guard let lock = LockRecord.decode(b, at: VolumeLockSector.lockOffset) else {
-            throw .corrupt(RecordKind.volumeLock.name, at: offset, "unknown lock mode")
-        }
-        return (b, lock)
+        return (b, try VolumeLockState.decode(b, at: offset))
     }
 
-    private static func writeLock(_ storage: any BlockStorage, _ header: VolumeHeader, expected: IOBuffer, _ lock: LockRecord) throws(FSError) -> Bool {
+    private static func writeLockState(_ storage: any BlockStorage, _ header: VolumeHeader, expected: IOBuffer,
+                                       _ state: VolumeLockState) throws(FSError) -> Bool {
         let next = expected.clone()
-        lock.encode(into: next, at: VolumeLockSector.lockOffset)
+        state.encode(into: next)
         next.seal(.volumeLock, at: header.volumeLockOffset, generation: expected.recordGeneration &+ 1)
         return try io { () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: header.volumeLockOffset) }.isWritten
     }
 
-    /// Takes the metadata lock, breaking it when its holder is dead (the holder's slot is
-    /// recovered first: claimed, its journal replayed, freed). Returns the lock generation
-    /// written.
-    static func takeVolumeLock(_ recovery: Recovery, timeout: Double,
-                               statistics: inout MetadataLockStatistics) throws(FSError) -> UInt64 {
-        let storage = recovery.storage, header = recovery.header, slot = recovery.me
-        let deadline = monotonicSeconds() + timeout
-        // Poll fast at first (a lingering holder lets go within milliseconds), then back off.
-        var pause: UInt32 = 100
-        while true {
-            let (sector, lock) = try readLock(storage, header)
-            let holder = try recovery.holder(of: lock)
-            switch holder {
-            case .nobody, .me, .stale:
-                let mine = LockRecord(mode: .exclusive, ownerSlot: slot.index, ownerClaim: slot.claim,
-                                      lockGeneration: lock.lockGeneration + 1, ownerHost: recovery.judge.machine,
-                                      acquired: wallClockNanoseconds())
-                if try writeLock(storage, header, expected: sector, mine) { return mine.lockGeneration }
-                statistics.lostRaces += 1
-                continue
-            case .held, .recovering:
-                if monotonicSeconds() >= deadline {
-                    throw FSError(.busy("the volume's metadata lock is held by \(holder.description); waited \(timeout) s — retry, or wait longer (lock timeout)"), path: storage.path)
-                }
-                usleep(pause)
-                pause = min(pause * 2, 2_000)
+    /// The first of `owners` (other than this host) that holds its lock as far as this host
+    /// can tell now; dead ones are recovered on the way (`Recovery.holder`).
+    static func liveHolder(among owners: [LockOwner], _ recovery: Recovery) throws(FSError) -> LockHolder? {
+        for owner in owners {
+            switch try recovery.holder(slot: owner.slot, claim: owner.claim) {
+            case .nobody, .me, .stale: continue
+            case let other: return other
             }
-        }
-    }
-
-    /// Frees the metadata lock if this host holds it; returns the lock generation written.
-    @discardableResult
-    static func releaseVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, slot: UInt32) throws(FSError) -> UInt64? {
-        for _ in 0..<100 {
-            let (sector, lock) = try readLock(storage, header)
-            guard lock.mode != .free, lock.ownerSlot == slot else { return nil }
-            var free = LockRecord.free
-            free.lockGeneration = lock.lockGeneration + 1
-            if try writeLock(storage, header, expected: sector, free) { return free.lockGeneration }
         }
         return nil
     }
 
+    /// Takes the metadata lock in `access` mode. An exclusive holder found dead is recovered
+    /// first (claimed, its journal replayed, freed); so are dead shared holders when they are
+    /// in the way. Returns the lock state found and the one written, and whether another host
+    /// was in the way.
+    static func takeVolumeLock(_ recovery: Recovery, _ access: MetadataAccess, timeout: Double,
+                               statistics: inout MetadataLockStatistics) throws(FSError) -> (VolumeLockState, VolumeLockState, waited: Bool) {
+        let storage = recovery.storage, header = recovery.header
+        let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
+        let deadline = monotonicSeconds() + timeout
+        // Poll fast at first (a lingering holder lets go within milliseconds), then back off.
+        var pause: UInt32 = 100
+        var waited = false
+        while true {
+            let (sector, state) = try readLockState(storage, header)
+            var blocker: LockHolder?
+            var next = state
+            next.record.lockGeneration = state.record.lockGeneration &+ 1
+            // A waiter ahead of us keeps us out while it lives; a dead or stale one is dropped.
+            if let waiter = state.waiter, waiter != me {
+                blocker = try liveHolder(among: [waiter], recovery)
+                if blocker == nil { next.waiter = nil }
+            }
+            let others = state.holders.filter { $0 != me }
+            switch access {
+            case .exclusive:
+                if blocker == nil { blocker = try liveHolder(among: others, recovery) }
+                if blocker == nil {
+                    next.record = LockRecord(mode: .exclusive, ownerSlot: me.slot, ownerClaim: me.claim,
+                                             lockGeneration: next.record.lockGeneration, ownerHost: recovery.judge.machine,
+                                             acquired: wallClockNanoseconds())
+                    next.holders = [me]
+                    next.waiter = nil
+                    next.epoch = state.epoch &+ 1
+                } else if next.waiter == nil {
+                    // Name ourselves the waiter, so that no new shared holder joins meanwhile.
+                    next.waiter = me
+                    _ = try writeLockState(storage, header, expected: sector, next)
+                }
+            case .shared:
+                var sharers: [LockOwner] = []
+                if blocker == nil {
+                    if state.record.mode == .exclusive {
+                        blocker = try liveHolder(among: others, recovery)
+                    } else {
+                        sharers = others
+                        if sharers.count >= VolumeLockState.maxSharedHolders {
+                            // Full: make room by dropping holders that are gone.
+                            var live: [LockOwner] = []
+                            for owner in sharers where try liveHolder(among: [owner], recovery) != nil { live.append(owner) }
+                            sharers = live
+                            if sharers.count >= VolumeLockState.maxSharedHolders {
+                                blocker = try liveHolder(among: sharers, recovery)
+                            }
+                        }
+                    }
+                }
+                if blocker == nil {
+                    next.holders = sharers + [me]
+                    if sharers.isEmpty {
+                        next.record = LockRecord(mode: .multiWriter, ownerSlot: me.slot, ownerClaim: me.claim,
+                                                 lockGeneration: next.record.lockGeneration, ownerHost: recovery.judge.machine,
+                                                 acquired: wallClockNanoseconds())
+                    }
+                }
+            }
+            if let blocker {
+                waited = true
+                if monotonicSeconds() >= deadline {
+                    throw FSError(.busy("the volume's metadata lock is held by \(blocker.description); waited \(timeout) s — retry, or wait longer (lock timeout)"), path: storage.path)
+                }
+                usleep(pause)
+                pause = min(pause * 2, 2_000)
+                continue
+            }
+            if try writeLockState(storage, header, expected: sector, next) { return (state, next, waited) }
+            statistics.lostRaces += 1
+        }
+    }
+
+    /// Takes this host out of the metadata lock (frees it, or leaves the other shared holders
+    /// holding it). Returns the state found and the one written; nil when this host held nothing.
+    static func releaseVolumeLock(_ storage: any BlockStorage, _ header: VolumeHeader, _ me: LockOwner,
+                                  statistics: inout MetadataLockStatistics) throws(FSError) -> (VolumeLockState, VolumeLockState)? {
+        for _ in 0..<1000 {
+            let (sector, state) = try readLockState(storage, header)
+            guard state.holders.contains(me) else { return nil }
+            var next = state
+            next.holders.removeAll { $0 == me }
+            next.record.lockGeneration = state.record.lockGeneration &+ 1
+            if next.holders.isEmpty || state.record.mode == .exclusive {
+                next.holders = []
+                next.record = LockRecord.free
+                next.record.lockGeneration = state.record.lockGeneration &+ 1
+            } else if next.record.ownerSlot == me.slot {
+                // The record names its first holder; the host it names is informational.
+                next.record.ownerSlot = next.holders[0].slot
+                next.record.ownerClaim = next.holders[0].claim
+                next.record.ownerHost = .zero
+            }
+            if try writeLockState(storage, header, expected: sector, next) { return (state, next) }
+            statistics.lostRaces += 1
+        }
+        throw FSError(.busy("could not free this host's hold on the metadata lock: its record kept changing"))
+    }
+
     /// Recovers the hosts found dead that hold nothing anyone asked for (a host holding a lock
     /// is recovered by whoever wants the lock): otherwise their slots would stay taken until
-    /// the next open on their machine. Watches every slot in use; takes the metadata lock only
-    /// when a dead one is found, since recovery replays its journal in place.
+    /// the next open on their machine. Watches every slot in use.
     func sweepDeadHosts() throws(FSError) {
         guard let recovery = metadataLock?.recovery, fence?.fencedBecause == nil else { return }
         var dead: [HeartbeatSlot] = []
@@ -244,30 +382,46 @@ extension VolumeCore {
             case .recovering: if try recovery.recovererGone(record) { dead.append(record) }
             }
         }
-        guard !dead.isEmpty else { return }
-        try enterMetadata()
         for record in dead { _ = try recovery.recover(record) }
     }
 
-    /// Takes the metadata lock for a call; drops cached metadata when another host may have
-    /// changed it.
-    func enterMetadata() throws(FSError) {
+    /// Takes the metadata lock for a call in `access` mode; drops cached metadata when
+    /// another host may have changed it. A shared hold is let go of first when the call needs
+    /// the lock exclusive.
+    func enterMetadata(_ access: MetadataAccess = .exclusive) throws(FSError) {
         guard let metadataLock else { return }
         if let why = fence?.fencedBecause {
             throw FSError(.busy("this host was fenced off the volume (\(why)); close and open the volume again"))
         }
-        if try !metadataLock.acquire() { store.dropCache() }
+        // Switching modes: a shared hold cannot become exclusive in place; an exclusive hold
+        // another host waited for goes back rather than serve shared calls.
+        if access == .exclusive, metadataLock.held == .shared { try leaveMetadata() }
+        if access == .shared, metadataLock.held == .exclusive, metadataLock.contended { try leaveMetadata() }
+        if try !metadataLock.acquire(access) { dropCache() }
+        store.refusesFrees = metadataLock.held == .shared
     }
 
-    /// Lets go of the metadata lock: commit, write in place, empty the journal, free the lock.
+    /// Forgets every cached sector (the running transaction stays).
+    func dropCache() {
+        let had = store.dropCache()
+        releasedDirectoryGenerations.removeAll()
+        metadataLock?.cacheDropped(counted: had)
+    }
+
+    /// Lets go of the metadata lock: commit, write in place, empty the journal, free the
+    /// finer locks of a shared hold, free the lock.
     func leaveMetadata() throws(FSError) {
-        guard let metadataLock, metadataLock.held else { return }
+        guard let metadataLock, metadataLock.held != nil else { return }
         if fence?.fencedBecause != nil {
             metadataLock.abandon()
+            heldDirectories.removeAll()
+            heldClusters.removeAll()
             return
         }
         try store.commit()
         try store.checkpoint()
+        try releaseFinerLocks()
         try metadataLock.release()
+        store.refusesFrees = false
     }
 }

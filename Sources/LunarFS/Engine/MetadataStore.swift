@@ -37,6 +37,9 @@ final class MetadataStore {
     var applyFrees: (([(ResourceKind, UInt64)]) throws(FSError) -> Void)?
     /// Called after a durable commit with the data units freed by it, to hand the space back.
     var releaseFreedSpace: (([(ResourceKind, UInt64)]) -> Void)?
+    /// Set under a shared hold of the metadata lock, which may not free resources: an
+    /// operation that would is undone and fails with `lockConflict` (and is retried exclusive).
+    var refusesFrees = false
     /// Set when a commit failed half-way: the volume refuses further changes until reopened.
     private(set) var failure: FSError?
 
@@ -71,6 +74,20 @@ final class MetadataStore {
         let b = try readSector(offset)
         try b.verify(kind, at: offset)
         remember(offset, b)
+        return b
+    }
+
+    /// The `kind` record at `offset` as on disk now, verified and cached: for a sector other
+    /// hosts may have changed since it was cached (a lock record another host also writes).
+    /// The running transaction's copy, if it has one.
+    func readFresh(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        if let d = dirty[offset] {
+            guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
+            return d.buffer
+        }
+        let b = try readSector(offset)
+        try b.verify(kind, at: offset)
+        if overlay[offset] == nil { remember(offset, b) }
         return b
     }
 
@@ -171,8 +188,12 @@ final class MetadataStore {
         undoSeen = []
         let freesMark = pendingFrees.count
         defer { undo = nil; undoSeen = [] }
-        do {
-            return try body()
+        do throws(FSError) {
+            let result = try body()
+            if refusesFrees && pendingFrees.count > freesMark {
+                throw FSError(.lockConflict("freeing space needs the metadata lock exclusive"))
+            }
+            return result
         } catch {
             for (offset, previous) in (undo ?? []).reversed() { dirty[offset] = previous }
             if freesMark < pendingFrees.count {
@@ -247,7 +268,13 @@ final class MetadataStore {
         }
     }
 
-    func dropCache() { clean.removeAll() }
+    /// Forgets every clean sector; false when there was none.
+    @discardableResult
+    func dropCache() -> Bool {
+        let had = !clean.isEmpty
+        clean.removeAll()
+        return had
+    }
 
     /// Whether the running transaction holds a copy of the sector at `offset`.
     func isInTransaction(_ offset: UInt64) -> Bool { dirty[offset] != nil }

@@ -77,6 +77,8 @@ extension VolumeCore {
         guard options.heartbeatInterval >= 0.05, options.heartbeatInterval <= 600 else {
             throw FSError(.invalidArgument("heartbeat interval must be from 0.05 to 600 s"))
         }
+        // Every call takes the metadata lock: a damaged lock record is refused at open.
+        _ = try readLockState(storage, header)
         let device = PresenceTokens(device: storage.localDevice)
         let me = LivenessJudge.thisMachine()
         let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName,
@@ -104,10 +106,11 @@ extension VolumeCore {
                                                      defaultInterval: options.heartbeatInterval))
         let metadataLock = MetadataLock(recovery: recovery, options: options)
         do throws(FSError) {
-            _ = try metadataLock.acquire()
             // Recover the dead holders this machine can judge at once (a remote one is judged
             // by watching it: when something it holds is wanted, and by the sweep), then
-            // whatever a dead predecessor left in our own journal.
+            // whatever a dead predecessor left in our own journal. No metadata lock is needed
+            // for that: a dead host's journal holds only what lies under the locks it still
+            // holds (locking.md R6), which nobody else may touch until it is recovered.
             for record in try readAllSlots(storage, header) where record.slot != slot.index {
                 if record.state == .live, record.host == me, try recovery.judge.verdict(record, watch: recovery.watch) == .dead {
                     _ = try recovery.recover(record)
@@ -128,7 +131,7 @@ extension VolumeCore {
             return (core, report)
         } catch {
             heartbeat.stop()
-            if metadataLock.held { try? releaseVolumeLock(storage, header, slot: slot.index) }
+            if metadataLock.held != nil { try? metadataLock.release() }
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.release(slot.index)
             throw error

@@ -17,6 +17,7 @@ extension VolumeCore {
     func resolve(_ path: String) throws(FSError) -> UInt32 {
         var current = root
         for name in Self.components(path) {
+            try lockDirectory(current, forWriting: false)
             if name == [0x2E, 0x2E] {
                 current = try inode(current).parent
                 continue
@@ -30,12 +31,14 @@ extension VolumeCore {
         return current
     }
 
-    /// The directory that holds the last component of `path`, and that component.
-    func resolveParent(_ path: String) throws(FSError) -> (UInt32, [UInt8]) {
+    /// The directory that holds the last component of `path`, and that component. Under a
+    /// shared hold the directory is locked, for changing it when `forWriting`.
+    func resolveParent(_ path: String, forWriting: Bool = false) throws(FSError) -> (UInt32, [UInt8]) {
         var parts = Self.components(path)
         guard let name = parts.popLast() else { throw FSError(.invalidArgument("the root directory has no name")) }
         try Self.checkName(name)
         let dir = try resolve(parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/"))
+        try lockDirectory(dir, forWriting: forWriting)
         guard try inode(dir).type == .directory else { throw FSError(.notDirectory) }
         return (dir, name)
     }

@@ -14,6 +14,13 @@ final class VolumeCore {
     var metadataLock: MetadataLock?
     /// Files this process holds open, by inode.
     var fileLocks: [UInt32: HeldFileLock] = [:]
+    /// A shared hold's directory locks (read: shared read-only; write: exclusive), by inode.
+    var heldDirectories: [UInt32: FileLockMode] = [:]
+    /// A shared hold's resource clusters, by kind.
+    var heldClusters: [ResourceKind: [Int]] = [:]
+    /// The lock generation this host wrote when it last let go of a directory's lock: finding
+    /// it unchanged when taking the lock again means nobody else held it since.
+    var releasedDirectoryGenerations: [UInt32: UInt64] = [:]
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 
@@ -70,6 +77,8 @@ final class VolumeCore {
         let offset = inodeOffset(n)
         // A never-used inode sector holds zeros (or a previous volume's bytes): start afresh
         // unless it holds a sound free inode whose reuse generation should carry on.
+        // Under a shared hold another host may have used and freed it since it was cached.
+        if holdsShared { store.forget(offset) }
         let raw = try store.readRaw(offset)
         let b: IOBuffer
         if raw.problem(as: .inode, at: offset) == nil {

@@ -50,13 +50,9 @@ public struct LockRecord: Sendable, Equatable {
     }
 }
 
-/// The volume lock sector, one sector after the volume header: its lock record is the
-/// metadata lock (`MetadataLock`), which a host takes, exclusive, while it works on metadata.
-///
-/// ```
-///  0 32 record header (magic "LVLK")
-/// 32 64 lock record
-/// ```
-enum VolumeLockSector {
-    static let lockOffset = 32
+/// Who holds a lock: a host slot and that slot's claim generation when it took the lock (so a
+/// lock outlives neither its holder's death nor a new claim of the slot).
+struct LockOwner: Equatable, Hashable {
+    var slot: UInt32
+    var claim: UInt64
 }

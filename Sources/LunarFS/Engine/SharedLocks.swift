@@ -1,0 +1,223 @@
+import LunarIO
+
+/// The finer locks a host takes while it holds the metadata lock shared (locking.md §4): a
+/// directory's lock record (its inode's) before it reads or changes the directory, and a
+/// resource cluster's lock record (its header's) before it allocates from the cluster. Both
+/// are taken by compare-and-write of the sector read fresh from disk, without waiting: a lock
+/// another live host holds makes the call fail with `lockConflict`, and the volume runs the
+/// call again under the exclusive metadata lock (nobody holds finer locks then). No host waits
+/// while holding a lock, so hosts cannot deadlock. All of them go back when the metadata lock
+/// does, after the host's changes are in place (`releaseFinerLocks`).
+///
+/// Under an exclusive hold none of this applies: the exclusive holder may touch anything.
+extension VolumeCore {
+    var holdsShared: Bool { metadataLock?.held == .shared }
+
+    /// Takes directory `d`'s lock for reading (shared read-only) or for changing it
+    /// (exclusive), unless this hold has it already. When another host held the lock since
+    /// this one let go of it, cached metadata is dropped.
+    func lockDirectory(_ d: UInt32, forWriting: Bool) throws(FSError) {
+        guard holdsShared, let recovery = metadataLock?.recovery else { return }
+        let mode: FileLockMode = forWriting ? .exclusive : .sharedReadOnly
+        if let have = heldDirectories[d], have == .exclusive || mode == .sharedReadOnly { return }
+        guard d > 0, UInt64(d) < header.inodes.count else { throw FSError(.notFound) }
+        let offset = inodeOffset(d)
+        let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
+        if store.isInTransaction(offset) {
+            // Made by this hold: nobody else can reach it before this host lets go.
+            let ino = try modifyInode(d)
+            guard ino.type == .directory else { throw FSError(.notDirectory) }
+            var lock = try InodeLock.decode(ino, at: offset)
+            lock.holders = [me]
+            lock.record = LockRecord(mode: mode.record, ownerSlot: me.slot, ownerClaim: me.claim,
+                                     lockGeneration: lock.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
+                                     acquired: wallClockNanoseconds())
+            lock.encode(into: ino)
+            heldDirectories[d] = mode
+            return
+        }
+        for _ in 0..<8 {
+            let current = try store.readFresh(offset, .inode)
+            let ino = InodeRecord(buffer: current)
+            if let problem = ino.problem(expectedNumber: d) { throw .corrupt(RecordKind.inode.name, at: offset, problem) }
+            guard ino.type == .directory else { throw FSError(ino.type == .free ? .notFound : .notDirectory) }
+            let lock = try InodeLock.decode(ino, at: offset)
+            let (live, blocker, recovered) = try liveHolders(of: lock, except: me)
+            // Recovering a dead holder replays its journal, which may have rewritten this inode.
+            if recovered { continue }
+            if let blocker, mode == .exclusive || lock.record.mode != .sharedReadOnly || live.count >= InodeLock.maxSharedHolders {
+                throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)"))
+            }
+            if releasedDirectoryGenerations[d] != lock.record.lockGeneration { dropCache() }
+            var next = lock
+            next.holders = live + [me]
+            next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
+                                     lockGeneration: lock.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
+                                     acquired: wallClockNanoseconds())
+            if try compareAndWriteInode(offset, expected: current, next) {
+                heldDirectories[d] = mode
+                return
+            }
+            metadataLock?.noteLostRace()
+        }
+        throw FSError(.lockConflict("directory inode \(d)'s lock kept changing"))
+    }
+
+    /// The holders of an inode lock other than `me` that hold it as far as this host can tell,
+    /// the first of them as a `LockHolder`, and whether a dead one was recovered on the way.
+    func liveHolders(of lock: InodeLock, except me: LockOwner) throws(FSError) -> (live: [LockOwner], blocker: LockHolder?, recovered: Bool) {
+        guard let recovery = metadataLock?.recovery else { return ([], nil, false) }
+        var live: [LockOwner] = []
+        var blocker: LockHolder?
+        var recovered = false
+        let before = recovery.recoveredSlots.count
+        for h in lock.holders where h != me {
+            switch try recovery.holder(slot: h.slot, claim: h.claim) {
+            case .nobody, .me, .stale: continue
+            case let other:
+                live.append(h)
+                if blocker == nil { blocker = other }
+            }
+        }
+        recovered = recovery.recoveredSlots.count != before
+        return (live, blocker, recovered)
+    }
+
+    /// Writes `lock` into the inode at `offset` by compare-and-write against `expected`, the
+    /// image on disk; false when another host changed the sector first.
+    func compareAndWriteInode(_ offset: UInt64, expected: IOBuffer, _ lock: InodeLock) throws(FSError) -> Bool {
+        let next = expected.clone()
+        lock.encode(into: InodeRecord(buffer: next))
+        next.seal(.inode, at: offset, generation: expected.recordGeneration &+ 1)
+        guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: offset) }).isWritten else {
+            store.forget(offset)
+            return false
+        }
+        store.installWritten(offset, next)
+        return true
+    }
+
+    /// One resource of `kind` from the clusters this shared hold has taken, taking one more
+    /// when they are full.
+    func allocateShared(_ kind: ResourceKind) throws(FSError) -> UInt64 {
+        for c in heldClusters[kind] ?? [] {
+            let cluster = try clusterHeader(kind, c, forWriting: false)
+            if cluster.freeCount > 0, let bit = cluster.firstFree(from: 0) { return try take(kind, c, bit) }
+        }
+        let c = try takeCluster(kind)
+        let cluster = try clusterHeader(kind, c, forWriting: false)
+        guard let bit = cluster.firstFree(from: 0) else {
+            throw .corrupt(RecordKind.cluster.name, at: header.area(kind).clusterOffset(c), "counts free resources but its bitmap has none")
+        }
+        return try take(kind, c, bit)
+    }
+
+    private func take(_ kind: ResourceKind, _ c: Int, _ bit: Int) throws(FSError) -> UInt64 {
+        let cluster = try clusterHeader(kind, c, forWriting: true)
+        cluster.setUsed(bit, true)
+        cluster.freeCount -= 1
+        return cluster.firstResource + UInt64(bit)
+    }
+
+    /// Takes the lock of a cluster of `kind` with free resources that no live host holds,
+    /// looking from where this host last allocated (its own corner of the area at first).
+    private func takeCluster(_ kind: ResourceKind) throws(FSError) -> Int {
+        guard let recovery = metadataLock?.recovery else { throw FSError(.readOnly) }
+        let area = header.area(kind)
+        let clusters = area.clusterCount
+        let start = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters
+        let held = Set(heldClusters[kind] ?? [])
+        var attempt = 0
+        var i = 0
+        while i < clusters {
+            let c = (start + i) % clusters
+            i += 1
+            if held.contains(c) { continue }
+            let offset = area.clusterOffset(c)
+            let current = try store.readFresh(offset, .cluster)
+            let cluster = ClusterHeader(buffer: current)
+            if let problem = cluster.geometryProblem(area: area, cluster: c) { throw .corrupt(RecordKind.cluster.name, at: offset, problem) }
+            guard cluster.freeCount > 0 else { continue }
+            guard let lock = LockRecord.decode(current, at: ClusterHeader.lockOffset) else {
+                throw .corrupt(RecordKind.cluster.name, at: offset, "unknown lock mode")
+            }
+            let before = recovery.recoveredSlots.count
+            switch try recovery.holder(of: lock) {
+            case .nobody, .me, .stale: break
+            case .held, .recovering: continue
+            }
+            // A recovered holder's journal may have rewritten this header: look again.
+            if recovery.recoveredSlots.count != before { i -= 1; continue }
+            let next = current.clone()
+            LockRecord(mode: .exclusive, ownerSlot: recovery.me.index, ownerClaim: recovery.me.claim,
+                       lockGeneration: lock.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
+                       acquired: wallClockNanoseconds()).encode(into: next, at: ClusterHeader.lockOffset)
+            next.seal(.cluster, at: offset, generation: current.recordGeneration &+ 1)
+            if try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten {
+                store.installWritten(offset, next)
+                heldClusters[kind, default: []].append(c)
+                cursors.cluster[kind] = c
+                return c
+            }
+            store.forget(offset)
+            metadataLock?.noteLostRace()
+            attempt += 1
+            if attempt < 8 { i -= 1 }
+        }
+        throw FSError(.lockConflict("no free \(kind) cluster that no other host holds"))
+    }
+
+    /// Frees the directory and cluster locks of a shared hold; the caller has committed and
+    /// checkpointed, so what they guard is in place.
+    func releaseFinerLocks() throws(FSError) {
+        guard let recovery = metadataLock?.recovery else { return }
+        let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
+        for d in heldDirectories.keys.sorted() {
+            let offset = inodeOffset(d)
+            var freed = false
+            for _ in 0..<1000 where !freed {
+                let current = try store.readFresh(offset, .inode)
+                var lock = try InodeLock.decode(InodeRecord(buffer: current), at: offset)
+                guard lock.holders.contains(me) else { freed = true; break }
+                lock.holders.removeAll { $0 == me }
+                let generation = lock.record.lockGeneration &+ 1
+                if lock.holders.isEmpty {
+                    lock.record = LockRecord.free
+                } else {
+                    lock.record.ownerSlot = lock.holders[0].slot
+                    lock.record.ownerClaim = lock.holders[0].claim
+                }
+                lock.record.lockGeneration = generation
+                if try compareAndWriteInode(offset, expected: current, lock) {
+                    releasedDirectoryGenerations[d] = generation
+                    freed = true
+                } else {
+                    metadataLock?.noteLostRace()
+                }
+            }
+            if !freed { throw FSError(.busy("could not free this host's lock on directory inode \(d): its record kept changing")) }
+        }
+        heldDirectories.removeAll()
+        for (kind, clusters) in heldClusters {
+            let area = header.area(kind)
+            for c in clusters {
+                let offset = area.clusterOffset(c)
+                let current = try store.readFresh(offset, .cluster)
+                guard let lock = LockRecord.decode(current, at: ClusterHeader.lockOffset),
+                      lock.ownerSlot == me.slot, lock.ownerClaim == me.claim else { continue }
+                var free = LockRecord.free
+                free.lockGeneration = lock.lockGeneration &+ 1
+                let next = current.clone()
+                free.encode(into: next, at: ClusterHeader.lockOffset)
+                next.seal(.cluster, at: offset, generation: current.recordGeneration &+ 1)
+                // Nobody else writes a cluster header whose lock we hold.
+                guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten else {
+                    store.forget(offset)
+                    throw FSError(.busy("cluster header at byte \(offset) changed on disk while this host held its lock"))
+                }
+                store.installWritten(offset, next)
+            }
+        }
+        heldClusters.removeAll()
+    }
+}
