@@ -127,7 +127,7 @@ public final class Volume: @unchecked Sendable {
             let now = monotonicSeconds()
             do throws(FSError) {
                 if metadataLock.sweepDue(now: now) { try core.sweepDeadHosts() }
-                guard try metadataLock.releaseDue(now: now) else { return }
+                guard metadataLock.releaseDue(now: now) else { return }
                 try core.leaveMetadata()
                 lastCommit.withLock { $0 = monotonicSeconds() }
             } catch {

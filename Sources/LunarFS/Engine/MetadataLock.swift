@@ -117,12 +117,12 @@ final class MetadataLock {
 
     /// Whether the lingering lock is due to go back: idle long enough, or held long enough
     /// that others may be waiting.
-    func releaseDue(now: Double) throws(FSError) -> Bool {
+    func releaseDue(now: Double) -> Bool {
         guard let held else { return false }
         if now - lastUse >= linger || now - heldSince >= maxHold { return true }
-        // A shared hold goes back at once when a host waits to take the lock exclusive.
-        guard held == .shared else { return false }
-        let (_, state) = try VolumeCore.readLockState(recovery.storage, recovery.header)
+        // A shared hold goes back at once when a host waits to take the lock exclusive. (A
+        // failed look is no reason to let go: the next one, or the hold's end, will do.)
+        guard held == .shared, let (_, state) = try? VolumeCore.readLockState(recovery.storage, recovery.header) else { return false }
         if let waiter = state.waiter, waiter != me { return true }
         return false
     }
