@@ -13,6 +13,52 @@ struct SharedVolumeTests {
         try Volume.open(path: t.path, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 0.2))
     }
 
+    /// A host that keeps whatever lock it takes for a minute unless asked for it.
+    static func lingering(_ t: TestVolume, lockTimeout: Double) throws -> Volume {
+        try Volume.open(path: t.path, options: OpenOptions(lockTimeout: lockTimeout, heartbeatInterval: 0.2,
+                                                           metadataLockLinger: 60, metadataLockMaxHold: 60))
+    }
+
+    @Test("hosts creating in directories of their own work at once, each from its own clusters; a call into another's directory runs exclusive once it lets go")
+    func sharedCreates() throws {
+        let t = try TestVolume()
+        // A 2 s lock timeout: a host that had to wait for the other's minute-long hold fails.
+        let a = try Self.lingering(t, lockTimeout: 2), b = try Self.lingering(t, lockTimeout: 2)
+        try a.mkdir("/a")
+        try a.relinquishMetadataLock()
+        try b.mkdir("/b")
+        try b.relinquishMetadataLock()
+        for i in 0..<40 {
+            _ = try a.create("/a/\(i)", exclusive: true)
+            _ = try b.create("/b/\(i)", exclusive: true)
+        }
+        let sa = try #require(a.metadataLockStatistics), sb = try #require(b.metadataLockStatistics)
+        #expect(sa.retriedExclusive == 0 && sb.retriedExclusive == 0)
+        #expect(sa.waitedSeconds < 1 && sb.waitedSeconds < 1, "\(sa.waitedSeconds) s, \(sb.waitedSeconds) s")
+        let perCluster = UInt64(a.header.inodes.perCluster)
+        var clustersA = Set<UInt64>(), clustersB = Set<UInt64>()
+        for i in 0..<40 {
+            clustersA.insert(UInt64(try a.stat("/a/\(i)").inode) / perCluster)
+            clustersB.insert(UInt64(try b.stat("/b/\(i)").inode) / perCluster)
+        }
+        #expect(clustersA.isDisjoint(with: clustersB), "inode clusters \(clustersA) and \(clustersB)")
+
+        // b into a's directory: a holds it exclusive, so b's call runs exclusive, and a lets go
+        // of its minute-long hold within milliseconds of seeing b wait.
+        let start = monotonicSeconds()
+        #expect(try b.list("/a").count == 40)
+        _ = try b.create("/a/from-b", exclusive: true)
+        #expect(monotonicSeconds() - start < 1.5)
+        #expect(try #require(b.metadataLockStatistics).retriedExclusive >= 1)
+        #expect(try a.stat("/a/from-b").type == .file)
+        #expect(try a.list("/b").count == 40)
+        try a.close()
+        try b.close()
+        let v = try t.open()
+        #expect(try v.check().isClean)
+        try v.close()
+    }
+
     @Test("two hosts see each other's creates, writes, renames and removes")
     func coherence() throws {
         let t = try TestVolume()
