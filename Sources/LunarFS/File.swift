@@ -31,6 +31,11 @@ public final class File: Sendable {
         if lockMode != nil { try volume.releaseFileLock(inode) }
     }
 
+    /// A handle that holds its file exclusive works under the shared metadata lock: the file
+    /// lock keeps every other host off the file's inode and map, and allocation comes from
+    /// this host's own clusters. Other handles need the metadata lock exclusive.
+    private var access: MetadataAccess { lockMode == .exclusive ? .shared : .exclusive }
+
     private func checked(_ core: VolumeCore) throws(FSError) -> UInt32 {
         guard !closed.load(ordering: .relaxed) else { throw FSError(.invalidArgument("file handle is closed")) }
         guard let ino = try? core.inode(inode), ino.reuseGeneration == reuseGeneration else {
@@ -49,12 +54,12 @@ public final class File: Sendable {
     }
 
     public func stat() throws(FSError) -> FileInfo {
-        try volume.locked(path) { (core) throws(FSError) -> FileInfo in try core.info(try checked(core)) }
+        try volume.locked(path, access: access) { (core) throws(FSError) -> FileInfo in try core.info(try checked(core)) }
     }
 
     /// Reads up to `buffer.count` bytes at `offset`; returns the count (short at end of file).
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(FSError) -> Int {
-        try volume.locked(path) { (core) throws(FSError) -> Int in try core.read(try checked(core), at: offset, into: buffer) }
+        try volume.locked(path, access: access) { (core) throws(FSError) -> Int in try core.read(try checked(core), at: offset, into: buffer) }
     }
 
     public func read(into buffer: IOBuffer, at offset: UInt64) throws(FSError) -> Int {
@@ -69,7 +74,7 @@ public final class File: Sendable {
     }
 
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.write(try writable(core), at: offset, from: data) }
+        try volume.change(path, access: access) { (core) throws(FSError) -> Void in try core.write(try writable(core), at: offset, from: data) }
     }
 
     public func write(_ buffer: IOBuffer, at offset: UInt64, count: Int? = nil) throws(FSError) {
@@ -84,24 +89,24 @@ public final class File: Sendable {
     public func flush() throws(FSError) { try volume.sync() }
 
     public func truncate(to size: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.truncate(try writable(core), to: size) }
+        try volume.change(path, access: access) { (core) throws(FSError) -> Void in try core.truncate(try writable(core), to: size) }
     }
 
     /// Makes the range read as zeros and frees the whole blocks inside it.
     public func discard(at offset: UInt64, length: UInt64) throws(FSError) {
-        try volume.change(path) { (core) throws(FSError) -> Void in try core.discard(try writable(core), at: offset, length: length) }
+        try volume.change(path, access: access) { (core) throws(FSError) -> Void in try core.discard(try writable(core), at: offset, length: length) }
     }
 
     /// Byte ranges that hold data; the rest of the file is holes.
     public func allocatedRanges() throws(FSError) -> [Range<UInt64>] {
-        try volume.locked(path) { (core) throws(FSError) -> [Range<UInt64>] in try core.allocatedRanges(try checked(core)) }
+        try volume.locked(path, access: access) { (core) throws(FSError) -> [Range<UInt64>] in try core.allocatedRanges(try checked(core)) }
     }
 
     /// Where `range` lives on the volume's device: pieces of the file range with their device
     /// offset, nil for holes. Valid until the file's map changes (a write into a hole,
     /// truncate, discard): for hot paths that drive their own `IOQueue`.
     public func extents(_ range: Range<UInt64>) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?)] {
-        try volume.locked(path) { (core) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?)] in
+        try volume.locked(path, access: access) { (core) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?)] in
             try core.extents(try checked(core), range).map { (range: $0.0, deviceOffset: $0.1) }
         }
     }

@@ -286,7 +286,12 @@ public final class Volume: @unchecked Sendable {
     // MARK: the tree
 
     public func stat(_ path: String) throws(FSError) -> FileInfo {
-        try locked(path, access: .shared) { (core) throws(FSError) -> FileInfo in try core.info(try core.resolve(path)) }
+        try locked(path, access: .shared) { (core) throws(FSError) -> FileInfo in
+            let n = try core.resolve(path)
+            // Under a shared hold, a file another host holds may have changed since cached.
+            if core.holdsShared, core.fileLocks[n]?.mode != .exclusive { core.store.forget(core.inodeOffset(n)) }
+            return try core.info(n)
+        }
     }
 
     public func exists(_ path: String) throws(FSError) -> Bool {

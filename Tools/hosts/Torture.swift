@@ -10,6 +10,10 @@ import LunarTesting
 /// killed at any instant leaves at most one operation in doubt; a restarted host settles that
 /// one against the volume (`D` it happened, `X` it did not, `U` cannot tell: a counter
 /// increment) and fails (`F`) when the volume matches neither outcome.
+///
+/// With `LUNAR_TORTURE_TRACE=FILE`, every host also appends to FILE the counter value it is
+/// about to write (`R pid value time`) and each acknowledged increment (`A pid time`): a
+/// value read below one acknowledged earlier pins down when a lost update happened.
 enum TortureOp: Equatable {
     case create(String)
     case write(String, offset: Int, length: Int, seed: UInt64)
@@ -242,6 +246,10 @@ enum Torture {
             try perform(op, volume: volume, directory: directory)
             try volume.sync()
             record("D \(id)")
+            if case .increment = op, let trace = ProcessInfo.processInfo.environment["LUNAR_TORTURE_TRACE"] {
+                let line = "A \(getpid()) \(monotonicSeconds())\n"
+                if let h = FileHandle(forWritingAtPath: trace) { h.seekToEndOfFile(); h.write(Data(line.utf8)); try? h.close() }
+            }
             oracle.apply(op)
             id += 1
         }
@@ -272,6 +280,10 @@ enum Torture {
             // increments acknowledged.
             let file = try volume.openFile(counterPath, wait: 120)
             let value = try readCounter(file) + 1
+            if let trace = ProcessInfo.processInfo.environment["LUNAR_TORTURE_TRACE"] {
+                let line = "R \(getpid()) \(value) \(monotonicSeconds())\n"
+                if let h = FileHandle(forWritingAtPath: trace) { h.seekToEndOfFile(); h.write(Data(line.utf8)); try? h.close() }
+            }
             try file.write((0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }, at: 0)
             try file.close()
         }

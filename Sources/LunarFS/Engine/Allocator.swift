@@ -42,6 +42,14 @@ extension VolumeCore {
         throw FSError(.noSpace(resource: kind.description))
     }
 
+    /// Frees a resource when the running transaction commits. Under a shared hold its cluster
+    /// must be this host's: the cluster's lock is taken first (`lockConflict` when another live
+    /// host holds it, and the call runs again exclusive).
+    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) throws(FSError) {
+        if holdsShared { try holdCluster(of: kind, index) }
+        store.freeAtCommit(kind, index)
+    }
+
     /// Bitmap changes for resources freed by the transaction being committed.
     func applyFrees(_ frees: [(ResourceKind, UInt64)]) throws(FSError) {
         for (kind, index) in frees {

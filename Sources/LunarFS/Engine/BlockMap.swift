@@ -210,12 +210,12 @@ extension VolumeCore {
             let base = UInt64(i) * span
             if base + span <= from { continue }
             if h == 0 {
-                store.freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e))
                 let m = try modifyInode(n)
                 m.setRootEntry(i, 0)
                 m.allocatedUnits -= 1
             } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind) {
-                store.freeAtCommit(.pointerBlock, UInt64(e))
+                try freeAtCommit(.pointerBlock, UInt64(e))
                 try modifyInode(n).setRootEntry(i, 0)
             }
             try store.commitIfLarge()
@@ -235,11 +235,11 @@ extension VolumeCore {
             let lo = base + UInt64(i) * child
             if lo + child <= from { empty = false; continue }
             if level == 1 {
-                store.freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
                 try modifyInode(n).allocatedUnits -= 1
             } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind) {
-                store.freeAtCommit(.pointerBlock, UInt64(e))
+                try freeAtCommit(.pointerBlock, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
             } else {
                 empty = false

@@ -160,9 +160,9 @@ extension VolumeCore {
                 let bounce = IOBuffer(count: Int(Self.smallFileLimit))
                 try io { () throws(IOError) in try storage.readBlocking(into: bounce, at: header.smallBlocks.offset(of: UInt64(unit))) }
                 old = Array(bounce.bytes[0..<old.count])
-                store.freeAtCommit(.smallBlock, UInt64(unit))
+                try freeAtCommit(.smallBlock, UInt64(unit))
             } else if unit != 0 {
-                store.freeAtCommit(.smallBlock, UInt64(unit))
+                try freeAtCommit(.smallBlock, UInt64(unit))
             }
             let m = try modifyInode(n)
             m.clearBody()
@@ -267,7 +267,7 @@ extension VolumeCore {
             if mapped != 0 {
                 if count == unit {
                     try setUnit(n, u, 0)
-                    store.freeAtCommit(kind, UInt64(mapped))
+                    try freeAtCommit(kind, UInt64(mapped))
                     try store.commitIfLarge()
                 } else {
                     try zeroBytes(at: area.offset(of: UInt64(mapped)) + within, count: count)

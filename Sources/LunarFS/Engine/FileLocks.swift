@@ -85,25 +85,39 @@ extension VolumeCore {
             fileLocks[n] = held
             return nil
         }
+        // Closed during this hold and not yet let go of on disk: taken again below (a rewrite
+        // of our own entry), so the hold's end does not free it.
+        deferredFileUnlocks.remove(n)
         guard let recovery = metadataLock?.recovery else { return nil }
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
-        // Judge the other holders first: recovering a dead one replays its journal, which may
-        // rewrite this very inode.
-        let before = try InodeLock.decode(try lockedInode(n), at: inodeOffset(n))
-        let (live, blocker, _) = try liveHolders(of: before, except: me)
-        let current = try InodeLock.decode(try lockedInode(n), at: inodeOffset(n))
-        if let blocker {
-            let sharing = mode != .exclusive && current.record.mode == mode.record && live.count < InodeLock.maxSharedHolders
-            if !sharing { return blocker }
+        let offset = inodeOffset(n)
+        // The holders are judged, and the new lock computed, from the very image the
+        // compare-and-write expects: under a shared hold other hosts change it meanwhile.
+        for _ in 0..<8 {
+            let image = try lockedInode(n)
+            let current = try InodeLock.decode(image, at: offset)
+            let (live, blocker, recovered) = try liveHolders(of: current, except: me)
+            // Recovering a dead holder replays its journal, which may rewrite this very inode.
+            if recovered { continue }
+            if let blocker {
+                let sharing = mode != .exclusive && current.record.mode == mode.record && live.count < InodeLock.maxSharedHolders
+                if !sharing { return blocker }
+            }
+            // Under a shared hold, another host may have written the file since it was cached.
+            if holdsShared, !store.isInTransaction(offset), releasedLockGenerations[n] != current.record.lockGeneration {
+                dropCache()
+            }
+            var next = current
+            next.holders = live + [me]
+            next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
+                                     lockGeneration: current.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
+                                     acquired: wallClockNanoseconds())
+            if try writeLock(n, next, expected: image) {
+                fileLocks[n] = HeldFileLock(mode: mode, handles: (fileLocks[n]?.handles ?? 0) + 1)
+                return nil
+            }
         }
-        var next = current
-        next.holders = live + [me]
-        next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
-                                 lockGeneration: current.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
-                                 acquired: wallClockNanoseconds())
-        try writeLock(n, next)
-        fileLocks[n] = HeldFileLock(mode: mode, handles: (fileLocks[n]?.handles ?? 0) + 1)
-        return nil
+        throw lockKeptChanging(n)
     }
 
     /// Drops one handle's hold on inode `n`; the last one frees this host's lock.
@@ -114,33 +128,47 @@ extension VolumeCore {
             fileLocks[n] = held
             return
         }
-        guard let recovery = metadataLock?.recovery else {
+        // Under a shared hold, what this host changed of the file may still be in its journal:
+        // the lock goes back only after the checkpoint, when the hold ends (locking.md R6).
+        // A file made by this hold is the exception: nobody can reach it before then anyway.
+        if holdsShared, !createdInHold.contains(n) {
+            deferredFileUnlocks.insert(n)
             fileLocks[n] = nil
             return
         }
-        // Forgotten only once freed on disk: a call retried after a lost race frees it then.
-        let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
-        // Removed (or removed and reused) since: nothing of ours is left in it.
-        guard let ino = try? lockedInode(n) else {
-            fileLocks[n] = nil
-            return
-        }
-        var next = try InodeLock.decode(ino, at: inodeOffset(n))
-        guard next.holders.contains(me) else {
-            fileLocks[n] = nil
-            return
-        }
-        next.holders.removeAll { $0 == me }
-        if next.holders.isEmpty {
-            next.record = LockRecord.free
-            next.record.lockGeneration = (try InodeLock.decode(ino, at: inodeOffset(n))).record.lockGeneration &+ 1
-        } else {
-            next.record.ownerSlot = next.holders[0].slot
-            next.record.ownerClaim = next.holders[0].claim
-            next.record.lockGeneration &+= 1
-        }
-        try writeLock(n, next)
+        try freeFileLock(n)
         fileLocks[n] = nil
+    }
+
+    /// Takes this host out of inode `n`'s lock on disk. (Forgotten by the caller only once
+    /// done: a call retried after a lost race frees it then.)
+    func freeFileLock(_ n: UInt32) throws(FSError) {
+        guard let recovery = metadataLock?.recovery else { return }
+        let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
+        for _ in 0..<1000 {
+            // Removed (or removed and reused) since: nothing of ours is left in it.
+            guard let image = try? lockedInode(n) else { return }
+            var next = try InodeLock.decode(image, at: inodeOffset(n))
+            guard next.holders.contains(me) else { return }
+            next.holders.removeAll { $0 == me }
+            let generation = next.record.lockGeneration &+ 1
+            if next.holders.isEmpty {
+                next.record = LockRecord.free
+            } else {
+                next.record.ownerSlot = next.holders[0].slot
+                next.record.ownerClaim = next.holders[0].claim
+            }
+            next.record.lockGeneration = generation
+            if try writeLock(n, next, expected: image) {
+                releasedLockGenerations[n] = generation
+                return
+            }
+        }
+        throw lockKeptChanging(n)
+    }
+
+    private func lockKeptChanging(_ n: UInt32) -> FSError {
+        holdsShared ? FSError(.lockConflict("inode \(n)'s lock kept changing")) : FSError(.busy("inode \(n)'s lock kept changing on disk; retry"))
     }
 
     /// Another live host holding inode `n` open, if any (removal and replacement refuse then).
@@ -168,21 +196,17 @@ extension VolumeCore {
         return ino
     }
 
-    private func writeLock(_ n: UInt32, _ lock: InodeLock) throws(FSError) {
+    /// Writes `lock` into inode `n`: inside the running transaction when the inode is part of
+    /// it, else by compare-and-write against `expected` (the image the lock was computed from).
+    /// False when another host changed the sector first.
+    private func writeLock(_ n: UInt32, _ lock: InodeLock, expected: InodeRecord) throws(FSError) -> Bool {
         let offset = inodeOffset(n)
         if store.isInTransaction(offset) {
             lock.encode(into: try modifyInode(n))
-            return
+            return true
         }
-        let current = try store.read(offset, .inode)
-        guard try compareAndWriteInode(offset, expected: current, lock) else {
-            if holdsShared {
-                metadataLock?.noteLostRace()
-                throw FSError(.lockConflict("inode \(n)'s lock changed while this host was taking it"))
-            }
-            // Under an exclusive hold nobody else writes this sector: what we cached is not on
-            // disk. The caller may retry.
-            throw FSError(.busy("inode \(n) changed on disk under the metadata lock; retry"))
-        }
+        if try compareAndWriteInode(offset, expected: expected.buffer, lock) { return true }
+        metadataLock?.noteLostRace()
+        return false
     }
 }

@@ -4,10 +4,12 @@ import LunarIO
 /// How a call works on metadata under the metadata lock.
 enum MetadataAccess: Equatable {
     /// With other hosts at once, touching only what it holds a finer lock on: directories it
-    /// locked, resource clusters it took, files it has open (creating files and directories,
-    /// looking up, opening and closing). Never frees a resource.
+    /// locked, resource clusters it took (to allocate from or free into), files it holds
+    /// exclusive (creating files and directories, looking up, opening and closing, and
+    /// writing, truncating and discarding a file held exclusive).
     case shared
-    /// Alone: anything (writes, truncates, removes, renames, recovery, fsck).
+    /// Alone: anything (removes, renames, writes through handles that do not hold their file
+    /// exclusive, fsck).
     case exclusive
 }
 
@@ -94,9 +96,12 @@ final class MetadataLock {
     /// A compare-and-write of a finer lock found its sector changed since it was read.
     func noteLostRace() { statistics.lostRaces += 1 }
 
-    /// The cache was dropped: what it holds from now on was read under the lock.
+    /// The cache was dropped. Under an exclusive hold what it holds from now on is current for
+    /// as long as nobody else writes the lock record. Under a shared hold it is not: the other
+    /// shared holders go on changing what they hold, and one that dies never writes the record
+    /// again to say so (its recovery writes no lock record either).
     func cacheDropped(counted: Bool) {
-        othersSinceDrop = false
+        if held == .exclusive { othersSinceDrop = false }
         if counted { statistics.cacheDrops += 1 }
     }
 
@@ -398,13 +403,12 @@ extension VolumeCore {
         if access == .exclusive, metadataLock.held == .shared { try leaveMetadata() }
         if access == .shared, metadataLock.held == .exclusive, metadataLock.contended { try leaveMetadata() }
         if try !metadataLock.acquire(access) { dropCache() }
-        store.refusesFrees = metadataLock.held == .shared
     }
 
     /// Forgets every cached sector (the running transaction stays).
     func dropCache() {
         let had = store.dropCache()
-        releasedDirectoryGenerations.removeAll()
+        releasedLockGenerations.removeAll()
         metadataLock?.cacheDropped(counted: had)
     }
 
@@ -416,12 +420,13 @@ extension VolumeCore {
             metadataLock.abandon()
             heldDirectories.removeAll()
             heldClusters.removeAll()
+            deferredFileUnlocks.removeAll()
+            createdInHold.removeAll()
             return
         }
         try store.commit()
         try store.checkpoint()
         try releaseFinerLocks()
         try metadataLock.release()
-        store.refusesFrees = false
     }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import LunarIO
 
 /// The metadata sectors a volume has in memory, and the running transaction.
@@ -37,9 +38,6 @@ final class MetadataStore {
     var applyFrees: (([(ResourceKind, UInt64)]) throws(FSError) -> Void)?
     /// Called after a durable commit with the data units freed by it, to hand the space back.
     var releaseFreedSpace: (([(ResourceKind, UInt64)]) -> Void)?
-    /// Set under a shared hold of the metadata lock, which may not free resources: an
-    /// operation that would is undone and fails with `lockConflict` (and is retried exclusive).
-    var refusesFrees = false
     /// Set when a commit failed half-way: the volume refuses further changes until reopened.
     private(set) var failure: FSError?
 
@@ -71,10 +69,28 @@ final class MetadataStore {
             if b.load(RecordHeader.magicOffset, as: UInt32.self) != kind.rawValue { try b.verify(kind, at: offset) }
             return b
         }
-        let b = try readSector(offset)
-        try b.verify(kind, at: offset)
+        let b = try readVerified(offset, kind)
         remember(offset, b)
         return b
+    }
+
+    /// The sector from disk, verified. A sector another host is writing in place right now
+    /// (one this host holds no lock on: a directory looked at for its type, a file's inode
+    /// for stat) may be read half old, half new from an image file; such a read fails its
+    /// checksum and is read again before it counts as damage.
+    private func readVerified(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+        var attempt = 0
+        while true {
+            let b = try readSector(offset)
+            do throws(FSError) {
+                try b.verify(kind, at: offset)
+                return b
+            } catch {
+                attempt += 1
+                guard attempt < 3, case .corrupt = error.kind else { throw error }
+                usleep(1_000)
+            }
+        }
     }
 
     /// The `kind` record at `offset` as on disk now, verified and cached: for a sector other
@@ -85,8 +101,7 @@ final class MetadataStore {
             guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
             return d.buffer
         }
-        let b = try readSector(offset)
-        try b.verify(kind, at: offset)
+        let b = try readVerified(offset, kind)
         if overlay[offset] == nil { remember(offset, b) }
         return b
     }
@@ -189,11 +204,7 @@ final class MetadataStore {
         let freesMark = pendingFrees.count
         defer { undo = nil; undoSeen = [] }
         do throws(FSError) {
-            let result = try body()
-            if refusesFrees && pendingFrees.count > freesMark {
-                throw FSError(.lockConflict("freeing space needs the metadata lock exclusive"))
-            }
-            return result
+            return try body()
         } catch {
             for (offset, previous) in (undo ?? []).reversed() { dirty[offset] = previous }
             if freesMark < pendingFrees.count {

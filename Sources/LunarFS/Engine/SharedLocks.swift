@@ -2,7 +2,8 @@ import LunarIO
 
 /// The finer locks a host takes while it holds the metadata lock shared (locking.md §4): a
 /// directory's lock record (its inode's) before it reads or changes the directory, and a
-/// resource cluster's lock record (its header's) before it allocates from the cluster. Both
+/// resource cluster's lock record (its header's) before it allocates from the cluster or frees
+/// into it. Both
 /// are taken by compare-and-write of the sector read fresh from disk, without waiting: a lock
 /// another live host holds makes the call fail with `lockConflict`, and the volume runs the
 /// call again under the exclusive metadata lock (nobody holds finer locks then). No host waits
@@ -48,7 +49,7 @@ extension VolumeCore {
             if let blocker, mode == .exclusive || lock.record.mode != .sharedReadOnly || live.count >= InodeLock.maxSharedHolders {
                 throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)"))
             }
-            if releasedDirectoryGenerations[d] != lock.record.lockGeneration { dropCache() }
+            if releasedLockGenerations[d] != lock.record.lockGeneration { dropCache() }
             var next = lock
             next.holders = live + [me]
             next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
@@ -122,32 +123,60 @@ extension VolumeCore {
     /// Takes the lock of a cluster of `kind` with free resources that no live host holds,
     /// looking from where this host last allocated (its own corner of the area at first).
     private func takeCluster(_ kind: ResourceKind) throws(FSError) -> Int {
-        guard let recovery = metadataLock?.recovery else { throw FSError(.readOnly) }
-        let area = header.area(kind)
-        let clusters = area.clusterCount
+        let clusters = header.area(kind).clusterCount
         let start = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters
         let held = Set(heldClusters[kind] ?? [])
-        var attempt = 0
-        var i = 0
-        while i < clusters {
+        for i in 0..<clusters {
             let c = (start + i) % clusters
-            i += 1
             if held.contains(c) { continue }
-            let offset = area.clusterOffset(c)
+            if case .taken = try tryTakeCluster(kind, c, needsFree: true) {
+                cursors.cluster[kind] = c
+                return c
+            }
+        }
+        throw FSError(.lockConflict("no free \(kind) cluster that no other host holds"))
+    }
+
+    /// Makes sure this shared hold has the cluster holding resource `index` (to free it):
+    /// `lockConflict` when a live host holds it.
+    func holdCluster(of kind: ResourceKind, _ index: UInt64) throws(FSError) {
+        let area = header.area(kind)
+        guard index > 0, index < area.count else {
+            throw .corrupt(kind.description, at: area.dataOffset, "free of resource \(index) outside the area")
+        }
+        let c = area.cluster(of: index)
+        if heldClusters[kind]?.contains(c) == true { return }
+        switch try tryTakeCluster(kind, c, needsFree: false) {
+        case .taken: return
+        case .held(let holder): throw FSError(.lockConflict("\(kind) cluster \(c) is held by \(holder.description)"))
+        case .full, .changing: throw FSError(.lockConflict("\(kind) cluster \(c)'s lock kept changing"))
+        }
+    }
+
+    private enum ClusterTake { case taken, held(LockHolder), full, changing }
+
+    /// One try at cluster `c`'s lock: read from disk, judge its holder (recovering a dead
+    /// one), compare-and-write it ours.
+    private func tryTakeCluster(_ kind: ResourceKind, _ c: Int, needsFree: Bool) throws(FSError) -> ClusterTake {
+        guard let recovery = metadataLock?.recovery else { throw FSError(.readOnly) }
+        let area = header.area(kind)
+        let offset = area.clusterOffset(c)
+        for _ in 0..<8 {
             let current = try store.readFresh(offset, .cluster)
             let cluster = ClusterHeader(buffer: current)
             if let problem = cluster.geometryProblem(area: area, cluster: c) { throw .corrupt(RecordKind.cluster.name, at: offset, problem) }
-            guard cluster.freeCount > 0 else { continue }
+            if needsFree && cluster.freeCount == 0 { return .full }
             guard let lock = LockRecord.decode(current, at: ClusterHeader.lockOffset) else {
                 throw .corrupt(RecordKind.cluster.name, at: offset, "unknown lock mode")
             }
             let before = recovery.recoveredSlots.count
-            switch try recovery.holder(of: lock) {
+            let holder = try recovery.holder(of: lock)
+            switch holder {
             case .nobody, .me, .stale: break
-            case .held, .recovering: continue
+            case .held, .recovering: return .held(holder)
             }
             // A recovered holder's journal may have rewritten this header: look again.
-            if recovery.recoveredSlots.count != before { i -= 1; continue }
+            if recovery.recoveredSlots.count != before { continue }
             let next = current.clone()
             LockRecord(mode: .exclusive, ownerSlot: recovery.me.index, ownerClaim: recovery.me.claim,
                        lockGeneration: lock.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
@@ -156,22 +185,25 @@ extension VolumeCore {
             if try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten {
                 store.installWritten(offset, next)
                 heldClusters[kind, default: []].append(c)
-                cursors.cluster[kind] = c
-                return c
+                return .taken
             }
             store.forget(offset)
             metadataLock?.noteLostRace()
-            attempt += 1
-            if attempt < 8 { i -= 1 }
         }
-        throw FSError(.lockConflict("no free \(kind) cluster that no other host holds"))
+        return .changing
     }
 
-    /// Frees the directory and cluster locks of a shared hold; the caller has committed and
-    /// checkpointed, so what they guard is in place.
+    /// Frees the file locks closed during a shared hold, and its directory and cluster locks;
+    /// the caller has committed and checkpointed, so what they guard is in place.
     func releaseFinerLocks() throws(FSError) {
         guard let recovery = metadataLock?.recovery else { return }
         let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
+        createdInHold.removeAll()
+        for n in deferredFileUnlocks.sorted() where fileLocks[n] == nil {
+            try freeFileLock(n)
+            deferredFileUnlocks.remove(n)
+        }
+        deferredFileUnlocks.removeAll()
         for d in heldDirectories.keys.sorted() {
             let offset = inodeOffset(d)
             var freed = false
@@ -189,7 +221,7 @@ extension VolumeCore {
                 }
                 lock.record.lockGeneration = generation
                 if try compareAndWriteInode(offset, expected: current, lock) {
-                    releasedDirectoryGenerations[d] = generation
+                    releasedLockGenerations[d] = generation
                     freed = true
                 } else {
                     metadataLock?.noteLostRace()

@@ -16,11 +16,16 @@ final class VolumeCore {
     var fileLocks: [UInt32: HeldFileLock] = [:]
     /// A shared hold's directory locks (read: shared read-only; write: exclusive), by inode.
     var heldDirectories: [UInt32: FileLockMode] = [:]
+    /// Files closed during a shared hold whose on-disk lock goes back when the hold ends.
+    var deferredFileUnlocks: Set<UInt32> = []
+    /// Inodes allocated during the current shared hold.
+    var createdInHold: Set<UInt32> = []
     /// A shared hold's resource clusters, by kind.
     var heldClusters: [ResourceKind: [Int]] = [:]
-    /// The lock generation this host wrote when it last let go of a directory's lock: finding
-    /// it unchanged when taking the lock again means nobody else held it since.
-    var releasedDirectoryGenerations: [UInt32: UInt64] = [:]
+    /// The lock generation this host wrote when it last let go of a directory's or a file's
+    /// lock: finding it unchanged when taking the lock again under a shared hold means nobody
+    /// else held it since, so what is cached of it is current.
+    var releasedLockGenerations: [UInt32: UInt64] = [:]
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 
@@ -74,6 +79,7 @@ final class VolumeCore {
     /// Allocates and initializes an inode.
     func allocateInode(type: InodeRecord.FileType, mode: UInt32, parent: UInt32) throws(FSError) -> InodeRecord {
         let n = UInt32(try allocate(.inode))
+        if holdsShared { createdInHold.insert(n) }
         let offset = inodeOffset(n)
         // A never-used inode sector holds zeros (or a previous volume's bytes): start afresh
         // unless it holds a sound free inode whose reuse generation should carry on.
@@ -99,6 +105,6 @@ final class VolumeCore {
         ino.reuseGeneration = reuse
         ino.number = n
         LockRecord.free.encode(into: ino.buffer, at: InodeRecord.lockOffset)
-        store.freeAtCommit(.inode, UInt64(n))
+        try freeAtCommit(.inode, UInt64(n))
     }
 }
