@@ -35,6 +35,7 @@ extension VolumeCore {
             throw .corrupt(RecordKind.inode.name, at: inodeOffset(owner), "map refers to pointer block \(p), outside its area")
         }
         let offset = pointerOffset(p)
+        if forWriting && holdsShared { modifiedInHold.insert(owner) }
         let b = forWriting ? try store.modify(offset, .pointerBlock) : try store.read(offset, .pointerBlock)
         let pb = PointerBlock(buffer: b)
         guard pb.owner == owner, pb.level == level else {

@@ -85,9 +85,6 @@ extension VolumeCore {
             fileLocks[n] = held
             return nil
         }
-        // Closed during this hold and not yet let go of on disk: taken again below (a rewrite
-        // of our own entry), so the hold's end does not free it.
-        deferredFileUnlocks.remove(n)
         guard let recovery = metadataLock?.recovery else { return nil }
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
         let offset = inodeOffset(n)
@@ -128,13 +125,14 @@ extension VolumeCore {
             fileLocks[n] = held
             return
         }
-        // Under a shared hold, what this host changed of the file may still be in its journal:
-        // the lock goes back only after the checkpoint, when the hold ends (locking.md R6).
-        // A file made by this hold is the exception: nobody can reach it before then anyway.
-        if holdsShared, !createdInHold.contains(n) {
-            deferredFileUnlocks.insert(n)
-            fileLocks[n] = nil
-            return
+        // Under a shared hold, what this host changed of the file may still be in its journal,
+        // and the next holder must not see a replay of it write old images over its work: the
+        // lock goes back after a checkpoint (locking.md R6). A file made by this hold needs
+        // none: nobody can reach it before the hold ends, which checkpoints anyway.
+        if holdsShared, modifiedInHold.contains(n), !createdInHold.contains(n) {
+            try store.commit()
+            try store.checkpoint()
+            modifiedInHold.removeAll()
         }
         try freeFileLock(n)
         fileLocks[n] = nil

@@ -420,7 +420,7 @@ extension VolumeCore {
             metadataLock.abandon()
             heldDirectories.removeAll()
             heldClusters.removeAll()
-            deferredFileUnlocks.removeAll()
+            modifiedInHold.removeAll()
             createdInHold.removeAll()
             return
         }

@@ -193,17 +193,13 @@ extension VolumeCore {
         return .changing
     }
 
-    /// Frees the file locks closed during a shared hold, and its directory and cluster locks;
-    /// the caller has committed and checkpointed, so what they guard is in place.
+    /// Frees the directory and cluster locks of a shared hold; the caller has committed and
+    /// checkpointed, so what they guard is in place.
     func releaseFinerLocks() throws(FSError) {
         guard let recovery = metadataLock?.recovery else { return }
         let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
         createdInHold.removeAll()
-        for n in deferredFileUnlocks.sorted() where fileLocks[n] == nil {
-            try freeFileLock(n)
-            deferredFileUnlocks.remove(n)
-        }
-        deferredFileUnlocks.removeAll()
+        modifiedInHold.removeAll()
         for d in heldDirectories.keys.sorted() {
             let offset = inodeOffset(d)
             var freed = false

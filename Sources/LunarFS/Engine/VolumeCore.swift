@@ -16,8 +16,9 @@ final class VolumeCore {
     var fileLocks: [UInt32: HeldFileLock] = [:]
     /// A shared hold's directory locks (read: shared read-only; write: exclusive), by inode.
     var heldDirectories: [UInt32: FileLockMode] = [:]
-    /// Files closed during a shared hold whose on-disk lock goes back when the hold ends.
-    var deferredFileUnlocks: Set<UInt32> = []
+    /// Inodes whose file this shared hold changed (inode or map) since the journal was last
+    /// emptied: their lock may go back only after a checkpoint.
+    var modifiedInHold: Set<UInt32> = []
     /// Inodes allocated during the current shared hold.
     var createdInHold: Set<UInt32> = []
     /// A shared hold's resource clusters, by kind.
@@ -65,6 +66,7 @@ final class VolumeCore {
     }
 
     func modifyInode(_ n: UInt32) throws(FSError) -> InodeRecord {
+        if holdsShared { modifiedInHold.insert(n) }
         let offset = inodeOffset(n)
         let ino = InodeRecord(buffer: try store.modify(offset, .inode))
         try check(ino, n, offset)
