@@ -65,6 +65,19 @@ struct InodeLock {
     }
 }
 
+/// What identifies an inode lock's state across hosts: the lock generation, which every change
+/// of the lock bumps, and the inode's reuse generation, since a freed and reused inode starts
+/// its lock afresh.
+struct LockStamp: Equatable {
+    var reuse: UInt32
+    var generation: UInt64
+
+    init(_ ino: InodeRecord, _ lock: InodeLock) {
+        reuse = ino.reuseGeneration
+        generation = lock.record.lockGeneration
+    }
+}
+
 /// This process's hold on a file: the mode and how many open handles share it.
 struct HeldFileLock {
     var mode: FileLockMode
@@ -101,7 +114,7 @@ extension VolumeCore {
                 if !sharing { return blocker }
             }
             // Under a shared hold, another host may have written the file since it was cached.
-            if holdsShared, !store.isInTransaction(offset), releasedLockGenerations[n] != current.record.lockGeneration {
+            if holdsShared, !store.isInTransaction(offset), releasedLockGenerations[n] != LockStamp(image, current) {
                 dropCache()
             }
             var next = current
@@ -134,13 +147,13 @@ extension VolumeCore {
             try store.checkpoint()
             modifiedInHold.removeAll()
         }
-        try freeFileLock(n)
+        try freeInodeLock(n)
         fileLocks[n] = nil
     }
 
-    /// Takes this host out of inode `n`'s lock on disk. (Forgotten by the caller only once
+    /// Takes this host out of inode `n`'s lock on disk (a file's, or a directory's). (Forgotten by the caller only once
     /// done: a call retried after a lost race frees it then.)
-    func freeFileLock(_ n: UInt32) throws(FSError) {
+    func freeInodeLock(_ n: UInt32) throws(FSError) {
         guard let recovery = metadataLock?.recovery else { return }
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
         for _ in 0..<1000 {
@@ -158,7 +171,7 @@ extension VolumeCore {
             }
             next.record.lockGeneration = generation
             if try writeLock(n, next, expected: image) {
-                releasedLockGenerations[n] = generation
+                releasedLockGenerations[n] = LockStamp(image, next)
                 return
             }
         }

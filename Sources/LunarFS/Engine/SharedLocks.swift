@@ -49,7 +49,7 @@ extension VolumeCore {
             if let blocker, mode == .exclusive || lock.record.mode != .sharedReadOnly || live.count >= InodeLock.maxSharedHolders {
                 throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)"))
             }
-            if releasedLockGenerations[d] != lock.record.lockGeneration { dropCache() }
+            if releasedLockGenerations[d] != LockStamp(ino, lock) { dropCache() }
             var next = lock
             next.holders = live + [me]
             next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
@@ -200,31 +200,7 @@ extension VolumeCore {
         let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
         createdInHold.removeAll()
         modifiedInHold.removeAll()
-        for d in heldDirectories.keys.sorted() {
-            let offset = inodeOffset(d)
-            var freed = false
-            for _ in 0..<1000 where !freed {
-                let current = try store.readFresh(offset, .inode)
-                var lock = try InodeLock.decode(InodeRecord(buffer: current), at: offset)
-                guard lock.holders.contains(me) else { freed = true; break }
-                lock.holders.removeAll { $0 == me }
-                let generation = lock.record.lockGeneration &+ 1
-                if lock.holders.isEmpty {
-                    lock.record = LockRecord.free
-                } else {
-                    lock.record.ownerSlot = lock.holders[0].slot
-                    lock.record.ownerClaim = lock.holders[0].claim
-                }
-                lock.record.lockGeneration = generation
-                if try compareAndWriteInode(offset, expected: current, lock) {
-                    releasedLockGenerations[d] = generation
-                    freed = true
-                } else {
-                    metadataLock?.noteLostRace()
-                }
-            }
-            if !freed { throw FSError(.busy("could not free this host's lock on directory inode \(d): its record kept changing")) }
-        }
+        for d in heldDirectories.keys.sorted() { try freeInodeLock(d) }
         heldDirectories.removeAll()
         for (kind, clusters) in heldClusters {
             let area = header.area(kind)

@@ -26,7 +26,7 @@ final class VolumeCore {
     /// The lock generation this host wrote when it last let go of a directory's or a file's
     /// lock: finding it unchanged when taking the lock again under a shared hold means nobody
     /// else held it since, so what is cached of it is current.
-    var releasedLockGenerations: [UInt32: UInt64] = [:]
+    var releasedLockGenerations: [UInt32: LockStamp] = [:]
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 
