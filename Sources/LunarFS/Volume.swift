@@ -249,7 +249,9 @@ public final class Volume: @unchecked Sendable {
                 // no sign that the host stopped working on metadata.
                 defer { core.metadataLock?.lastUse = monotonicSeconds() }
                 do throws(FSError) {
-                    return try body(core)
+                    let result = try body(core)
+                    try core.validateReads()
+                    return result
                 } catch {
                     guard access == .shared, case .lockConflict = error.kind else { throw error }
                     core.metadataLock?.noteRetriedExclusive()
@@ -267,7 +269,12 @@ public final class Volume: @unchecked Sendable {
                    _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
         let result = try locked(path, access: access) { (core) throws(FSError) -> T in
             guard !core.isReadOnly else { throw FSError(.readOnly) }
-            return try core.store.operation { () throws(FSError) -> T in try body(core) }
+            // Checked inside the operation, so that a torn read undoes what it led to.
+            return try core.store.operation { () throws(FSError) -> T in
+                let result = try body(core)
+                try core.validateReads()
+                return result
+            }
         }
         let due = lastCommit.withLock { monotonicSeconds() - $0 >= Self.commitInterval }
         if due { try sync() }
@@ -355,7 +362,9 @@ public final class Volume: @unchecked Sendable {
                 n = try core.createNode(in: dir, name: name, type: .regular, mode: mode)
             }
             let reuse = try core.inode(n).reuseGeneration
-            // Last: a lock taken by compare-and-write is not undone if the call fails after it.
+            // Last: a lock taken by compare-and-write is not undone if the call fails after it
+            // (so the directories read are checked first).
+            try core.validateReads()
             let blocker = try lockMode.flatMap { (m) throws(FSError) -> LockHolder? in try core.lockFile(n, m) }
             return (n, reuse, blocker)
         }
@@ -381,6 +390,7 @@ public final class Volume: @unchecked Sendable {
                 let n = try core.resolve(path)
                 let ino = try core.inode(n)
                 guard ino.type == .regular else { throw FSError(.isDirectory) }
+                try core.validateReads()
                 let blocker = try lockMode.flatMap { (m) throws(FSError) -> LockHolder? in try core.lockFile(n, m) }
                 return (n, ino.reuseGeneration, blocker)
             }

@@ -114,7 +114,7 @@ extension VolumeCore {
                 if !sharing { return blocker }
             }
             // Under a shared hold, another host may have written the file since it was cached.
-            if holdsShared, !store.isInTransaction(offset), releasedLockGenerations[n] != LockStamp(image, current) {
+            if holdsShared, !store.isInTransaction(offset), knownStamps[n] != LockStamp(image, current) {
                 dropCache()
             }
             var next = current
@@ -171,7 +171,7 @@ extension VolumeCore {
             }
             next.record.lockGeneration = generation
             if try writeLock(n, next, expected: image) {
-                releasedLockGenerations[n] = LockStamp(image, next)
+                knownStamps[n] = LockStamp(image, next)
                 return
             }
         }

@@ -403,12 +403,13 @@ extension VolumeCore {
         if access == .exclusive, metadataLock.held == .shared { try leaveMetadata() }
         if access == .shared, metadataLock.held == .exclusive, metadataLock.contended { try leaveMetadata() }
         if try !metadataLock.acquire(access) { dropCache() }
+        directoryReads.removeAll()
     }
 
     /// Forgets every cached sector (the running transaction stays).
     func dropCache() {
         let had = store.dropCache()
-        releasedLockGenerations.removeAll()
+        knownStamps.removeAll()
         metadataLock?.cacheDropped(counted: had)
     }
 

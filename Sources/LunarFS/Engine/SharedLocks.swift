@@ -1,9 +1,9 @@
 import LunarIO
 
-/// The finer locks a host takes while it holds the metadata lock shared (locking.md §4): a
-/// directory's lock record (its inode's) before it reads or changes the directory, and a
-/// resource cluster's lock record (its header's) before it allocates from the cluster or frees
-/// into it. Both
+/// The finer locks a host takes while it holds the metadata lock shared (locking.md R8): a
+/// directory's lock record (its inode's) before it changes the directory, and a resource
+/// cluster's lock record (its header's) before it allocates from the cluster or frees into it.
+/// (Directories are read without a lock, checked by their lock's stamp: `lockDirectory`.) Both
 /// are taken by compare-and-write of the sector read fresh from disk, without waiting: a lock
 /// another live host holds makes the call fail with `lockConflict`, and the volume runs the
 /// call again under the exclusive metadata lock (nobody holds finer locks then). No host waits
@@ -14,27 +14,34 @@ import LunarIO
 extension VolumeCore {
     var holdsShared: Bool { metadataLock?.held == .shared }
 
-    /// Takes directory `d`'s lock for reading (shared read-only) or for changing it
-    /// (exclusive), unless this hold has it already. When another host held the lock since
-    /// this one let go of it, cached metadata is dropped.
+    /// Makes directory `d` safe to read (`forWriting` false) or to change in this call.
+    ///
+    /// Changing takes the directory's lock, exclusive, by compare-and-write, kept until the
+    /// hold ends. Reading takes no lock (every host reads the root, and a lock taken by every
+    /// reader would be written at every turn): the host notes the lock's stamp, reads, and
+    /// `validateReads` checks at the end of the call that the stamp has not moved, i.e. that
+    /// no host took the directory to change it meanwhile; if one did, the call runs again
+    /// exclusive. Reading a directory another live host holds fails at once the same way.
+    /// Either way, a stamp other than the one this host last knew drops cached metadata.
     func lockDirectory(_ d: UInt32, forWriting: Bool) throws(FSError) {
         guard holdsShared, let recovery = metadataLock?.recovery else { return }
-        let mode: FileLockMode = forWriting ? .exclusive : .sharedReadOnly
-        if let have = heldDirectories[d], have == .exclusive || mode == .sharedReadOnly { return }
+        if heldDirectories.contains(d) { return }
+        if !forWriting, directoryReads[d] != nil { return }
         guard d > 0, UInt64(d) < header.inodes.count else { throw FSError(.notFound) }
         let offset = inodeOffset(d)
         let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
         if store.isInTransaction(offset) {
-            // Made by this hold: nobody else can reach it before this host lets go.
+            // Made (or changed) by this hold: nobody else can reach it before this host lets go.
+            guard forWriting else { return }
             let ino = try modifyInode(d)
             guard ino.type == .directory else { throw FSError(.notDirectory) }
             var lock = try InodeLock.decode(ino, at: offset)
             lock.holders = [me]
-            lock.record = LockRecord(mode: mode.record, ownerSlot: me.slot, ownerClaim: me.claim,
+            lock.record = LockRecord(mode: .exclusive, ownerSlot: me.slot, ownerClaim: me.claim,
                                      lockGeneration: lock.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
                                      acquired: wallClockNanoseconds())
             lock.encode(into: ino)
-            heldDirectories[d] = mode
+            heldDirectories.insert(d)
             return
         }
         for _ in 0..<8 {
@@ -43,25 +50,49 @@ extension VolumeCore {
             if let problem = ino.problem(expectedNumber: d) { throw .corrupt(RecordKind.inode.name, at: offset, problem) }
             guard ino.type == .directory else { throw FSError(ino.type == .free ? .notFound : .notDirectory) }
             let lock = try InodeLock.decode(ino, at: offset)
-            let (live, blocker, recovered) = try liveHolders(of: lock, except: me)
+            let (_, blocker, recovered) = try liveHolders(of: lock, except: me)
             // Recovering a dead holder replays its journal, which may have rewritten this inode.
             if recovered { continue }
-            if let blocker, mode == .exclusive || lock.record.mode != .sharedReadOnly || live.count >= InodeLock.maxSharedHolders {
-                throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)"))
+            if let blocker { throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)")) }
+            let stamp = LockStamp(ino, lock)
+            if let seen = directoryReads[d], seen != stamp {
+                throw FSError(.lockConflict("directory inode \(d) changed while this call read it"))
             }
-            if releasedLockGenerations[d] != LockStamp(ino, lock) { dropCache() }
+            if knownStamps[d] != stamp { dropCache() }
+            guard forWriting else {
+                knownStamps[d] = stamp
+                directoryReads[d] = stamp
+                return
+            }
             var next = lock
-            next.holders = live + [me]
-            next.record = LockRecord(mode: mode.record, ownerSlot: next.holders[0].slot, ownerClaim: next.holders[0].claim,
+            next.holders = [me]
+            next.record = LockRecord(mode: .exclusive, ownerSlot: me.slot, ownerClaim: me.claim,
                                      lockGeneration: lock.record.lockGeneration &+ 1, ownerHost: recovery.judge.machine,
                                      acquired: wallClockNanoseconds())
             if try compareAndWriteInode(offset, expected: current, next) {
-                heldDirectories[d] = mode
+                heldDirectories.insert(d)
+                directoryReads[d] = nil
                 return
             }
             metadataLock?.noteLostRace()
         }
         throw FSError(.lockConflict("directory inode \(d)'s lock kept changing"))
+    }
+
+    /// The end of a call under a shared hold: every directory it read without a lock must
+    /// still carry the stamp it had (nobody took it to change it meanwhile), or the call's
+    /// view may have been torn and it fails with `lockConflict`, to run again exclusive.
+    func validateReads() throws(FSError) {
+        defer { directoryReads.removeAll() }
+        guard holdsShared else { return }
+        for (d, stamp) in directoryReads {
+            let current = try store.readFresh(inodeOffset(d), .inode)
+            let ino = InodeRecord(buffer: current)
+            guard ino.problem(expectedNumber: d) == nil, let lock = try? InodeLock.decode(ino, at: inodeOffset(d)),
+                  LockStamp(ino, lock) == stamp else {
+                throw FSError(.lockConflict("directory inode \(d) changed while this call read it"))
+            }
+        }
     }
 
     /// The holders of an inode lock other than `me` that hold it as far as this host can tell,
@@ -200,7 +231,7 @@ extension VolumeCore {
         let me = LockOwner(slot: recovery.me.index, claim: recovery.me.claim)
         createdInHold.removeAll()
         modifiedInHold.removeAll()
-        for d in heldDirectories.keys.sorted() { try freeInodeLock(d) }
+        for d in heldDirectories.sorted() { try freeInodeLock(d) }
         heldDirectories.removeAll()
         for (kind, clusters) in heldClusters {
             let area = header.area(kind)

@@ -14,8 +14,10 @@ final class VolumeCore {
     var metadataLock: MetadataLock?
     /// Files this process holds open, by inode.
     var fileLocks: [UInt32: HeldFileLock] = [:]
-    /// A shared hold's directory locks (read: shared read-only; write: exclusive), by inode.
-    var heldDirectories: [UInt32: FileLockMode] = [:]
+    /// A shared hold's directory locks (exclusive), by inode.
+    var heldDirectories: Set<UInt32> = []
+    /// Directories the running call read without a lock, with the lock stamp they had.
+    var directoryReads: [UInt32: LockStamp] = [:]
     /// Inodes whose file this shared hold changed (inode or map) since the journal was last
     /// emptied: their lock may go back only after a checkpoint.
     var modifiedInHold: Set<UInt32> = []
@@ -23,10 +25,10 @@ final class VolumeCore {
     var createdInHold: Set<UInt32> = []
     /// A shared hold's resource clusters, by kind.
     var heldClusters: [ResourceKind: [Int]] = [:]
-    /// The lock generation this host wrote when it last let go of a directory's or a file's
-    /// lock: finding it unchanged when taking the lock again under a shared hold means nobody
-    /// else held it since, so what is cached of it is current.
-    var releasedLockGenerations: [UInt32: LockStamp] = [:]
+    /// The lock stamp under which what this host caches of a directory or a file is known
+    /// current (the one it wrote when it let go of the lock, or saw when it read the
+    /// directory): finding it unchanged under a shared hold means nobody else changed it since.
+    var knownStamps: [UInt32: LockStamp] = [:]
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 
