@@ -406,10 +406,10 @@ extension VolumeCore {
         directoryReads.removeAll()
     }
 
-    /// Forgets every cached sector (the running transaction stays).
+    /// Forgets every cached sector (the running transaction stays). The known lock stamps
+    /// stay: they vouch only for what is cached, and nothing is now.
     func dropCache() {
         let had = store.dropCache()
-        knownStamps.removeAll()
         metadataLock?.cacheDropped(counted: had)
     }
 
