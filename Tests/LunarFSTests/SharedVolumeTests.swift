@@ -59,6 +59,48 @@ struct SharedVolumeTests {
         try v.close()
     }
 
+    @Test("hosts writing thin files they hold work at once; a directory changed while read is read again")
+    func sharedWrites() throws {
+        // 64 GiB (sparse): several clusters of every kind, so each host takes its own.
+        let t = try TestVolume(size: 64 << 30)
+        let a = try Self.lingering(t, lockTimeout: 2), b = try Self.lingering(t, lockTimeout: 2)
+        // Each adds to the root in turn (the root's lock goes back with the hold).
+        let fa = try a.create("/disk-a")
+        try a.relinquishMetadataLock()
+        let fb = try b.create("/disk-b")
+        try b.relinquishMetadataLock()
+        // Allocating writes from both, interleaved, neither letting go of its hold.
+        for i in 0..<16 {
+            try fa.write(bytes(64 << 10, seed: UInt64(i)), at: UInt64(i) << 20)
+            try fb.write(bytes(64 << 10, seed: UInt64(100 + i)), at: UInt64(i) << 20)
+        }
+        try fa.truncate(to: 8 << 20)   // frees blocks into a's own clusters
+        let sa = try #require(a.metadataLockStatistics), sb = try #require(b.metadataLockStatistics)
+        #expect(sa.retriedExclusive == 0 && sb.retriedExclusive == 0)
+        #expect(sa.sharedAcquisitions >= 1 && sb.sharedAcquisitions >= 1)
+        try fa.close()
+        try fb.close()
+        // Closing checkpointed what a changed: b opens a's disk at once and reads it all.
+        let ra = try b.openFile("/disk-a")
+        for i in 0..<8 {
+            #expect(try ra.read(at: UInt64(i) << 20, count: 64 << 10) == bytes(64 << 10, seed: UInt64(i)))
+        }
+        #expect(try ra.size == 8 << 20)
+        try ra.close()
+        // a reads the root while b adds to it: a's next look sees the new name.
+        #expect(try a.list("/").map(\.name) == ["disk-a", "disk-b"])
+        _ = try b.create("/new", exclusive: true)
+        try b.relinquishMetadataLock()
+        #expect(try a.list("/").map(\.name) == ["disk-a", "disk-b", "new"])
+        try a.close()
+        try b.close()
+        let v = try t.open()
+        #expect(try v.check().isClean)
+        let rb = try v.openFile("/disk-b", lock: nil)
+        #expect(try rb.read(at: 15 << 20, count: 64 << 10) == bytes(64 << 10, seed: 115))
+        try v.close()
+    }
+
     @Test("two hosts see each other's creates, writes, renames and removes")
     func coherence() throws {
         let t = try TestVolume()

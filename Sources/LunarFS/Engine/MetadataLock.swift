@@ -51,6 +51,7 @@ final class MetadataLock {
     /// Whether taking the lock meant waiting for another host: then an exclusive hold goes
     /// back as soon as the calls that needed it are done.
     private(set) var contended = false
+    private var knocksWhenTaken: UInt32 = 0
 
     init(recovery: Recovery, options: OpenOptions) {
         self.recovery = recovery
@@ -75,6 +76,7 @@ final class MetadataLock {
         let start = monotonicSeconds()
         let (before, after, waited) = try VolumeCore.takeVolumeLock(recovery, access, timeout: timeout, statistics: &statistics)
         contended = waited
+        knocksWhenTaken = after.knocks
         noteWrite(before: before, after: after)
         held = access
         heldSince = monotonicSeconds()
@@ -127,9 +129,12 @@ final class MetadataLock {
         if now - lastUse >= linger || now - heldSince >= maxHold { return true }
         // A shared hold goes back at once when a host waits to take the lock exclusive. (A
         // failed look is no reason to let go: the next one, or the hold's end, will do.)
-        guard held == .shared, let (_, state) = try? VolumeCore.readLockState(recovery.storage, recovery.header) else { return false }
-        if let waiter = state.waiter, waiter != me { return true }
-        return false
+        // An exclusive hold goes back at once when a host knocked since it was taken.
+        guard let (_, state) = try? VolumeCore.readLockState(recovery.storage, recovery.header) else { return false }
+        switch held {
+        case .shared: return state.waiter.map { $0 != me } ?? false
+        case .exclusive: return state.knocks != knocksWhenTaken
+        }
     }
 
     /// Frees this host's hold; the caller has committed, checkpointed and freed its finer locks.
@@ -281,6 +286,7 @@ extension VolumeCore {
         // Poll fast at first (a lingering holder lets go within milliseconds), then back off.
         var pause: UInt32 = 100
         var waited = false
+        var knocked = false
         while true {
             let (sector, state) = try readLockState(storage, header)
             var blocker: LockHolder?
@@ -312,6 +318,15 @@ extension VolumeCore {
                 if blocker == nil {
                     if state.record.mode == .exclusive {
                         blocker = try liveHolder(among: others, recovery)
+                        if blocker != nil, !knocked {
+                            // Tell the exclusive holder someone waits (once; a lost race is
+                            // no matter: its hold ends within the longest hold anyway).
+                            var knock = state
+                            knock.knocks &+= 1
+                            knock.record.lockGeneration = state.record.lockGeneration &+ 1
+                            _ = try writeLockState(storage, header, expected: sector, knock)
+                            knocked = true
+                        }
                     } else {
                         sharers = others
                         if sharers.count >= VolumeLockState.maxSharedHolders {

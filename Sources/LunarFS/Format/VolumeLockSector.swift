@@ -23,7 +23,8 @@ import LunarIO
 /// 112   8 waiter claim
 /// 120   4 shared holder count (0 unless shared)
 /// 124 384 shared holders: 32 x (slot u32, claim u64)
-/// 508   4 reserved
+/// 508   4 knocks: + 1 by a host that waits to join while the lock is held exclusive, so that
+///         the exclusive holder lets go as soon as its current call is done
 /// ```
 /// Volumes made before the shared mode hold zeros from byte 96 on: epoch 0, no waiter, no
 /// holders — the same state.
@@ -35,12 +36,14 @@ struct VolumeLockState: Equatable {
     static let countOffset = 120
     static let holdersOffset = 124
     static let maxSharedHolders = 32
+    static let knocksOffset = 508
 
     var record: LockRecord
     var epoch: UInt64
     var waiter: LockOwner?
     /// The shared holders; for an exclusive lock, its one holder.
     var holders: [LockOwner]
+    var knocks: UInt32 = 0
 
     var isShared: Bool { record.mode == .multiWriter }
 
@@ -69,7 +72,8 @@ struct VolumeLockState: Equatable {
         case .sharedReadOnly:
             break
         }
-        return VolumeLockState(record: record, epoch: b.load(epochOffset), waiter: waiter, holders: holders)
+        return VolumeLockState(record: record, epoch: b.load(epochOffset), waiter: waiter, holders: holders,
+                               knocks: b.load(knocksOffset))
     }
 
     func encode(into b: IOBuffer) {
@@ -85,5 +89,6 @@ struct VolumeLockState: Equatable {
             b.store(h.slot, at: Self.holdersOffset + 12 * i)
             b.store(h.claim, at: Self.holdersOffset + 12 * i + 4)
         }
+        b.store(knocks, at: Self.knocksOffset)
     }
 }
