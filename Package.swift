@@ -41,7 +41,7 @@ let package = Package(
         ),
         // Tools/bench/vmm.sh's driver: virtio-blk from the host side against fio.
         .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarFS", "LunarIO"]),
-        .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).

@@ -23,10 +23,16 @@ public final class BlockDevice: Sendable {
         public var asyncQueueDepth: Int
         /// Where the one-time warnings go (buffered fallback). Standard error by default.
         public var warningHandler: @Sendable (String) -> Void
+        /// How long a compare-and-write waits for another process's hold on the same sector,
+        /// in seconds. A hold lasts a read and a write; only a process stopped in the middle of
+        /// one (SIGSTOP, a debugger) holds it longer, and every other one would wait for good.
+        public var sectorLockWait: Double
 
         public init(engine: IOEngineKind? = nil, sectorSize: Int? = nil, minimumSize: UInt64? = nil,
                     readOnly: Bool = false, direct: Bool = true, asyncQueueDepth: Int = 128,
+                    sectorLockWait: Double = 10,
                     warningHandler: @escaping @Sendable (String) -> Void = BlockDevice.printWarning) {
+            self.sectorLockWait = sectorLockWait
             self.engine = engine
             self.sectorSize = sectorSize
             self.minimumSize = minimumSize
@@ -54,7 +60,7 @@ public final class BlockDevice: Sendable {
     public var compareAndWriteMethod: CompareAndWriteMethod { .ofdLockedReadCompareWrite }
 
     let file: DeviceFile
-    private let options: Options
+    let options: Options
     private let reactor = Mutex<IOReactor?>(nil)
     private let closed = Atomic<Bool>(false)
     /// OFD locks exclude other open file descriptions only; threads sharing this one are

@@ -68,8 +68,7 @@ extension BlockDevice {
         try file.validateTransfer(.write, address: new.baseAddress, length: sector, offset: offset)
         let current = IOBuffer(count: sector)
         return try compareAndWriteLock.withLock { _ throws(IOError) -> CompareAndWriteOutcome in
-            let locked = lunar_ofd_lock(file.fd, 1, offset, UInt64(sector), 1)
-            guard locked == 0 else { throw file.error(.system, op, offset: offset, length: sector, errno: -locked) }
+            try lockSector(offset, sector)
             defer { _ = lunar_ofd_lock(file.fd, 0, offset, UInt64(sector), 0) }
 
             let got = transferFully(fd: file.fd, isWrite: false, buffer: current.baseAddress, length: sector, offset: offset)
@@ -78,6 +77,34 @@ extension BlockDevice {
             let put = transferFully(fd: file.fd, isWrite: true, buffer: new.baseAddress, length: sector, offset: offset)
             try check(put, sector, offset)
             return .written
+        }
+    }
+
+    /// Takes the OFD lock of the sector at `offset`, polling rather than blocking, so that the
+    /// wait is bounded by `Options.sectorLockWait`.
+    private func lockSector(_ offset: UInt64, _ sector: Int) throws(IOError) {
+        var r = lunar_ofd_lock(file.fd, 1, offset, UInt64(sector), 0)
+        guard r == -EAGAIN || r == -EACCES else {
+            if r != 0 { throw file.error(.system, .compareAndWrite, offset: offset, length: sector, errno: -r) }
+            return
+        }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let deadline = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9 + options.sectorLockWait
+        var pause: UInt32 = 50
+        while true {
+            usleep(pause)
+            pause = min(pause * 2, 5_000)
+            r = lunar_ofd_lock(file.fd, 1, offset, UInt64(sector), 0)
+            if r == 0 { return }
+            guard r == -EAGAIN || r == -EACCES else {
+                throw file.error(.system, .compareAndWrite, offset: offset, length: sector, errno: -r)
+            }
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            if Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9 >= deadline {
+                throw file.error(.timedOut("another process of this machine has held this sector's compare-and-write lock for over \(options.sectorLockWait) s (stopped in the middle of one?); resume or kill it"),
+                                 .compareAndWrite, offset: offset, length: sector)
+            }
         }
     }
 

@@ -33,6 +33,8 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         /// A SCSI target (an iSCSI LUN) refused or failed the command; the text gives the
         /// command, status, sense key and ASC/ASCQ. `errno` gives the nearest system meaning.
         case scsi(String)
+        /// Waited longer than allowed for something another process holds.
+        case timedOut(String)
     }
 
     public var kind: Kind
@@ -77,6 +79,7 @@ public struct IOError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidArgument(let why): reason = why
         case .system: reason = "system error"
         case .scsi(let what): reason = what
+        case .timedOut(let what): reason = what
         }
         if let errno {
             let system = "\(String(cString: strerror(errno))) (\(IOError.errnoName(errno)))"

@@ -1,3 +1,4 @@
+import CLunar
 import Glibc
 import LunarIO
 import LunarTesting
@@ -5,6 +6,33 @@ import Testing
 
 @Suite("Compare-and-write")
 struct CompareAndWriteTests {
+    @Test("a sector another process holds mid compare-and-write (stopped, say) is waited for a bounded time")
+    func boundedWait() throws {
+        let scratch = Scratch()
+        let device = try scratch.image(options: BlockDevice.Options(sectorLockWait: 0.3))
+        defer { device.close() }
+        // Another open of the image, as another process's, holding sector 2's lock.
+        let other = Glibc.open(scratch.path("lun.img"), O_RDWR)
+        try #require(other >= 0)
+        defer { Glibc.close(other) }
+        #expect(lunar_ofd_lock(other, 1, 8192, 4096, 0) == 0)
+        let zero = IOBuffer(count: 4096), a = pattern(4096, seed: 3)
+        let start = monotonicSeconds()
+        var failure: IOError?
+        do { _ = try device.compareAndWriteBlocking(expected: zero, new: a, at: 8192) } catch { failure = error }
+        let waited = monotonicSeconds() - start
+        guard case .timedOut(let why)? = failure?.kind else {
+            Issue.record("expected a timeout, got \(String(describing: failure))")
+            return
+        }
+        #expect(why.contains("stopped"))
+        #expect(waited >= 0.3 && waited < 5, "waited \(waited) s")
+        // Other sectors are not held up; the held one goes through once let go.
+        #expect(try device.compareAndWriteBlocking(expected: zero, new: a, at: 4096).isWritten)
+        #expect(lunar_ofd_lock(other, 0, 8192, 4096, 0) == 0)
+        #expect(try device.compareAndWriteBlocking(expected: zero, new: a, at: 8192).isWritten)
+    }
+
     @Test("writes when the sector matches, returns the sector when it does not", arguments: IOEngineKind.allCases)
     func semantics(engine: IOEngineKind) async throws {
         let scratch = Scratch()
