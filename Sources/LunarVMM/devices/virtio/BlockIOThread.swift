@@ -305,6 +305,9 @@ struct BlockIOThread {
     /// A blocking write or discard changed file system metadata since the last flush.
     private var metadataDirty = false
     private var completedSinceInterrupt = false
+    /// Requests completed since the thread last waited: the driver is likely to answer with
+    /// new ones soon.
+    private var completedSinceWait = false
     private var sawEmpty = false
     private var doorbellArmed = false
     /// What the used ring's flags tell the driver: notify (true), or not while this thread
@@ -474,6 +477,7 @@ struct BlockIOThread {
         queue?.push(head: head, written: written)
         shared.completed.add(1, ordering: .sequentiallyConsistent)
         completedSinceInterrupt = true
+        completedSinceWait = true
     }
 
     // MARK: the direct path
@@ -622,9 +626,10 @@ struct BlockIOThread {
     // MARK: waiting
 
     /// How long the thread keeps looking for completions and new requests before it sleeps,
-    /// while requests are in flight (as QEMU's adaptive polling of its I/O threads). Sleeping
-    /// costs a wake-up, dear under nested virtualization, every time the LUN or the driver
-    /// has something; the look is a few system calls that do not wait.
+    /// while requests are in flight or right after it completed some (as QEMU's polling of
+    /// its I/O threads). Sleeping costs a wake-up, dear under nested virtualization, every
+    /// time the LUN or the driver has something; the look is a few system calls that do not
+    /// wait.
     static let pollSeconds = 50e-6
 
     /// Sleeps until the guest notifies, a caller rings, or I/O completes (whichever first),
@@ -641,7 +646,14 @@ struct BlockIOThread {
                 try d.queue.preparePoll(fd: shared.doorbell, tag: Self.doorbellTag)
                 doorbellArmed = true
             }
-            if inFlight > 0 {
+            // After a completion too, with nothing in flight: a driver answers its interrupt
+            // with new requests within tens of microseconds, and finding them here spares the
+            // second wake-up a notification would cost (the driver's own, then this thread's
+            // on the doorbell). Measured on randwrite 4K QD 32, where the LUN finishes all 32
+            // together: ~94K -> ~113K IOPS.
+            let expectingRequests = completedSinceWait
+            completedSinceWait = false
+            if inFlight > 0 || expectingRequests {
                 // Guest notifications cost the guest an exit each and this thread a wake-up:
                 // none while it looks at the ring itself.
                 setNotifications(false)
