@@ -131,7 +131,6 @@ extension VolumeCore {
             return (core, report)
         } catch {
             heartbeat.stop()
-            if metadataLock.held != nil { try? metadataLock.release() }
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.release(slot.index)
             throw error
