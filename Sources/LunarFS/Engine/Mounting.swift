@@ -27,6 +27,12 @@ public struct OpenOptions: Sendable {
 
     /// Silence that makes a holder dead, as observers judge it (5 intervals).
     public static func lockBreakTimeout(interval: Double) -> Double { 5 * interval }
+    /// When a host whose renewals stopped succeeding writes no more (locking.md `T_fence`):
+    /// half the lock-break timeout, so that a write which passed the check has `M` = 2.5
+    /// intervals to land before any host may break the lock. One interval was too little: on
+    /// a loaded machine a thread can sit that long between the check and its write (the
+    /// torture test lost an update so, with 0.2 s intervals and both cores busy).
+    public static func fenceAfter(interval: Double) -> Double { lockBreakTimeout(interval: interval) / 2 }
 
     public static func localHostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
@@ -91,7 +97,7 @@ extension VolumeCore {
             let current = IOBuffer(count: RecordHeader.sectorSize)
             try io { () throws(IOError) in try storage.readBlocking(into: current, at: offset) }
             heartbeat = Heartbeat(storage: storage, offset: offset, current: current, interval: options.heartbeatInterval,
-                                  fenceAfter: OpenOptions.lockBreakTimeout(interval: options.heartbeatInterval) - options.heartbeatInterval,
+                                  fenceAfter: OpenOptions.fenceAfter(interval: options.heartbeatInterval),
                                   fence: { [fenced] why in fenced.fence(why) })
         } catch {
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
