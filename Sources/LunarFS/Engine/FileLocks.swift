@@ -151,8 +151,8 @@ extension VolumeCore {
         fileLocks[n] = nil
     }
 
-    /// Takes this host out of inode `n`'s lock on disk (a file's, or a directory's). (Forgotten by the caller only once
-    /// done: a call retried after a lost race frees it then.)
+    /// Takes this host out of inode `n`'s lock on disk: a file's, or a directory's. The caller
+    /// forgets the lock only once this is done, so a call retried after a lost race frees it.
     func freeInodeLock(_ n: UInt32) throws(FSError) {
         guard let recovery = metadataLock?.recovery else { return }
         let me = InodeLock.Holder(slot: recovery.me.index, claim: recovery.me.claim)
