@@ -255,14 +255,14 @@ enum Geometry {
             return ResourceArea(kind: kind, mapOffset: map, dataOffset: data, resourceSize: UInt32(resource),
                                 perCluster: perCluster, count: roundedCount)
         }
-        let inodes = area(.inode, size: s, perCluster: 1024, count: maxFiles + 1)
-        let pointers = area(.pointerBlock, size: s, perCluster: 4096, count: pointerCount)
-        let small = area(.smallBlock, size: UInt64(smallBlockSize), perCluster: 1024, count: smallCount)
+        let inodes = area(.inode, size: s, perCluster: clusterSize(maxFiles + 1, limit: 1024), count: maxFiles + 1)
+        let pointers = area(.pointerBlock, size: s, perCluster: clusterSize(pointerCount, limit: 4096), count: pointerCount)
+        let small = area(.smallBlock, size: UInt64(smallBlockSize), perCluster: clusterSize(smallCount, limit: 1024), count: smallCount)
 
         // File blocks take the rest; their cluster map comes first, so solve for the count.
         let end = size - s
-        let perCluster: UInt32 = 8192
         let mapStart = align(cursor, s)
+        let perCluster = clusterSize(end > mapStart ? (end - mapStart) / b : 0, limit: 8192)
         var count: UInt64 = 0
         if end > mapStart {
             count = (end - mapStart) / b
@@ -294,6 +294,16 @@ enum Geometry {
         if let problem = header.geometryProblem() { throw FSError(.invalidArgument("cannot lay out the volume: \(problem)")) }
         return header
     }
+
+    /// Resources per cluster for an area of `count`: at most `limit`, and few enough that the
+    /// area has `minimumClusters` clusters, in multiples of 64 (at least 64). Hosts allocate
+    /// from clusters they hold, so an area of one cluster would make them take turns.
+    static func clusterSize(_ count: UInt64, limit: UInt32) -> UInt32 {
+        let wanted = (count + minimumClusters - 1) / minimumClusters
+        return UInt32(min(UInt64(limit), max(64, (wanted + 63) / 64 * 64)))
+    }
+
+    static let minimumClusters: UInt64 = 16
 
     static func align(_ value: UInt64, _ alignment: UInt64) -> UInt64 {
         (value + alignment - 1) / alignment * alignment
