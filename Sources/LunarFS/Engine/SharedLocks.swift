@@ -101,7 +101,6 @@ extension VolumeCore {
         guard let recovery = metadataLock?.recovery else { return ([], nil, false) }
         var live: [LockOwner] = []
         var blocker: LockHolder?
-        var recovered = false
         let before = recovery.recoveredSlots.count
         for h in lock.holders where h != me {
             switch try recovery.holder(slot: h.slot, claim: h.claim) {
@@ -111,8 +110,7 @@ extension VolumeCore {
                 if blocker == nil { blocker = other }
             }
         }
-        recovered = recovery.recoveredSlots.count != before
-        return (live, blocker, recovered)
+        return (live, blocker, recovery.recoveredSlots.count != before)
     }
 
     /// Writes `lock` into the inode at `offset` by compare-and-write against `expected`, the
