@@ -106,7 +106,7 @@ extension VolumeCore {
         for _ in 0..<8 {
             let image = try lockedInode(n)
             let current = try InodeLock.decode(image, at: offset)
-            let (live, blocker, recovered) = try liveHolders(of: current, except: me)
+            let (live, blocker, recovered) = try recovery.liveHolders(current.holders.filter { $0 != me })
             // Recovering a dead holder replays its journal, which may rewrite this very inode.
             if recovered { continue }
             if let blocker {

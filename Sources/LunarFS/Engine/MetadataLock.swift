@@ -198,6 +198,24 @@ enum LockHolder {
 }
 
 extension Recovery {
+    /// Of `owners`, those that hold their lock as far as this host can tell now (dead ones are
+    /// recovered on the way, `holder(slot:claim:)`), the first of them as a `LockHolder`, and
+    /// whether a recovery replayed anything (which may have rewritten the record they are in).
+    func liveHolders(_ owners: [LockOwner]) throws(FSError) -> (live: [LockOwner], blocker: LockHolder?, recovered: Bool) {
+        var live: [LockOwner] = []
+        var blocker: LockHolder?
+        let before = recoveredSlots.count
+        for owner in owners {
+            switch try holder(slot: owner.slot, claim: owner.claim) {
+            case .nobody, .me, .stale: continue
+            case let other:
+                live.append(owner)
+                if blocker == nil { blocker = other }
+            }
+        }
+        return (live, blocker, recoveredSlots.count != before)
+    }
+
     /// Judges the holder of `lock` without waiting. A holder found dead is recovered on the
     /// spot (slot claimed, journal replayed, slot freed), which makes its lock stale. That
     /// needs no lock of the caller's: the replayed journal holds only sectors under the locks
@@ -262,18 +280,6 @@ extension VolumeCore {
         return try io { () throws(IOError) in try storage.compareAndWriteBlocking(expected: expected, new: next, at: header.volumeLockOffset) }.isWritten
     }
 
-    /// The first of `owners` (other than this host) that holds its lock as far as this host
-    /// can tell now; dead ones are recovered on the way (`Recovery.holder`).
-    static func liveHolder(among owners: [LockOwner], _ recovery: Recovery) throws(FSError) -> LockHolder? {
-        for owner in owners {
-            switch try recovery.holder(slot: owner.slot, claim: owner.claim) {
-            case .nobody, .me, .stale: continue
-            case let other: return other
-            }
-        }
-        return nil
-    }
-
     /// Takes the metadata lock in `access` mode. An exclusive holder found dead is recovered
     /// first (claimed, its journal replayed, freed); so are dead shared holders when they are
     /// in the way. Returns the lock state found and the one written, and whether another host
@@ -294,13 +300,13 @@ extension VolumeCore {
             next.record.lockGeneration = state.record.lockGeneration &+ 1
             // A waiter ahead of us keeps us out while it lives; a dead or stale one is dropped.
             if let waiter = state.waiter, waiter != me {
-                blocker = try liveHolder(among: [waiter], recovery)
+                blocker = try recovery.liveHolders([waiter]).blocker
                 if blocker == nil { next.waiter = nil }
             }
             let others = state.holders.filter { $0 != me }
             switch access {
             case .exclusive:
-                if blocker == nil { blocker = try liveHolder(among: others, recovery) }
+                if blocker == nil { blocker = try recovery.liveHolders(others).blocker }
                 if blocker == nil {
                     next.record = LockRecord(mode: .exclusive, ownerSlot: me.slot, ownerClaim: me.claim,
                                              lockGeneration: next.record.lockGeneration, ownerHost: recovery.judge.machine,
@@ -317,7 +323,7 @@ extension VolumeCore {
                 var sharers: [LockOwner] = []
                 if blocker == nil {
                     if state.record.mode == .exclusive {
-                        blocker = try liveHolder(among: others, recovery)
+                        blocker = try recovery.liveHolders(others).blocker
                         if blocker != nil, !knocked {
                             // Tell the exclusive holder someone waits (once; a lost race is
                             // no matter: its hold ends within the longest hold anyway).
@@ -331,12 +337,9 @@ extension VolumeCore {
                         sharers = others
                         if sharers.count >= VolumeLockState.maxSharedHolders {
                             // Full: make room by dropping holders that are gone.
-                            var live: [LockOwner] = []
-                            for owner in sharers where try liveHolder(among: [owner], recovery) != nil { live.append(owner) }
-                            sharers = live
-                            if sharers.count >= VolumeLockState.maxSharedHolders {
-                                blocker = try liveHolder(among: sharers, recovery)
-                            }
+                            let judged = try recovery.liveHolders(sharers)
+                            sharers = judged.live
+                            if sharers.count >= VolumeLockState.maxSharedHolders { blocker = judged.blocker }
                         }
                     }
                 }

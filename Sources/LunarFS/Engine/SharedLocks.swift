@@ -50,7 +50,7 @@ extension VolumeCore {
             if let problem = ino.problem(expectedNumber: d) { throw .corrupt(RecordKind.inode.name, at: offset, problem) }
             guard ino.type == .directory else { throw FSError(ino.type == .free ? .notFound : .notDirectory) }
             let lock = try InodeLock.decode(ino, at: offset)
-            let (_, blocker, recovered) = try liveHolders(of: lock, except: me)
+            let (_, blocker, recovered) = try recovery.liveHolders(lock.holders.filter { $0 != me })
             // Recovering a dead holder replays its journal, which may have rewritten this inode.
             if recovered { continue }
             if let blocker { throw FSError(.lockConflict("directory inode \(d) is held by \(blocker.description)")) }
@@ -93,24 +93,6 @@ extension VolumeCore {
                 throw FSError(.lockConflict("directory inode \(d) changed while this call read it"))
             }
         }
-    }
-
-    /// The holders of an inode lock other than `me` that hold it as far as this host can tell,
-    /// the first of them as a `LockHolder`, and whether a dead one was recovered on the way.
-    func liveHolders(of lock: InodeLock, except me: LockOwner) throws(FSError) -> (live: [LockOwner], blocker: LockHolder?, recovered: Bool) {
-        guard let recovery = metadataLock?.recovery else { return ([], nil, false) }
-        var live: [LockOwner] = []
-        var blocker: LockHolder?
-        let before = recovery.recoveredSlots.count
-        for h in lock.holders where h != me {
-            switch try recovery.holder(slot: h.slot, claim: h.claim) {
-            case .nobody, .me, .stale: continue
-            case let other:
-                live.append(h)
-                if blocker == nil { blocker = other }
-            }
-        }
-        return (live, blocker, recovery.recoveredSlots.count != before)
     }
 
     /// Writes `lock` into the inode at `offset` by compare-and-write against `expected`, the
