@@ -5,6 +5,7 @@ let package = Package(
     name: "Lunar",
     products: [
         .executable(name: "lunar", targets: ["lunar"]),
+        .executable(name: "lunar-vmm", targets: ["lunar-vmm"]),
         .library(name: "LunarIO", targets: ["LunarIO"]),
         .library(name: "LunarFS", targets: ["LunarFS"]),
         .library(name: "LunarVMM", targets: ["LunarVMM"]),
@@ -33,6 +34,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The VMM process `lunar vm run` execs: no Foundation, the Swift runtime linked in, so a
+        // running VM costs little memory beyond its guest RAM.
+        .executableTarget(
+            name: "lunar-vmm",
+            dependencies: ["LunarVMM", "LunarFS", "LunarIO"],
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]
+        ),
         // Hosts sharing one volume: the torture test's host and verifier, lock benchmarks.
         .executableTarget(
             name: "lunar-hosts",
@@ -44,7 +52,9 @@ let package = Package(
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
-        // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour).
+        // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
+        // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle
+        // depending on it would be linked with its -static-stdlib).
         .testTarget(name: "IntegrationTests", dependencies: ["lunar", "lunar-hosts", "LunarIO", "LunarTesting"]),
     ],
     swiftLanguageModes: [.v6]

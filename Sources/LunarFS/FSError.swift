@@ -40,6 +40,15 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         self.path = path
     }
 
+    /// The error with its path as a user names it: `LUN:/path` for a path inside the volume,
+    /// the LUN itself when the error names no path.
+    public func naming(_ lun: String) -> FSError {
+        var copy = self
+        if let path, path != lun { copy.path = "\(lun):\(path)" }
+        if copy.path == nil { copy.path = lun }
+        return copy
+    }
+
     static func corrupt(_ record: String, at offset: UInt64, _ reason: String) -> FSError {
         FSError(.corrupt(record: record, offset: offset, reason: reason))
     }

@@ -1,5 +1,4 @@
 import Dispatch
-import Foundation
 import LunarIO
 import Synchronization
 
@@ -102,7 +101,8 @@ public final class Volume: @unchecked Sendable {
     /// The thread that hands the metadata lock back once this host stops using it.
     private func startLinger(_ linger: Double) {
         let step = UInt32(max(0.001, min(linger / 2, 0.05)) * 1_000_000)
-        let thread = Thread { [weak self, linger = self.linger] in
+        let started = startThread { [weak self, linger = self.linger] in
+            linger.thread.store(UInt(pthread_self()), ordering: .relaxed)
             defer { linger.done.signal() }
             while !linger.stop.load(ordering: .relaxed) {
                 usleep(step)
@@ -110,14 +110,17 @@ public final class Volume: @unchecked Sendable {
                 volume.releaseIfIdle()
             }
         }
-        thread.name = "lunar-metadata-lock"
-        thread.start()
+        switch started {
+        case .success(let thread): pthread_detach(thread)
+        // Without the thread the lock is still handed back, at close; say nothing is waiting.
+        case .failure: self.linger.done.signal()
+        }
     }
 
     private func stopLinger() {
         guard core.metadataLock != nil, !linger.stop.exchange(true, ordering: .relaxed) else { return }
         // The last reference may go on the linger thread itself, which then must not wait for itself.
-        if Thread.current.name == "lunar-metadata-lock" { return }
+        if linger.thread.load(ordering: .relaxed) == UInt(pthread_self()) { return }
         linger.done.wait()
     }
 
@@ -437,6 +440,8 @@ public final class Volume: @unchecked Sendable {
 
 private final class LingerControl: Sendable {
     let stop = Atomic<Bool>(false)
+    /// The linger thread's pthread_self, set by the thread as it starts.
+    let thread = Atomic<UInt>(0)
     let done = DispatchSemaphore(value: 0)
 }
 

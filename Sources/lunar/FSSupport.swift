@@ -199,16 +199,6 @@ func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) 
     return result
 }
 
-extension FSError {
-    /// Paths LunarFS reports are inside the volume unless they are the LUN itself.
-    func naming(_ lun: String) -> FSError {
-        var copy = self
-        if let path, path != lun { copy.path = "\(lun):\(path)" }
-        if copy.path == nil { copy.path = lun }
-        return copy
-    }
-}
-
 // MARK: formatting
 
 extension FileType {
@@ -268,7 +258,7 @@ extension ByteSize {
     /// `ExpressibleByArgument` failure only says the value is invalid).
     static func parse(_ text: String) throws -> ByteSize {
         guard let size = ByteSize(argument: text) else {
-            throw ValidationError("'\(text)' is not a size: give a number with an optional K, M, G, T or P suffix (binary multiples), e.g. 20G or 1M")
+            throw ValidationError("'\(text)' is not a size: give \(ByteSize.accepted)")
         }
         return size
     }

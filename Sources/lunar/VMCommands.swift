@@ -155,189 +155,36 @@ struct VMRunCommand: AsyncParsableCommand {
     var force = false
 
     func run() async throws {
-        var status: Int32 = 0
-        try reportingErrors {
-            status = try withVolume(lun, readOnly: false) { volume in try runVM(volume) }
-        }
-        if status != 0 { throw ExitCode(status) }
-    }
-
-    private func note(_ text: String) { print("lunar vm: \(text)", to: &standardError) }
-
-    private func runVM(_ volume: Volume) throws -> Int32 {
-        var config = try VMLibrary.load(name, on: volume)
-        if let console { config.console = try consoleArgument(console) }
-        let kvm = try KVM()
-        if case .linux = config.boot, kvm.kind == .paravirtual {
-            guard force else {
-                throw CLIError("""
-                    VM '\(name)' boots Linux, and this host's KVM is \(kvm.kind.rawValue): booting would take hours. \
-                    Pass --force to run it anyway.
-                    """)
-            }
-            note("warning: Linux on the paravirtual KVM runs about a thousand times slower than on hardware KVM")
-        }
-        let attachment = try ConsoleAttachment(config.console)
-        let session = try VMSession(config: config, volume: volume, kvm: kvm, console: attachment.output)
-        if verbose {
-            let l = session.layout
-            note("KVM: \(l.kvmKind.rawValue)")
-            note("VM \(config.name) on \(lun): \(ByteSize.format(l.memory)) memory, "
-                 + "\(l.cpus) vCPU\(l.cpus == 1 ? "" : "s")"
-                 + ", boot \(l.bootKind)" + (l.entry.map { " at 0x\(String($0, radix: 16))" } ?? ""))
-            for d in l.disks {
-                note("  \(d.name): \(d.path), \(ByteSize.format(d.size))\(d.readOnly ? " read-only" : ""), virtio-mmio at 0x\(String(d.address, radix: 16)) IRQ \(d.irq)")
-            }
-            note("console: \(config.console.description)\(attachment.interactive ? " (Ctrl-A x quits)" : "")")
-        }
-        let start = monotonicSeconds()
-        attachment.attach(stop: { session.stop() }, input: { session.sendConsoleInput($0) })
-        let exit: VMExit
-        do {
-            exit = try session.run()
-        } catch {
-            attachment.detach()
-            throw error
-        }
-        attachment.detach()
-        let seconds = monotonicSeconds() - start
-        let (reason, status): (String, Int32) = switch exit {
-        case .poweredOff(let code): ("powered off with status \(code)", Int32(code))
-        case .reset: ("reset", 0)
-        case .shutdown: ("shut down (triple fault or halt)", 0)
-        case .stopped: ("stopped by the host", 0)
-        }
-        if verbose { note(String(format: "%@ after %.3f s", reason, seconds)) }
-        return status
+        // The VM runs in lunar-vmm, which this process becomes: the VMM process carries no
+        // more than the VM needs (no Foundation, no argument parser).
+        var arguments = ["run", lun, name]
+        if let console { arguments += ["--console", console] }
+        if verbose { arguments.append("--verbose") }
+        if force { arguments.append("--force") }
+        try reportingErrors { try execVMM(arguments) }
     }
 }
 
-/// The VM's serial console on this side: standard output (raw terminal input, with the Ctrl-A
-/// escapes, when standard input is a terminal), a host file, or nothing.
-final class ConsoleAttachment: @unchecked Sendable {
-    let outputFD: Int32
-    let interactive: Bool
-    private var saved: termios?
-    /// Wakes the watcher thread: "s" from a signal handler (stop), "q" to end it.
-    private var wake: [Int32] = [-1, -1]
-    private var ownsOutput = false
-
-    init(_ console: VMConfig.Console) throws {
-        switch console {
-        case .terminal:
-            outputFD = STDOUT_FILENO
-            interactive = isatty(STDIN_FILENO) == 1
-        case .none:
-            outputFD = -1
-            interactive = false
-        case .file(let path):
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw CLIError.system(path) }
-            outputFD = fd
-            ownsOutput = true
-            interactive = false
-        }
+/// Replaces this process with `lunar-vmm` (beside this executable, or `$LUNAR_VMM`); returns
+/// only by throwing.
+func execVMM(_ arguments: [String]) throws {
+    let path: String
+    if let override = ProcessInfo.processInfo.environment["LUNAR_VMM"] {
+        path = override
+    } else {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { throw CLIError.system("/proc/self/exe") }
+        let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        path = String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/lunar-vmm"
     }
-
-    deinit {
-        if ownsOutput { close(outputFD) }
-    }
-
-    /// One byte from the guest's UART, written at once (a console is watched live).
-    var output: (UInt8) -> Void {
-        let fd = outputFD
-        return { byte in
-            guard fd >= 0 else { return }
-            var b = byte
-            while write(fd, &b, 1) < 0 && errno == EINTR {} // EPIPE and the like: the byte is dropped
-        }
-    }
-
-    /// Raw mode and the Ctrl-A escapes (on a terminal), SIGINT/SIGTERM/SIGHUP: `stop` and
-    /// `input` (what is typed, for the guest's UART) are called on a watcher thread.
-    func attach(stop: @escaping @Sendable () -> Void, input: @escaping @Sendable ([UInt8]) -> Void) {
-        // A reader of the console that goes away must not kill the VMM before it closes the
-        // volume: the guest's output is then dropped.
-        _ = signal(SIGPIPE, SIG_IGN)
-        guard pipe(&wake) == 0 else { return }
-        consoleWakeFD = wake[1]
-        for s in [SIGINT, SIGTERM, SIGHUP] {
-            _ = signal(s) { _ in
-                var b = UInt8(ascii: "s")
-                _ = write(consoleWakeFD, &b, 1)
-            }
-        }
-        if interactive {
-            var t = termios()
-            if tcgetattr(STDIN_FILENO, &t) == 0 {
-                saved = t
-                // Raw input, output processing kept (a guest printing "\n" still starts a new line).
-                t.c_iflag &= ~tcflag_t(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON)
-                t.c_lflag &= ~tcflag_t(ECHO | ECHONL | ICANON | ISIG | IEXTEN)
-                t.c_cflag |= tcflag_t(CS8)
-                _ = tcsetattr(STDIN_FILENO, TCSANOW, &t)
-            }
-        }
-        let readWake = wake[0], interactive = self.interactive
-        let thread = Thread {
-            var fds = [pollfd(fd: readWake, events: Int16(POLLIN), revents: 0)]
-            if interactive { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
-            var escape = false
-            var buffer = [UInt8](repeating: 0, count: 256)
-            while true {
-                if poll(&fds, nfds_t(fds.count), -1) < 0 { if errno == EINTR { continue } else { return } }
-                if fds[0].revents != 0 {
-                    let n = read(readWake, &buffer, 1)
-                    if n <= 0 || buffer[0] == UInt8(ascii: "q") { return }
-                    stop()
-                }
-                if fds.count > 1, fds[1].revents != 0 {
-                    let n = read(STDIN_FILENO, &buffer, buffer.count)
-                    if n <= 0 { fds.removeLast(); continue }
-                    var typed: [UInt8] = []
-                    defer { if !typed.isEmpty { input(typed) } }
-                    for byte in buffer[0..<n] {
-                        if escape {
-                            escape = false
-                            switch byte {
-                            case UInt8(ascii: "x"), UInt8(ascii: "X"):
-                                stop()
-                            case UInt8(ascii: "h"), UInt8(ascii: "?"):
-                                let help = "\r\nC-a x    stop the VM and exit\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n"
-                                _ = help.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-                            case 0x01:
-                                typed.append(0x01)
-                            default:
-                                break
-                            }
-                        } else if byte == 0x01 {
-                            escape = true
-                        } else {
-                            typed.append(byte)
-                        }
-                    }
-                }
-            }
-        }
-        thread.start()
-    }
-
-    /// Restores the terminal and ends the watcher.
-    func detach() {
-        if var t = saved {
-            _ = tcsetattr(STDIN_FILENO, TCSANOW, &t)
-            saved = nil
-        }
-        for s in [SIGINT, SIGTERM, SIGHUP] { _ = signal(s, SIG_DFL) }
-        if wake[1] >= 0 {
-            var b = UInt8(ascii: "q")
-            _ = write(wake[1], &b, 1)
-        }
-    }
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    execv(path, argv)
+    let why = String(cString: strerror(errno))
+    throw CLIError("""
+        cannot start the VMM, \(path): \(why) (lunar-vmm is built and installed beside lunar:         `swift build -c release` builds both; LUNAR_VMM names another)
+        """)
 }
-
-/// Where the signal handlers of `ConsoleAttachment` write (a handler cannot capture).
-nonisolated(unsafe) var consoleWakeFD: Int32 = -1
 
 // MARK: boot (hidden: the VMM alone, for Tools/bench/vmm.sh)
 
@@ -355,23 +202,7 @@ struct VMBootCommand: AsyncParsableCommand {
     var memory = ByteSize(bytes: 64 << 20)
 
     func run() async throws {
-        var status: Int32 = 0
-        try reportingErrors {
-            guard let data = FileManager.default.contents(atPath: image) else { throw CLIError.system(image) }
-            let bytes = [UInt8](data)
-            let attachment = try ConsoleAttachment(.terminal)
-            let vm = try VirtualMachine(kvm: try KVM(), memorySize: memory.bytes, console: attachment.output)
-            let entry: UInt64
-            if bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) { entry = try vm.loadELF(bytes) } else {
-                try vm.loadFlatImage(bytes)
-                entry = VirtualMachine.imageAddress
-            }
-            nonisolated(unsafe) let target = vm
-            attachment.attach(stop: { target.requestStop() }, input: { target.sendConsoleInput($0) })
-            defer { attachment.detach() }
-            if case .poweredOff(let code) = try vm.runFreestanding(entry: entry) { status = Int32(code) }
-        }
-        if status != 0 { throw ExitCode(status) }
+        try reportingErrors { try execVMM(["boot", image, "--memory", "\(memory.bytes)"]) }
     }
 }
 

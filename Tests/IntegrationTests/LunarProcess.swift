@@ -12,15 +12,19 @@ struct LunarProcess {
         }
     }
 
-    static var executable: URL {
+    static var executable: URL { built("lunar") }
+
+    /// An executable of this package, built beside the test bundle.
+    static func built(_ program: String) -> URL {
         let here = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
-        return here.deletingLastPathComponent().appendingPathComponent("lunar")
+        return here.deletingLastPathComponent().appendingPathComponent(program)
     }
 
-    /// Starts `lunar` with `arguments`; call `finish` on the result to wait for it.
-    static func start(_ arguments: [String]) throws -> Running {
+    /// Starts `lunar` (or another of the package's programs) with `arguments`; call `finish`
+    /// on the result to wait for it.
+    static func start(_ arguments: [String], program: String = "lunar") throws -> Running {
         let process = Process()
-        process.executableURL = executable
+        process.executableURL = built(program)
         process.arguments = arguments
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
@@ -29,8 +33,8 @@ struct LunarProcess {
         return Running(process: process, out: out, err: err)
     }
 
-    static func run(_ arguments: [String]) throws -> Output {
-        try start(arguments).finish()
+    static func run(_ arguments: [String], program: String = "lunar") throws -> Output {
+        try start(arguments, program: program).finish()
     }
 
     struct Running {

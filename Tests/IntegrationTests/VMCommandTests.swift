@@ -106,6 +106,31 @@ struct VMCommandTests {
         #expect(((after[0]["allocated_bytes"] as? NSNumber)?.intValue ?? 0) > 0)
     }
 
+    @Test("lunar-vmm, the VMM process lunar vm run execs: no Foundation loaded; wrong command lines get the usage and status 2")
+    func vmmProcess() throws {
+        let f = try Fixture()
+        let linked = try system("/usr/bin/ldd", [LunarProcess.built("lunar-vmm").path])
+        #expect(linked.status == 0 && linked.output.contains("libc.so"), "\(linked.output)")
+        #expect(!linked.output.contains("Foundation") && !linked.output.contains("libswiftCore"), "\(linked.output)")
+
+        func vmm(_ arguments: [String]) throws -> LunarProcess.Output { try LunarProcess.run(arguments, program: "lunar-vmm") }
+        for (arguments, message) in [([], "no command given"), (["start"], "unknown command 'start'"),
+                                     (["boot"], "boot takes IMAGE, got 0 operands"), (["boot", "a", "--bogus"], "unknown option --bogus"),
+                                     (["boot", "a", "--memory"], "--memory needs a value"), (["boot", "a", "--memory", "12Q"], "'12Q' is not a size"),
+                                     (["run", f.lun, "x", "--console", "tty"], "--console 'tty'")] {
+            let out = try vmm(arguments)
+            #expect(out.status == 2, "\(arguments): \(out.stderr)")
+            #expect(out.stderr.contains(message), "\(arguments): \(out.stderr)")
+        }
+        #expect(try vmm(["--help"]).stdout.contains("usage: lunar-vmm run LUN NAME"))
+        let missing = try vmm(["boot", f.scratch.path("nope.bin")])
+        #expect(missing.status == 1 && missing.stderr.contains("nope.bin: No such file or directory"), "\(missing.stderr)")
+        let noVolume = try vmm(["run", f.scratch.path("nope.img"), "a"])
+        #expect(noVolume.status == 1 && noVolume.stderr.contains("nope.img: no such file or directory"), "\(noVolume.stderr)")
+        let unknown = try vmm(["run", f.lun, "zz"])
+        #expect(unknown.status == 1 && unknown.stderr.contains("no VM named 'zz'"), "\(unknown.stderr)")
+    }
+
     @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")
     func stopBySignal() throws {
         let f = try Fixture()

@@ -134,8 +134,8 @@ struct VMConfigTests {
                               disks: [.init(name: "disk0", size: 10 << 30), .init(name: "disk1", size: 1 << 20, readOnly: true)],
                               console: .file("/var/log/web01.log"))
         try config.validate()
-        let data = try JSONEncoder().encode(config)
-        #expect(try JSONDecoder().decode(VMConfig.self, from: data) == config)
+        let data = Data(config.json.prettyPrinted.utf8)
+        #expect(try VMConfig(json: JSONValue(parsing: Array(data))) == config)
         let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         #expect((object["boot"] as? [String: Any])?["kind"] as? String == "linux")
         #expect((object["console"] as? [String: Any])?["path"] as? String == "/var/log/web01.log")

@@ -11,7 +11,7 @@
 #              blk_vs_fio is the geometric mean of the four ratios. Target: every ratio >= 0.9.
 #  (b) start   VMM start to the guest's first serial byte: the time from starting the process
 #              to the first byte on its standard output (a pipe), median of --runs runs, taking
-#              turns. Lunar: `lunar vm boot IMAGE` (the VMM alone: the freestanding hello guest
+#              turns. Lunar: `lunar-vmm boot IMAGE` (the VMM process alone: the freestanding hello guest
 #              from a host file) and, for reference, `lunar vm run LUN NAME` (the same guest
 #              stored on a LunarFS volume, which is opened read-write first). QEMU:
 #              qemu-system-x86_64 -M microvm -enable-kvm -nodefaults -no-user-config -nographic
@@ -19,7 +19,7 @@
 #              the same guest (same text over COM1, same power-off port) built as a 32-bit ELF
 #              with a PVH entry note, which microvm's -kernel boots directly. Target: <= 0.5x QEMU.
 #  (c) memory  VMM resident memory beyond guest RAM: the idle guest (prints, then halts for
-#              good) under `lunar vm run`; once it has printed, VmRSS minus the resident part of
+#              good) under `lunar vm run`, which execs lunar-vmm (the same process); once it has printed, VmRSS minus the resident part of
 #              the guest-RAM mapping (from /proc/PID/smaps), median of --rounds rounds. Also
 #              shown: the anonymous/file split, `lunar vm boot`, and QEMU. Target: < 8 MiB.
 #
@@ -27,9 +27,8 @@
 #
 # Usage: Tools/bench/vmm.sh [--runs 21] [--rounds 3] [--parts "blk start memory"]
 #                           [--size 1G] [--runtime 5] [--static] [--lunar PATH]
-#   --static   build lunar with the Swift runtime and Foundation linked in (a separate build
-#              under .build/static): how a deployed binary starts, without the dynamic loader
-#              resolving Foundation's symbols at every start.
+#   --static   build lunar too with the Swift runtime and Foundation linked in (a separate
+#              build under .build/static; lunar-vmm always links the runtime in).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -62,7 +61,7 @@ done
 if [ -z "$lunar" ]; then
     if [ "$static" = 1 ]; then
         echo "building lunar (release, static Swift runtime) ..." >&2
-        swift build -c release --static-swift-stdlib --package-path "$root" --scratch-path "$root/.build/static" --product lunar >&2
+        swift build -c release --static-swift-stdlib --package-path "$root" --scratch-path "$root/.build/static" >&2
         lunar="$root/.build/static/release/lunar"
     else
         echo "building lunar (release) ..." >&2
@@ -70,6 +69,10 @@ if [ -z "$lunar" ]; then
         lunar="$root/.build/release/lunar"
     fi
 fi
+
+# The VMM process: `lunar vm run` and `lunar vm boot` exec it.
+vmm=$(dirname "$lunar")/lunar-vmm
+[ -x "$vmm" ] || { echo "vmm.sh: $vmm is missing (swift build -c release builds it beside lunar)" >&2; exit 2; }
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/lunar-vmm-bench-XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -176,19 +179,19 @@ EOF
 }
 
 bench_start() {
-    local boot="$lunar vm boot $work/hello.bin" run="$lunar vm run $vol hello" q="${qemu[*]} -kernel $work/hello_pvh.elf"
+    local boot="$vmm boot $work/hello.bin" run="$lunar vm run $vol hello" q="${qemu[*]} -kernel $work/hello_pvh.elf"
     local results
     mapfile -t results < <(first_byte_ms "$boot" "$run" "$q")
     printf '\nstart: process start to the guest'"'"'s first serial byte on stdout, %s runs (ms)\n' "$runs"
     printf '%-44s %10s %10s\n' what median min
-    printf '%-44s %10s %10s\n' "lunar vm boot IMAGE (LunarVMM alone)" ${results[0]}
+    printf '%-44s %10s %10s\n' "lunar-vmm boot IMAGE (the VMM alone)" ${results[0]}
     printf '%-44s %10s %10s\n' "lunar vm run LUN NAME (volume, then VMM)" ${results[1]}
     printf '%-44s %10s %10s\n' "qemu -M microvm -kernel hello_pvh.elf" ${results[2]}
     start_ms=$(python3 -c "print(round(${results[0]% *}))")
     start_vs_qemu=$(python3 -c "print(f'{${results[0]% *} / ${results[2]% *}:.2f}')")
     local run_vs_qemu
     run_vs_qemu=$(python3 -c "print(f'{${results[1]% *} / ${results[2]% *}:.2f}')")
-    printf 'lunar vm boot / qemu: %s (target <= 0.5); lunar vm run / qemu: %s\n' "$start_vs_qemu" "$run_vs_qemu"
+    printf 'lunar-vmm boot / qemu: %s (target <= 0.5); lunar vm run / qemu: %s\n' "$start_vs_qemu" "$run_vs_qemu"
 }
 
 # (c) Starts a command whose guest prints and then idles; once the text is out, prints

@@ -1,4 +1,5 @@
-import Foundation
+import Dispatch
+import Glibc
 import LunarIO
 import Synchronization
 
@@ -14,9 +15,9 @@ final class Heartbeat: @unchecked Sendable {
     let fenceAfter: Double
     private let fence: @Sendable (String) -> Void
     private let state = Mutex<(last: IOBuffer, lastRenewal: Double, stopping: Bool)>((IOBuffer(count: 0), 0, false))
-    private let wake = NSCondition()
-    private var thread: Thread?
-    private let finished = DispatchSemaphore(value: 0)
+    /// Signalled once by `stop()`: the thread's sleep between renewals ends early.
+    private let stopping = DispatchSemaphore(value: 0)
+    private var thread: pthread_t?
 
     init(storage: any BlockStorage, offset: UInt64, current: IOBuffer, interval: Double, fenceAfter: Double,
          fence: @escaping @Sendable (String) -> Void) {
@@ -28,35 +29,24 @@ final class Heartbeat: @unchecked Sendable {
         state.withLock { $0 = (current, Self.ownClock(), false) }
     }
 
-    func start() {
-        let t = Thread { [self] in
-            run()
-            finished.signal()
-        }
-        t.name = "lunarfs-heartbeat"
-        thread = t
-        t.start()
+    /// Starts the thread; fails only when the system has no thread to give.
+    func start() throws(SystemErrno) {
+        thread = try startThread { [self] in run() }.get()
     }
 
     /// Stops renewing; returns once the thread is gone. The slot image it last wrote is
     /// what the caller's next compare-and-write of the slot must expect.
     func stop() {
-        guard thread != nil else { return }
-        wake.lock()
+        guard let thread else { return }
         state.withLock { $0.stopping = true }
-        wake.signal()
-        wake.unlock()
-        finished.wait()
-        thread = nil
+        stopping.signal()
+        pthread_join(thread, nil)
+        self.thread = nil
     }
 
     private func run() {
         while true {
-            wake.lock()
-            let deadline = Date(timeIntervalSinceNow: interval)
-            while !state.withLock({ $0.stopping }) && Date() < deadline { _ = wake.wait(until: deadline) }
-            wake.unlock()
-            if state.withLock({ $0.stopping }) { return }
+            if stopping.wait(timeout: .now() + interval) == .success || state.withLock({ $0.stopping }) { return }
             switch renew() {
             case .renewed: continue
             case .fenced(let why):
@@ -87,7 +77,7 @@ final class Heartbeat: @unchecked Sendable {
     /// the heartbeat thread: a process waking from a long stall must not write before it.
     func staleness() -> String? {
         let age = Self.ownClock() - state.withLock { $0.lastRenewal }
-        return age >= fenceAfter ? String(format: "heartbeat not renewed for %.1f s", age) : nil
+        return age >= fenceAfter ? "heartbeat not renewed for \(fixedPoint(age, places: 1)) s" : nil
     }
 
     private func renew() -> Renewal {

@@ -99,13 +99,17 @@ extension VolumeCore {
             heartbeat = Heartbeat(storage: storage, offset: offset, current: current, interval: options.heartbeatInterval,
                                   fenceAfter: OpenOptions.fenceAfter(interval: options.heartbeatInterval),
                                   fence: { [fenced] why in fenced.fence(why) })
+            fenced.watch(heartbeat)
+            do throws(SystemErrno) {
+                try heartbeat.start()
+            } catch {
+                throw FSError(.busy("no thread for the heartbeat (\(String(cString: strerror(error.code)))): the system is out of threads"))
+            }
         } catch {
             try? updateSlot(storage, header, Int(slot.index)) { $0.release() }
             device.release(slot.index)
             throw error
         }
-        fenced.watch(heartbeat)
-        heartbeat.start()
         let store = MetadataStore(storage: fenced, volumeSize: header.volumeSize)
         let recovery = Recovery(storage: fenced, header: header, device: device, store: store, me: slot,
                                 judge: LivenessJudge(storage: storage, header: header, device: device, machine: me,

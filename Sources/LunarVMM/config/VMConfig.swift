@@ -1,7 +1,7 @@
 /// A VM as stored on a shared volume: `/vms/NAME/vm.json` next to its disks and boot images,
 /// so that any host with the LUN can run it. File names in the config are relative to the
 /// VM's folder; nothing in it points outside the volume.
-public struct VMConfig: Codable, Sendable, Equatable {
+public struct VMConfig: Sendable, Equatable {
     /// What the guest boots.
     public enum Boot: Sendable, Equatable {
         /// A Linux kernel (bzImage) with an optional initrd and a command line.
@@ -25,12 +25,12 @@ public struct VMConfig: Codable, Sendable, Equatable {
         }
     }
 
-    public enum ImageFormat: String, Codable, Sendable {
+    public enum ImageFormat: String, Sendable {
         case flat, elf
     }
 
     /// A virtio-blk disk: a thin file of the VM's folder.
-    public struct Disk: Codable, Sendable, Equatable {
+    public struct Disk: Sendable, Equatable {
         public var name: String
         public var size: UInt64
         public var readOnly: Bool
@@ -41,10 +41,6 @@ public struct VMConfig: Codable, Sendable, Equatable {
             self.name = name
             self.size = size
             self.readOnly = readOnly
-        }
-
-        enum CodingKeys: String, CodingKey {
-            case name, size = "size_bytes", readOnly = "read_only"
         }
     }
 
@@ -152,69 +148,81 @@ public struct VMConfig: Codable, Sendable, Equatable {
 
     // MARK: JSON (flat, with a `kind` for the boot and the console)
 
-    enum CodingKeys: String, CodingKey {
-        case version, name, cpus, memory = "memory_bytes", boot, disks, console
+    /// The config as `vm.json` holds it.
+    public var json: JSONValue {
+        var boot: [String: JSONValue] = ["kind": .string(self.boot.kindName)]
+        switch self.boot {
+        case .linux(let kernel, let initrd, let commandLine):
+            boot["kernel"] = .string(kernel)
+            if let initrd { boot["initrd"] = .string(initrd) }
+            boot["command_line"] = .string(commandLine)
+        case .freestanding(let image, let format):
+            boot["image"] = .string(image)
+            boot["format"] = .string(format.rawValue)
+        }
+        let console: [String: JSONValue] = switch self.console {
+        case .terminal: ["kind": .string("terminal")]
+        case .none: ["kind": .string("none")]
+        case .file(let path): ["kind": .string("file"), "path": .string(path)]
+        }
+        return .object([
+            "version": .number(version), "name": .string(name), "cpus": .number(cpus), "memory_bytes": .number(memory),
+            "disks": .array(disks.map { disk in
+                .object(["name": .string(disk.name), "size_bytes": .number(disk.size), "read_only": .bool(disk.readOnly)])
+            }),
+            "boot": .object(boot), "console": .object(console),
+        ])
     }
 
-    enum BootKeys: String, CodingKey { case kind, kernel, initrd, commandLine = "command_line", image, format }
-    enum ConsoleKeys: String, CodingKey { case kind, path }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        version = try c.decode(Int.self, forKey: .version)
-        name = try c.decode(String.self, forKey: .name)
-        cpus = try c.decode(Int.self, forKey: .cpus)
-        memory = try c.decode(UInt64.self, forKey: .memory)
-        disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
-        let b = try c.nestedContainer(keyedBy: BootKeys.self, forKey: .boot)
-        switch try b.decode(String.self, forKey: .kind) {
-        case "linux":
-            boot = .linux(kernel: try b.decode(String.self, forKey: .kernel), initrd: try b.decodeIfPresent(String.self, forKey: .initrd),
-                          commandLine: try b.decodeIfPresent(String.self, forKey: .commandLine) ?? Self.defaultCommandLine)
-        case "freestanding":
-            boot = .freestanding(image: try b.decode(String.self, forKey: .image), format: try b.decode(ImageFormat.self, forKey: .format))
-        case let other:
-            throw DecodingError.dataCorruptedError(forKey: .kind, in: b, debugDescription: "unknown boot kind '\(other)'")
+    /// Reads a config from `vm.json`'s document; `validate()` then checks the values.
+    public init(json: JSONValue) throws(VMConfigError) {
+        func field<T>(_ object: JSONValue, _ key: String, _ what: String, _ get: (JSONValue) -> T?) throws(VMConfigError) -> T {
+            guard let value = object[key] else { throw VMConfigError(.invalid("'\(key)' is missing")) }
+            guard let typed = get(value) else { throw VMConfigError(.invalid("'\(key)' must be \(what)")) }
+            return typed
         }
-        if c.contains(.console) {
-            let k = try c.nestedContainer(keyedBy: ConsoleKeys.self, forKey: .console)
-            switch try k.decode(String.self, forKey: .kind) {
+        func optional<T>(_ object: JSONValue, _ key: String, _ what: String, _ get: (JSONValue) -> T?) throws(VMConfigError) -> T? {
+            guard let value = object[key], value != .null else { return nil }
+            return try field(object, key, what, get)
+        }
+        let text = "a string", count = "a whole number"
+        guard case .object = json else { throw VMConfigError(.invalid("the config must be a JSON object")) }
+        version = try field(json, "version", count) { $0.integer(Int.self) }
+        name = try field(json, "name", text) { $0.stringValue }
+        cpus = try field(json, "cpus", count) { $0.integer(Int.self) }
+        memory = try field(json, "memory_bytes", "a whole number of bytes") { $0.integer(UInt64.self) }
+        let diskList = try optional(json, "disks", "an array") { $0.arrayValue } ?? []
+        disks = []
+        for item in diskList {
+            guard case .object = item else { throw VMConfigError(.invalid("each of 'disks' must be an object")) }
+            disks.append(Disk(name: try field(item, "name", text) { $0.stringValue },
+                              size: try field(item, "size_bytes", "a whole number of bytes") { $0.integer(UInt64.self) },
+                              readOnly: try optional(item, "read_only", "true or false") { $0.boolValue } ?? false))
+        }
+        let b = try field(json, "boot", "an object") { if case .object = $0 { $0 } else { nil } }
+        switch try field(b, "kind", text, { $0.stringValue }) {
+        case "linux":
+            boot = .linux(kernel: try field(b, "kernel", text) { $0.stringValue },
+                          initrd: try optional(b, "initrd", text) { $0.stringValue },
+                          commandLine: try optional(b, "command_line", text) { $0.stringValue } ?? Self.defaultCommandLine)
+        case "freestanding":
+            let format = try field(b, "format", text) { $0.stringValue }
+            guard let imageFormat = ImageFormat(rawValue: format) else {
+                throw VMConfigError(.invalid("unknown image format '\(format)' (flat or elf)"))
+            }
+            boot = .freestanding(image: try field(b, "image", text) { $0.stringValue }, format: imageFormat)
+        case let other:
+            throw VMConfigError(.invalid("unknown boot kind '\(other)' (linux or freestanding)"))
+        }
+        if let k = try optional(json, "console", "an object", { if case .object = $0 { $0 } else { nil } }) {
+            switch try field(k, "kind", text, { $0.stringValue }) {
             case "terminal": console = .terminal
             case "none": console = .none
-            case "file": console = .file(try k.decode(String.self, forKey: .path))
-            case let other:
-                throw DecodingError.dataCorruptedError(forKey: .kind, in: k, debugDescription: "unknown console kind '\(other)'")
+            case "file": console = .file(try field(k, "path", text) { $0.stringValue })
+            case let other: throw VMConfigError(.invalid("unknown console kind '\(other)' (terminal, none or file)"))
             }
         } else {
             console = .terminal
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(version, forKey: .version)
-        try c.encode(name, forKey: .name)
-        try c.encode(cpus, forKey: .cpus)
-        try c.encode(memory, forKey: .memory)
-        try c.encode(disks, forKey: .disks)
-        var b = c.nestedContainer(keyedBy: BootKeys.self, forKey: .boot)
-        try b.encode(boot.kindName, forKey: .kind)
-        switch boot {
-        case .linux(let kernel, let initrd, let commandLine):
-            try b.encode(kernel, forKey: .kernel)
-            try b.encodeIfPresent(initrd, forKey: .initrd)
-            try b.encode(commandLine, forKey: .commandLine)
-        case .freestanding(let image, let format):
-            try b.encode(image, forKey: .image)
-            try b.encode(format, forKey: .format)
-        }
-        var k = c.nestedContainer(keyedBy: ConsoleKeys.self, forKey: .console)
-        switch console {
-        case .terminal: try k.encode("terminal", forKey: .kind)
-        case .none: try k.encode("none", forKey: .kind)
-        case .file(let path):
-            try k.encode("file", forKey: .kind)
-            try k.encode(path, forKey: .path)
         }
     }
 }

@@ -1,4 +1,3 @@
-import Foundation
 import Glibc
 import LunarFS
 
@@ -91,17 +90,24 @@ public enum VMLibrary {
         let path = VMConfig.folder(name) + "/" + configFile
         let bytes: [UInt8]
         do throws(FSError) {
-            bytes = try readFile(path, on: volume)
+            bytes = try readFile(path, on: volume, limit: maxConfigSize)
         } catch {
             guard error.kind == .notFound else { throw error }
             if try volume.exists(VMConfig.folder(name)) { throw VMConfigError(.damaged(name: name, reason: "\(path) is missing")) }
             throw VMConfigError(.notFound(name: name))
         }
         let config: VMConfig
-        do {
-            config = try JSONDecoder().decode(VMConfig.self, from: Data(bytes))
+        do throws(VMConfigError) {
+            let document: JSONValue
+            do throws(JSONError) {
+                document = try JSONValue(parsing: bytes)
+            } catch {
+                throw VMConfigError(.invalid("not JSON: \(error)"))
+            }
+            config = try VMConfig(json: document)
         } catch {
-            throw VMConfigError(.damaged(name: name, reason: "\(path) is not a valid VM config: \(error)"))
+            let why = if case .invalid(let why) = error.kind { why } else { error.description }
+            throw VMConfigError(.damaged(name: name, reason: "\(path) is not a valid VM config: \(why)"))
         }
         guard config.name == name else {
             throw VMConfigError(.damaged(name: name, reason: "\(path) names the VM '\(config.name)'"))
@@ -135,9 +141,7 @@ public enum VMLibrary {
     }
 
     static func writeConfig(_ config: VMConfig, to volume: Volume) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = Array(try encoder.encode(config)) + [0x0A]
+        let data = Array(config.json.prettyPrinted.utf8)
         let file = try volume.create(config.path(configFile))
         try file.truncate(to: 0)
         try file.write(data, at: 0)
@@ -173,10 +177,18 @@ public enum VMLibrary {
         }
     }
 
-    /// Reads a file of the VM's folder whole (boot images).
-    static func readFile(_ path: String, on volume: Volume) throws(FSError) -> [UInt8] {
+    /// vm.json is a few hundred bytes; a bigger one is damage, not a config to read.
+    static let maxConfigSize: UInt64 = 1 << 20
+
+    /// Reads a file of the VM's folder whole (boot images, vm.json), refusing one over `limit`
+    /// bytes: another host may have written anything there.
+    static func readFile(_ path: String, on volume: Volume, limit: UInt64 = 1 << 32) throws(FSError) -> [UInt8] {
         let file = try volume.openFile(path)
-        return try file.read(at: 0, count: Int(try file.size))
+        let size = try file.size
+        guard size <= limit else {
+            throw FSError(.invalidArgument("\(mib(size)) is more than a VM's \(path.split(separator: "/").last ?? "") may hold (\(mib(limit)))"), path: path)
+        }
+        return try file.read(at: 0, count: Int(size))
     }
 }
 

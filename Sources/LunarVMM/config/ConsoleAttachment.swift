@@ -1,0 +1,130 @@
+import Glibc
+import LunarIO
+
+/// The VM's serial console on this side: standard output (raw terminal input, with the Ctrl-A
+/// escapes, when standard input is a terminal), a host file, or nothing.
+public final class ConsoleAttachment: @unchecked Sendable {
+    public let outputFD: Int32
+    /// Standard input is a terminal: raw mode and the Ctrl-A escapes are on.
+    public let interactive: Bool
+    private var saved: termios?
+    /// Wakes the watcher thread: "s" from a signal handler (stop), "q" to end it.
+    private var wake: [Int32] = [-1, -1]
+    private var ownsOutput = false
+
+    public init(_ console: VMConfig.Console) throws(VMConfigError) {
+        switch console {
+        case .terminal:
+            outputFD = STDOUT_FILENO
+            interactive = isatty(STDIN_FILENO) == 1
+        case .none:
+            outputFD = -1
+            interactive = false
+        case .file(let path):
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw VMConfigError(.hostFile(path: path, reason: String(cString: strerror(errno)))) }
+            outputFD = fd
+            ownsOutput = true
+            interactive = false
+        }
+    }
+
+    deinit {
+        if ownsOutput { close(outputFD) }
+    }
+
+    /// One byte from the guest's UART, written at once (a console is watched live).
+    public var output: @Sendable (UInt8) -> Void {
+        let fd = outputFD
+        return { byte in
+            guard fd >= 0 else { return }
+            var b = byte
+            while write(fd, &b, 1) < 0 && errno == EINTR {} // EPIPE and the like: the byte is dropped
+        }
+    }
+
+    /// Raw mode and the Ctrl-A escapes (on a terminal), SIGINT/SIGTERM/SIGHUP: `stop` and
+    /// `input` (what is typed, for the guest's UART) are called on a watcher thread.
+    public func attach(stop: @escaping @Sendable () -> Void, input: @escaping @Sendable ([UInt8]) -> Void) {
+        // A reader of the console that goes away must not kill the VMM before it closes the
+        // volume: the guest's output is then dropped.
+        _ = signal(SIGPIPE, SIG_IGN)
+        guard pipe(&wake) == 0 else { return }
+        consoleWakeFD = wake[1]
+        for s in [SIGINT, SIGTERM, SIGHUP] {
+            _ = signal(s) { _ in
+                var b = UInt8(ascii: "s")
+                _ = write(consoleWakeFD, &b, 1)
+            }
+        }
+        if interactive {
+            var t = termios()
+            if tcgetattr(STDIN_FILENO, &t) == 0 {
+                saved = t
+                // Raw input, output processing kept (a guest printing "\n" still starts a new line).
+                t.c_iflag &= ~tcflag_t(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON)
+                t.c_lflag &= ~tcflag_t(ECHO | ECHONL | ICANON | ISIG | IEXTEN)
+                t.c_cflag |= tcflag_t(CS8)
+                _ = tcsetattr(STDIN_FILENO, TCSANOW, &t)
+            }
+        }
+        let readWake = wake[0], interactive = self.interactive
+        let watcher = startThread {
+            var fds = [pollfd(fd: readWake, events: Int16(POLLIN), revents: 0)]
+            if interactive { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
+            var escape = false
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while true {
+                if poll(&fds, nfds_t(fds.count), -1) < 0 { if errno == EINTR { continue } else { return } }
+                if fds[0].revents != 0 {
+                    let n = read(readWake, &buffer, 1)
+                    if n <= 0 || buffer[0] == UInt8(ascii: "q") { return }
+                    stop()
+                }
+                if fds.count > 1, fds[1].revents != 0 {
+                    let n = read(STDIN_FILENO, &buffer, buffer.count)
+                    if n <= 0 { fds.removeLast(); continue }
+                    var typed: [UInt8] = []
+                    defer { if !typed.isEmpty { input(typed) } }
+                    for byte in buffer[0..<n] {
+                        if escape {
+                            escape = false
+                            switch byte {
+                            case UInt8(ascii: "x"), UInt8(ascii: "X"):
+                                stop()
+                            case UInt8(ascii: "h"), UInt8(ascii: "?"):
+                                let help = "\r\nC-a x    stop the VM and exit\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n"
+                                _ = help.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+                            case 0x01:
+                                typed.append(0x01)
+                            default:
+                                break
+                            }
+                        } else if byte == 0x01 {
+                            escape = true
+                        } else {
+                            typed.append(byte)
+                        }
+                    }
+                }
+            }
+        }
+        if case .success(let thread) = watcher { pthread_detach(thread) }
+    }
+
+    /// Restores the terminal and ends the watcher.
+    public func detach() {
+        if var t = saved {
+            _ = tcsetattr(STDIN_FILENO, TCSANOW, &t)
+            saved = nil
+        }
+        for s in [SIGINT, SIGTERM, SIGHUP] { _ = signal(s, SIG_DFL) }
+        if wake[1] >= 0 {
+            var b = UInt8(ascii: "q")
+            _ = write(wake[1], &b, 1)
+        }
+    }
+}
+
+/// Where the signal handlers of `ConsoleAttachment` write (a handler cannot capture).
+private nonisolated(unsafe) var consoleWakeFD: Int32 = -1
