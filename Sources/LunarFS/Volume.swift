@@ -227,6 +227,34 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// Opens the volume on `path`, runs `body`, and closes it: closing is what commits the last
+    /// changes, so it happens on success and failure alike. FSErrors come out naming the path
+    /// inside the volume as a user writes it, `LUN:/path` (`FSError.naming`).
+    public static func withOpen<T>(path: String, options: OpenOptions, _ body: (Volume) throws -> T) throws -> T {
+        let volume: Volume
+        do throws(FSError) {
+            volume = try open(path: path, options: options)
+        } catch {
+            throw error.naming(path)
+        }
+        let result: T
+        do {
+            result = try body(volume)
+        } catch let error as FSError {
+            try? volume.close()
+            throw error.naming(path)
+        } catch {
+            try? volume.close()
+            throw error
+        }
+        do throws(FSError) {
+            try volume.close()
+        } catch {
+            throw error.naming(path)
+        }
+        return result
+    }
+
     /// Commits, lets go of the volume. Later calls fail.
     public func close() throws(FSError) {
         stopLinger()

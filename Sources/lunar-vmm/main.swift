@@ -111,22 +111,8 @@ func runStored(_ arguments: Arguments) throws -> Int32 {
         throw FSError(.notFound).naming(lun)
     }
     let interval = getenv("LUNAR_HEARTBEAT_INTERVAL").flatMap { Double(String(cString: $0)) } ?? 3
-    let volume: Volume
-    do throws(FSError) {
-        volume = try Volume.open(path: lun, options: OpenOptions(readOnly: false, heartbeatInterval: interval))
-    } catch {
-        throw error.naming(lun)
-    }
-    do {
-        let status = try runStored(name, on: volume, lun: lun, console: console, arguments)
-        try volume.close()
-        return status
-    } catch let error as FSError {
-        try? volume.close()
-        throw error.naming(lun)
-    } catch {
-        try? volume.close()
-        throw error
+    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: false, heartbeatInterval: interval)) { volume in
+        try runStored(name, on: volume, lun: lun, console: console, arguments)
     }
 }
 

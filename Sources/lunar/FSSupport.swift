@@ -162,41 +162,20 @@ func sameHostFile(_ a: String, _ b: String) -> Bool {
 
 // MARK: opening volumes
 
-/// Opens the volume on `lun`, runs `body`, and closes it: closing is what commits the last
-/// changes, so it happens on success and failure alike. Errors naming a path inside the volume
-/// are rewritten to `LUN:/path`, the form the user typed.
 /// Seconds between heartbeats of this process's host slot: 3, or LUNAR_HEARTBEAT_INTERVAL
 /// (tests shorten it so that death is declared in a fraction of a second).
 var heartbeatInterval: Double {
     ProcessInfo.processInfo.environment["LUNAR_HEARTBEAT_INTERVAL"].flatMap(Double.init) ?? 3
 }
 
+/// Opens the volume on `lun`, runs `body`, and closes it: closing is what commits the last
+/// changes, so it happens on success and failure alike. Errors naming a path inside the volume
+/// are rewritten to `LUN:/path`, the form the user typed.
 func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) throws -> T {
     guard lunExists(lun) else {
         throw CLIError("\(lun): no such file or directory (make a volume with `lunar fs mkfs \(lun) --size 20G`)")
     }
-    let volume: Volume
-    do {
-        volume = try Volume.open(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: heartbeatInterval))
-    } catch {
-        throw error.naming(lun)
-    }
-    let result: T
-    do {
-        result = try body(volume)
-    } catch let error as FSError {
-        try? volume.close()
-        throw error.naming(lun)
-    } catch {
-        try? volume.close()
-        throw error
-    }
-    do {
-        try volume.close()
-    } catch {
-        throw error.naming(lun)
-    }
-    return result
+    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: heartbeatInterval), body)
 }
 
 // MARK: formatting
