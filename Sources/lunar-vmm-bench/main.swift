@@ -19,14 +19,6 @@ func fail(_ message: String) -> Never {
     exit(1)
 }
 
-func parseSize(_ text: String) -> UInt64? {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    if let last = text.last?.uppercased().first, let unit = units[last] {
-        return UInt64(text.dropLast()).map { $0 * unit }
-    }
-    return UInt64(text)
-}
-
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard arguments.count >= 2 else { fail("usage: lunar-vmm-bench prepare|run VOLUME [options] (see the source's header)") }
 let command = arguments[0], volumePath = arguments[1]
@@ -42,7 +34,7 @@ let filePath = options["file"] ?? "/bench.raw"
 do {
     switch command {
     case "prepare":
-        guard let size = parseSize(options["size"] ?? "1G"), size >= 64 << 20 else { fail("bad --size") }
+        guard let size = ByteSize(argument: options["size"] ?? "1G")?.bytes, size >= 64 << 20 else { fail("bad --size") }
         try Volume.format(path: volumePath, size: 2 * size + (256 << 20))
         let volume = try Volume.open(path: volumePath)
         _ = try FSBenchmark.layOut(volume, path: filePath, size: size)
