@@ -52,6 +52,12 @@ struct VMCreateCommand: AsyncParsableCommand {
     @Option(help: "Guest memory (e.g. 512M, 2G).", transform: ByteSize.parse)
     var memory = ByteSize(bytes: 512 << 20)
 
+    @Option(help: """
+        How the host backs guest memory: huge (transparent huge pages, the default), small \
+        (4 KiB pages), or mergeable (4 KiB pages shared between VMs by KSM).
+        """)
+    var memoryBacking: GuestMemory.Backing = .hugePages
+
     @Option(name: .customLong("disk"), help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
     var disks: [String] = []
 
@@ -101,7 +107,7 @@ struct VMCreateCommand: AsyncParsableCommand {
                 boot = .freestanding(image: "guest.img", format: try Self.imageFormat(image!))
             }
             let diskList = try Self.parseDisks(disks)
-            let config = VMConfig(name: name, cpus: cpus, memory: memory.bytes, boot: boot, disks: diskList,
+            let config = VMConfig(name: name, cpus: cpus, memory: memory.bytes, memoryBacking: memoryBacking, boot: boot, disks: diskList,
                                   console: try consoleArgument(console))
             let created = try withVolume(lun, readOnly: false) { volume in
                 try VMLibrary.create(on: volume, config: config,
@@ -259,7 +265,7 @@ struct VMShowCommand: AsyncParsableCommand {
             if json { return printJSON(vmJSON(config, allocated: allocated)) }
             print("VM \(config.name) (\(lun):\(config.folder))")
             print("  cpus:    \(config.cpus)")
-            print("  memory:  \(ByteSize.format(config.memory))")
+            print("  memory:  \(ByteSize.format(config.memory)), \(config.memoryBacking.rawValue) pages")
             switch config.boot {
             case .linux(let kernel, let initrd, let commandLine):
                 print("  boot:    linux, kernel \(kernel)" + (initrd.map { ", initrd \($0)" } ?? ""))
@@ -326,7 +332,7 @@ func vmJSON(_ c: VMConfig, allocated: [UInt64?]) -> [String: Any] {
         boot["format"] = format.rawValue
     }
     return [
-        "name": c.name, "cpus": c.cpus, "memory_bytes": c.memory, "boot": boot, "console": c.console.description,
+        "name": c.name, "cpus": c.cpus, "memory_bytes": c.memory, "memory_backing": c.memoryBacking.rawValue, "boot": boot, "console": c.console.description,
         "folder": c.folder,
         "disks": zip(c.disks, allocated).map { disk, a in
             ["name": disk.name, "file": disk.file, "size_bytes": disk.size, "allocated_bytes": a.map { $0 as Any } ?? NSNull(),
@@ -334,3 +340,5 @@ func vmJSON(_ c: VMConfig, allocated: [UInt64?]) -> [String: Any] {
         },
     ]
 }
+
+extension GuestMemory.Backing: ExpressibleByArgument {}

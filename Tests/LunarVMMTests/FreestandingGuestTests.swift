@@ -129,7 +129,7 @@ final class ConsoleCapture: Sendable {
 struct VMConfigTests {
     @Test("vm.json round-trips and is flat, with a kind for the boot and the console")
     func json() throws {
-        let config = VMConfig(name: "web01", cpus: 2, memory: 512 << 20,
+        let config = VMConfig(name: "web01", cpus: 2, memory: 512 << 20, memoryBacking: .mergeable,
                               boot: .linux(kernel: "kernel", initrd: "initrd", commandLine: "console=ttyS0"),
                               disks: [.init(name: "disk0", size: 10 << 30), .init(name: "disk1", size: 1 << 20, readOnly: true)],
                               console: .file("/var/log/web01.log"))
@@ -140,6 +140,22 @@ struct VMConfigTests {
         #expect((object["boot"] as? [String: Any])?["kind"] as? String == "linux")
         #expect((object["console"] as? [String: Any])?["path"] as? String == "/var/log/web01.log")
         #expect(object["memory_bytes"] as? Int == 512 << 20)
+        #expect(object["memory_backing"] as? String == "mergeable")
+    }
+
+    @Test("memory_backing: huge when absent, an unknown one refused with the choices")
+    func memoryBacking() throws {
+        var object = VMConfig(name: "a", memory: 64 << 20, boot: .freestanding(image: "guest.img", format: .flat)).json
+        guard case .object(var fields) = object else { Issue.record("not an object"); return }
+        fields["memory_backing"] = nil
+        #expect(try VMConfig(json: .object(fields)).memoryBacking == .hugePages)
+        fields["memory_backing"] = .string("gigantic")
+        object = .object(fields)
+        #expect {
+            try VMConfig(json: object)
+        } throws: { error in
+            "\(error)".contains("unknown memory_backing 'gigantic' (huge, small or mergeable)")
+        }
     }
 
     @Test("validation names the problem", arguments: [

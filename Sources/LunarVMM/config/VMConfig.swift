@@ -84,15 +84,18 @@ public struct VMConfig: Sendable, Equatable {
     public var cpus: Int
     /// Bytes of guest RAM.
     public var memory: UInt64
+    /// How the host backs guest RAM (`memory_backing` in vm.json; huge pages when absent).
+    public var memoryBacking: GuestMemory.Backing
     public var boot: Boot
     public var disks: [Disk]
     public var console: Console
 
-    public init(name: String, cpus: Int = 1, memory: UInt64 = 512 << 20, boot: Boot, disks: [Disk] = [],
-                console: Console = .terminal) {
+    public init(name: String, cpus: Int = 1, memory: UInt64 = 512 << 20, memoryBacking: GuestMemory.Backing = .hugePages,
+                boot: Boot, disks: [Disk] = [], console: Console = .terminal) {
         self.name = name
         self.cpus = cpus
         self.memory = memory
+        self.memoryBacking = memoryBacking
         self.boot = boot
         self.disks = disks
         self.console = console
@@ -167,6 +170,7 @@ public struct VMConfig: Sendable, Equatable {
         }
         return .object([
             "version": .number(version), "name": .string(name), "cpus": .number(cpus), "memory_bytes": .number(memory),
+            "memory_backing": .string(memoryBacking.rawValue),
             "disks": .array(disks.map { disk in
                 .object(["name": .string(disk.name), "size_bytes": .number(disk.size), "read_only": .bool(disk.readOnly)])
             }),
@@ -191,6 +195,11 @@ public struct VMConfig: Sendable, Equatable {
         name = try field(json, "name", text) { $0.stringValue }
         cpus = try field(json, "cpus", count) { $0.integer(Int.self) }
         memory = try field(json, "memory_bytes", "a whole number of bytes") { $0.integer(UInt64.self) }
+        let backing = try optional(json, "memory_backing", text) { $0.stringValue }
+        guard let memoryBacking = GuestMemory.Backing(rawValue: backing ?? GuestMemory.Backing.hugePages.rawValue) else {
+            throw VMConfigError(.invalid("unknown memory_backing '\(backing ?? "")' (\(GuestMemory.Backing.names))"))
+        }
+        self.memoryBacking = memoryBacking
         let diskList = try optional(json, "disks", "an array") { $0.arrayValue } ?? []
         disks = []
         for item in diskList {

@@ -46,7 +46,8 @@ public final class VMSession: @unchecked Sendable {
                 throw VMConfigError(.damaged(name: config.name, reason: "disk \(disk.name) (\(path)) is missing"))
             }
         }
-        let vm = try VirtualMachine(kvm: kvm, memorySize: config.memory, cpus: config.cpus, console: console)
+        let vm = try VirtualMachine(kvm: kvm, memorySize: config.memory, memoryBacking: config.memoryBacking, cpus: config.cpus,
+                                    console: console)
         var slots: [Layout.DiskSlot] = []
         for (disk, file) in zip(config.disks, files) {
             let backend = try LunarFSDisk(file: file, readOnly: disk.readOnly)

@@ -7,18 +7,57 @@ public final class GuestMemory: @unchecked Sendable {
     public let size: UInt64
     let base: UnsafeMutableRawPointer
 
-    public init(size: UInt64, mergeable: Bool = false) throws(VMMError) {
+    /// How the host backs guest RAM.
+    public enum Backing: String, Sendable, CaseIterable {
+        /// Transparent huge pages where the kernel can find them (as QEMU asks for its RAM):
+        /// fewer TLB misses for the guest, and a guest buffer of up to 2 MiB is one piece of
+        /// host memory, so a direct read or write into it is one segment for the LUN's driver
+        /// instead of one per 4 KiB page (a 1 MiB request would otherwise exceed virtio-blk's
+        /// usual 254 segments and be split in two).
+        case hugePages = "huge"
+        /// 4 KiB pages only.
+        case smallPages = "small"
+        /// 4 KiB pages offered to KSM for sharing between VMs (memory page sharing); huge pages
+        /// would defeat it.
+        case mergeable
+
+        /// "huge, small or mergeable", for messages.
+        public static var names: String {
+            let all = allCases.map(\.rawValue)
+            return all.dropLast().joined(separator: ", ") + " or " + (all.last ?? "")
+        }
+    }
+
+    public let backing: Backing
+    /// The whole mapping: guest RAM plus what aligning it to a huge page took.
+    private let mapping: UnsafeMutableRawBufferPointer
+
+    static let hugePage = 2 << 20
+
+    public init(size: UInt64, backing: Backing = .hugePages) throws(VMMError) {
         guard size >= 2 << 20, size % 4096 == 0, size <= 1 << 40 else {
             throw VMMError(.invalidConfiguration("guest memory of \(size) bytes (2 MiB – 1 TiB, page multiple)"))
         }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        // Huge pages need 2 MiB-aligned host addresses for 2 MiB-aligned guest ones: map one
+        // huge page more and start at the first boundary (the slack is never touched).
+        let slack = backing == .hugePages ? Self.hugePage : 0
+        let length = Int(size) + slack
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { throw VMMError.system("mmap guest memory", errno) }
-        if mergeable { _ = madvise(p, Int(size), MADV_MERGEABLE) }
-        base = p
+        mapping = UnsafeMutableRawBufferPointer(start: p, count: length)
+        let skip = slack == 0 ? 0 : (slack - Int(UInt(bitPattern: p) % UInt(slack))) % slack
+        base = p + skip
         self.size = size
+        self.backing = backing
+        // Advice only: a kernel without THP or KSM still runs the guest, on small pages.
+        switch backing {
+        case .hugePages: _ = madvise(base, Int(size), MADV_HUGEPAGE)
+        case .mergeable: _ = madvise(base, Int(size), MADV_MERGEABLE)
+        case .smallPages: _ = madvise(base, Int(size), MADV_NOHUGEPAGE)
+        }
     }
 
-    deinit { munmap(base, Int(size)) }
+    deinit { munmap(mapping.baseAddress, mapping.count) }
 
     /// The host view of guest bytes `[address, address + length)`, or nil when any of it lies
     /// outside guest memory.

@@ -53,13 +53,14 @@ public final class VirtualMachine {
     static let stackTop: UInt64 = 0x8_0000
 
     /// `console` receives the UART's output, from whichever vCPU thread writes it (one at a time).
-    public init(kvm: KVM, memorySize: UInt64, cpus: Int = 1, console: @escaping (UInt8) -> Void) throws(VMMError) {
+    public init(kvm: KVM, memorySize: UInt64, memoryBacking: GuestMemory.Backing = .hugePages, cpus: Int = 1,
+                console: @escaping (UInt8) -> Void) throws(VMMError) {
         guard (1...Self.maximumCPUs).contains(cpus) else {
             throw VMMError(.invalidConfiguration("\(cpus) vCPUs; a VM has 1 to \(Self.maximumCPUs)"))
         }
         self.kvm = kvm
         self.cpus = cpus
-        memory = try GuestMemory(size: memorySize)
+        memory = try GuestMemory(size: memorySize, backing: memoryBacking)
         fd = try check(lunar_kvm_create_vm(kvm.fd), "KVM_CREATE_VM")
         serial = Serial8250(output: console)
         do throws(VMMError) {
