@@ -145,6 +145,7 @@ func runStored(_ name: String, on volume: Volume, lun: String, console: VMConfig
     let start = monotonicSeconds()
     attachment.attach(stop: { session.stop() }, input: { session.sendConsoleInput($0) })
     defer { attachment.detach() }
+    trimWhenSettled()
     let (reason, status) = outcome(try session.run())
     if arguments.verbose { note("\(reason) after \(fixedPoint(monotonicSeconds() - start, places: 3)) s") }
     return status
@@ -171,6 +172,7 @@ func bootImage(_ arguments: Arguments) throws -> Int32 {
     nonisolated(unsafe) let target = vm
     attachment.attach(stop: { target.requestStop() }, input: { target.sendConsoleInput($0) })
     defer { attachment.detach() }
+    trimWhenSettled()
     return outcome(try vm.runFreestanding(entry: entry)).status
 }
 
@@ -198,30 +200,52 @@ func readHostFile(_ path: String) throws(VMConfigError) -> [UInt8] {
     return bytes
 }
 
-/// Unmaps the code pages of this process (its own and its libraries') and turns off the
-/// kernel's fault-around for them: a page of code then becomes resident only when it runs, not
-/// with the 15 neighbours the kernel maps around each fault. The VMM touches a small part of the
-/// Swift runtime and of libc, and a running VM keeps only that part resident. Code mappings are
-/// never written, so dropping their pages loses nothing: they come back from the page cache.
-func trimResidentCode() {
-    guard let maps = fopen("/proc/self/maps", "r") else { return }
-    defer { fclose(maps) }
+/// Unmaps the pages of this process's read-only file mappings (code, symbol tables and
+/// relocation records of the binary and its libraries) that it holds no private copy of. They
+/// stay in the page cache and come back on the next touch, so nothing is lost; until then they
+/// do not count against the VM. Most of what start-up ran (argument parsing, opening the
+/// volume, building the machine) and what the dynamic loader read is then no longer resident;
+/// a running VM keeps what its threads touch again, in 64 KiB pieces (the kernel maps a
+/// fault's neighbours too, and MADV_RANDOM does not stop that on current kernels).
+///
+/// Mappings with anonymous pages are left alone: RELRO data was written by the loader before
+/// it became read-only, and dropping those pages would bring back the unrelocated file bytes.
+func trimResidentFilePages() {
+    guard let smaps = fopen("/proc/self/smaps", "r") else { return }
+    defer { fclose(smaps) }
     var line: UnsafeMutablePointer<CChar>?
     var capacity = 0
     defer { free(line) }
-    while getline(&line, &capacity, maps) > 0, let line {
-        // "start-end perms offset dev inode path"
-        let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
-        guard fields.count >= 6, fields[1] == "r-xp", fields[5].hasPrefix("/") else { continue }
-        let range = fields[0].split(separator: "-")
-        guard range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16), end > start,
-              let address = UnsafeMutableRawPointer(bitPattern: start) else { continue }
-        _ = madvise(address, Int(end - start), MADV_RANDOM)
-        _ = madvise(address, Int(end - start), MADV_DONTNEED)
+    var candidate: (address: UnsafeMutableRawPointer, length: Int)?
+    var trimmable: [(address: UnsafeMutableRawPointer, length: Int)] = []
+    while getline(&line, &capacity, smaps) > 0, let line {
+        let text = String(cString: line)
+        let fields = text.split(separator: " ", omittingEmptySubsequences: true)
+        if let range = fields.first, range.contains("-"), fields.count >= 5 {
+            // "start-end perms offset dev inode [path]": a new mapping.
+            candidate = nil
+            let bounds = range.split(separator: "-")
+            guard fields.count >= 6, fields[1] == "r-xp" || fields[1] == "r--p", fields[5].hasPrefix("/"),
+                  bounds.count == 2, let start = UInt(bounds[0], radix: 16), let end = UInt(bounds[1], radix: 16),
+                  end > start, let address = UnsafeMutableRawPointer(bitPattern: start) else { continue }
+            candidate = (address, Int(end - start))
+        } else if fields.first == "Anonymous:", let c = candidate {
+            if fields.count >= 2, fields[1] == "0" { trimmable.append(c) }
+            candidate = nil
+        }
     }
+    for m in trimmable { _ = madvise(m.address, m.length, MADV_DONTNEED) }
 }
 
-trimResidentCode()
+/// Trims again once the VM has run for a moment: by then start-up is over, and what its
+/// threads touched while starting is not needed again.
+func trimWhenSettled() {
+    let started = startThread {
+        usleep(250_000)
+        trimResidentFilePages()
+    }
+    if case .success(let thread) = started { pthread_detach(thread) }
+}
 
 // A signal mask is inherited through exec: `lunar` execs this from a thread of its async pool,
 // which blocks SIGTERM and SIGINT, and the VM must still stop on them.
