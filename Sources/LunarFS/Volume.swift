@@ -105,7 +105,13 @@ public final class Volume: @unchecked Sendable {
             linger.thread.store(UInt(pthread_self()), ordering: .relaxed)
             defer { linger.done.signal() }
             while !linger.stop.load(ordering: .relaxed) {
-                usleep(step)
+                // Holding the lock, it looks every step (for the linger's end and for hosts
+                // that knock); not holding it, only the sweep for dead hosts is due, and it
+                // sleeps until then unless the lock is taken meanwhile.
+                linger.dozing.store(true, ordering: .sequentiallyConsistent)
+                // No reference to the volume is kept while it sleeps.
+                guard let idleFor = self.map({ $0.secondsUntilSweep() }) else { return }
+                linger.pause(idleFor, step: step)
                 guard let volume = self else { return }
                 volume.releaseIfIdle()
             }
@@ -117,8 +123,15 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// While the metadata lock is not held: how long until the next sweep for dead hosts is
+    /// due. Nil while it is held.
+    private func secondsUntilSweep() -> Double? {
+        lock.withLock { _ in core.metadataLock.flatMap { $0.held == nil ? $0.secondsUntilSweep(now: monotonicSeconds()) : nil } }
+    }
+
     private func stopLinger() {
         guard core.metadataLock != nil, !linger.stop.exchange(true, ordering: .relaxed) else { return }
+        linger.rouse()
         // The last reference may go on the linger thread itself, which then must not wait for itself.
         if linger.thread.load(ordering: .relaxed) == UInt(pthread_self()) { return }
         linger.done.wait()
@@ -276,6 +289,7 @@ public final class Volume: @unchecked Sendable {
                 guard !closed else { throw FSError(.invalidArgument("volume is closed")) }
                 if let failure = backgroundFailure.withLock({ $0 }) { throw failure }
                 try core.enterMetadata(access)
+                linger.rouse()
                 // Idle time counts from the end of a call: a call that took long (a commit) is
                 // no sign that the host stopped working on metadata.
                 defer { core.metadataLock?.lastUse = monotonicSeconds() }
@@ -471,6 +485,24 @@ private final class LingerControl: Sendable {
     /// The linger thread's pthread_self, set by the thread as it starts.
     let thread = Atomic<UInt>(0)
     let done = DispatchSemaphore(value: 0)
+    /// Set by the thread before it looks whether the lock is held; whoever then takes the
+    /// lock (or stops the thread) wakes it, so a long sleep never outlasts a hold.
+    let dozing = Atomic<Bool>(false)
+    private let wake = DispatchSemaphore(value: 0)
+
+    /// Sleeps `seconds` if given and longer than a step (woken early by `rouse`), else a step.
+    func pause(_ seconds: Double?, step: UInt32) {
+        if let seconds, seconds > Double(step) / 1e6, !stop.load(ordering: .relaxed) {
+            _ = wake.wait(timeout: .now() + seconds)
+        } else {
+            dozing.store(false, ordering: .sequentiallyConsistent)
+            usleep(step)
+        }
+    }
+
+    func rouse() {
+        if dozing.exchange(false, ordering: .sequentiallyConsistent) { wake.signal() }
+    }
 }
 
 private func fileExists(_ path: String) -> Bool {

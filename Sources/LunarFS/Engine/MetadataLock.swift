@@ -120,6 +120,7 @@ final class MetadataLock {
         return true
     }
     private var lastSweep = monotonicSeconds()
+    func secondsUntilSweep(now: Double) -> Double { max(0, lastSweep + sweepEvery - now) }
     private var sweepEvery: Double { OpenOptions.lockBreakTimeout(interval: recovery.judge.defaultInterval) / 2 }
 
     /// Whether the lingering lock is due to go back: idle long enough, or held long enough
