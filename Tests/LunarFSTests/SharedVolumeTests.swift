@@ -188,6 +188,25 @@ struct SharedVolumeTests {
         try v.close()
     }
 
+    @Test("a host idle long enough for its linger thread to sleep until the next sweep still hears a knock once it holds the lock again")
+    func lingerWakesOnHold() throws {
+        let t = try TestVolume()
+        // Heartbeats every 2 s: the sweep for dead hosts, all the linger thread waits for while
+        // nothing is held, is 5 s away.
+        let a = try Volume.open(path: t.path, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 2,
+                                                                   metadataLockLinger: 60, metadataLockMaxHold: 60))
+        let b = try Self.host(t)
+        try a.mkdir("/x")
+        try a.relinquishMetadataLock()
+        usleep(300_000)
+        try a.mkdir("/y")   // held again, for a minute unless someone knocks
+        let start = monotonicSeconds()
+        try b.mkdir("/z")
+        #expect(monotonicSeconds() - start < 2, "b waited for a's linger thread to wake by itself")
+        try a.close()
+        try b.close()
+    }
+
     @Test("a holder that closes the volume leaves no lock behind")
     func closeReleases() throws {
         let t = try TestVolume()
