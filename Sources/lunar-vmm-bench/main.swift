@@ -7,6 +7,7 @@
 //       offset of its first byte, and whether it lies in one piece on the image (then fio can
 //       run on exactly the same bytes).
 //   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 0]
+//                              [--memory-backing huge|small|mergeable]
 //       prints one JSON line: {"workload": ..., "iops": ..., "mb_per_s": ..., "engine": ...}
 import Glibc
 import LunarFS
@@ -50,7 +51,10 @@ do {
         let volume = try Volume.open(path: volumePath)
         let disk = try LunarFSDisk(file: try volume.openFile(filePath))
         guard let poll = Double(options["driver-poll-us"] ?? "0"), poll >= 0 else { fail("bad --driver-poll-us") }
-        let result = try VirtioBlockBenchmark.run(workload, on: disk, seconds: seconds, pollSeconds: poll / 1e6)
+        guard let backing = GuestMemory.Backing(rawValue: options["memory-backing"] ?? "huge") else {
+            fail("--memory-backing: give \(GuestMemory.Backing.names)")
+        }
+        let result = try VirtioBlockBenchmark.run(workload, on: disk, seconds: seconds, pollSeconds: poll / 1e6, memoryBacking: backing)
         try volume.close()
         print("{\"workload\": \"\(workload.name)\", \"iops\": \(result.iops), \"mb_per_s\": \(result.megabytesPerSecond), \"engine\": \"\(result.engine)\"}")
     default:

@@ -9,14 +9,15 @@ public enum VirtioBlockBenchmark {
     /// `pollSeconds`: how long the driver looks at the used ring before it sleeps on the
     /// interrupt (0: it always sleeps, as a purely interrupt-driven guest).
     public static func run(_ workload: IOWorkload, on backend: VirtioBlockBackend, seconds: Double,
-                           pollSeconds: Double = 0) throws(VMMError) -> IOBenchmarkResult {
+                           pollSeconds: Double = 0, memoryBacking: GuestMemory.Backing = .hugePages) throws(VMMError) -> IOBenchmarkResult {
         let bs = UInt64(workload.blockSize)
         let blocks = backend.capacity / bs
         guard blocks >= UInt64(workload.depth) else {
             throw VMMError(.invalidConfiguration("a \(backend.capacity)-byte disk is too small for \(workload)"))
         }
         if workload.write && backend.isReadOnly { throw VMMError(.invalidConfiguration("the disk is read-only")) }
-        let driver = try SyntheticBlockDriver(backend: backend, queueSize: 256, slots: workload.depth, bytesPerSlot: workload.blockSize)
+        let driver = try SyntheticBlockDriver(backend: backend, queueSize: 256, slots: workload.depth, bytesPerSlot: workload.blockSize,
+                                              memoryBacking: memoryBacking)
         var random = SplitMix64(seed: 0x4C55_4E41_52)
         if workload.write {
             for slot in 0..<workload.depth {
