@@ -76,6 +76,13 @@ public final class BlockDevice: Sendable {
     deinit { reactor.withLock { $0 }?.stop() }
 
     /// Opens an existing image file or block device.
+    /// Whether `lun` names a LUN: an existing image file or device on this host, or an iSCSI
+    /// LUN (whose existence only a login can tell).
+    public static func exists(_ lun: String) -> Bool {
+        var st = stat()
+        return ISCSILun.isLUNURL(lun) || stat(lun, &st) == 0
+    }
+
     public static func open(_ path: String, options: Options = Options()) throws(IOError) -> BlockDevice {
         try validate(options, path: path)
         let engine = options.engine ?? IOEngineKind.automatic

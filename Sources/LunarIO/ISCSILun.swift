@@ -201,6 +201,14 @@ public final class ISCSILun: BlockStorage {
         path.lowercased().hasPrefix("iscsi://")
     }
 
+    /// Whether `argument` is exactly an iSCSI LUN, `iscsi://HOST[:PORT]/IQN/LUN` (the LUN number
+    /// last). `iscsi://HOST/IQN/1:/dir` is not one: it is a path on that LUN's volume.
+    public static func isLUNURL(_ argument: String) -> Bool {
+        let parts = argument.split(separator: "/")
+        guard isURL(argument), parts.count >= 4, let last = parts.last else { return false }
+        return !last.isEmpty && last.allSatisfy(\.isNumber)
+    }
+
     /// The initiator name this process logs in with: `LUNAR_ISCSI_INITIATOR`, or one made from
     /// the host name (stable per machine, so target ACLs by initiator name work). Sessions of
     /// one machine differ by their ISID.

@@ -91,11 +91,6 @@ func outcome(_ exit: VMExit) -> (reason: String, status: Int32) {
     }
 }
 
-func lunExists(_ lun: String) -> Bool {
-    var st = stat()
-    return ISCSILun.isURL(lun) || stat(lun, &st) == 0
-}
-
 /// `lunar-vmm run LUN NAME`: the stored VM, with its disks held, until it ends.
 func runStored(_ arguments: Arguments) throws -> Int32 {
     let operands = arguments.operands("LUN", "NAME")
@@ -107,11 +102,11 @@ func runStored(_ arguments: Arguments) throws -> Int32 {
         }
         console = parsed
     }
-    guard lunExists(lun) else {
+    guard BlockDevice.exists(lun) else {
         throw FSError(.notFound).naming(lun)
     }
-    let interval = getenv("LUNAR_HEARTBEAT_INTERVAL").flatMap { Double(String(cString: $0)) } ?? 3
-    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: false, heartbeatInterval: interval)) { volume in
+    let options = OpenOptions(readOnly: false, heartbeatInterval: OpenOptions.toolHeartbeatInterval)
+    return try Volume.withOpen(path: lun, options: options) { volume in
         try runStored(name, on: volume, lun: lun, console: console, arguments)
     }
 }

@@ -147,7 +147,7 @@ struct FSMkfsCommand: AsyncParsableCommand {
     }
 
     private func resize(to bytes: UInt64) throws {
-        if isISCSIURL(lun) {
+        if ISCSILun.isLUNURL(lun) {
             let storage: any BlockStorage
             do { storage = try openStorage(lun, options: .init(readOnly: true)) } catch { throw CLIError("\(error)") }
             let actual = storage.size

@@ -128,20 +128,8 @@ func baseName(_ path: String) -> String {
     path.split(separator: "/").last.map(String.init) ?? path
 }
 
-/// A LUN argument that names an iSCSI LUN, `iscsi://HOST[:PORT]/IQN/LUN` (the LUN number
-/// last), rather than a path on this host. `iscsi://HOST/IQN/1:/dir` is not one: it is a path
-/// inside the volume on that LUN.
-func isISCSIURL(_ argument: String) -> Bool {
-    guard ISCSILun.isURL(argument), let last = argument.split(separator: "/").last, argument.split(separator: "/").count >= 4
-    else { return false }
-    return !last.isEmpty && last.allSatisfy(\.isNumber)
-}
-
-/// Whether `argument` names a LUN: an existing image file or device on this host, or an iSCSI
-/// LUN (whose existence only a login can tell).
-func lunExists(_ argument: String) -> Bool {
-    isISCSIURL(argument) || hostPathExists(argument)
-}
+/// Whether `argument` names a LUN (`BlockDevice.exists`).
+func lunExists(_ argument: String) -> Bool { BlockDevice.exists(argument) }
 
 func hostPathExists(_ path: String) -> Bool {
     var st = stat()
@@ -162,11 +150,6 @@ func sameHostFile(_ a: String, _ b: String) -> Bool {
 
 // MARK: opening volumes
 
-/// Seconds between heartbeats of this process's host slot: 3, or LUNAR_HEARTBEAT_INTERVAL
-/// (tests shorten it so that death is declared in a fraction of a second).
-var heartbeatInterval: Double {
-    ProcessInfo.processInfo.environment["LUNAR_HEARTBEAT_INTERVAL"].flatMap(Double.init) ?? 3
-}
 
 /// Opens the volume on `lun`, runs `body`, and closes it: closing is what commits the last
 /// changes, so it happens on success and failure alike. Errors naming a path inside the volume
@@ -175,7 +158,7 @@ func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) 
     guard lunExists(lun) else {
         throw CLIError("\(lun): no such file or directory (make a volume with `lunar fs mkfs \(lun) --size 20G`)")
     }
-    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: heartbeatInterval), body)
+    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: OpenOptions.toolHeartbeatInterval), body)
 }
 
 // MARK: formatting

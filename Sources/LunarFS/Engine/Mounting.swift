@@ -27,6 +27,12 @@ public struct OpenOptions: Sendable {
 
     /// Silence that makes a holder dead, as observers judge it (5 intervals).
     public static func lockBreakTimeout(interval: Double) -> Double { 5 * interval }
+
+    /// Seconds between heartbeats for `lunar` and `lunar-vmm`: 3, or LUNAR_HEARTBEAT_INTERVAL
+    /// (tests shorten it so that a dead host is declared so in a fraction of a second).
+    public static var toolHeartbeatInterval: Double {
+        getenv("LUNAR_HEARTBEAT_INTERVAL").flatMap { Double(String(cString: $0)) } ?? 3
+    }
     /// When a host whose renewals stopped succeeding writes no more (locking.md `T_fence`):
     /// half the lock-break timeout, so that a write which passed the check has `M` = 2.5
     /// intervals to land before any host may break the lock. One interval was too little: on
