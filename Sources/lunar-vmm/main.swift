@@ -17,7 +17,7 @@ let usage = """
       boot   runs a freestanding guest image (flat at 1 MiB, or a static ELF) from a host
              file, without a volume: the VMM's own start-up, for benchmarks
 
-      --console C   terminal, none, or a host file path (file:NAME, ./NAME, /path/NAME)
+      --console C   terminal, none, socket:PATH, or a host file path (file:NAME, ./NAME, /path/NAME)
       -v, --verbose the KVM kind, the VM's layout, the exit reason and the run time
       --force       run a Linux guest even on the paravirtual KVM
       --memory SIZE guest memory for boot (default 64M)
@@ -98,7 +98,7 @@ func runStored(_ arguments: Arguments) throws -> Int32 {
     var console: VMConfig.Console?
     if let text = arguments.console {
         guard let parsed = VMConfig.Console(argument: text) else {
-            fail("--console '\(text)': give terminal, none, or a host file path (file:NAME, ./NAME or /path/NAME)", status: 2)
+            fail("--console '\(text)': give \(VMConfig.Console.accepted)", status: 2)
         }
         console = parsed
     }

@@ -73,7 +73,7 @@ struct VMCreateCommand: AsyncParsableCommand {
     @Option(help: "Freestanding test guest on this host (flat image or ELF), copied into the VM.")
     var image: String?
 
-    @Option(help: "Serial console: terminal, none, or a host file path to append to.")
+    @Option(help: "Serial console: terminal, none, socket:PATH (a Unix socket this host's VMM listens on), or a host file path to append to.")
     var console = "terminal"
 
     @Flag(help: "Print the config as JSON.")
@@ -151,7 +151,7 @@ struct VMRunCommand: AsyncParsableCommand {
     @Argument(help: "VM name.")
     var name: String
 
-    @Option(help: "Serial console for this run: terminal, none, or a host file path (default: the VM's config).")
+    @Option(help: "Serial console for this run: terminal, none, socket:PATH, or a host file path (default: the VM's config).")
     var console: String?
 
     @Flag(name: .shortAndLong, help: "Print the KVM kind, the VM's layout, the exit reason and the run time (on standard error).")
@@ -305,7 +305,7 @@ struct VMRmCommand: AsyncParsableCommand {
 
 func consoleArgument(_ text: String) throws -> VMConfig.Console {
     guard let console = VMConfig.Console(argument: text) else {
-        throw CLIError("--console '\(text)': give terminal, none, or a host file path (file:NAME, ./NAME or /path/NAME)")
+        throw CLIError("--console '\(text)': give \(VMConfig.Console.accepted)")
     }
     return console
 }

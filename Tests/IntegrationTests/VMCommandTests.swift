@@ -131,6 +131,90 @@ struct VMCommandTests {
         #expect(unknown.status == 1 && unknown.stderr.contains("no VM named 'zz'"), "\(unknown.stderr)")
     }
 
+    /// A Unix-socket client of a VM's console.
+    struct ConsoleClient {
+        let fd: Int32
+
+        /// Connects to `path`, waiting up to 10 s for the VMM to listen there.
+        init(_ path: String) throws {
+            let deadline = Date().addingTimeInterval(10)
+            while true {
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                var address = sockaddr_un()
+                address.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                    raw.copyBytes(from: path.utf8)
+                    raw[path.utf8.count] = 0
+                }
+                let r = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                if r == 0 { self.fd = fd; return }
+                Glibc.close(fd)
+                guard Date() < deadline else { throw CocoaError(.fileNoSuchFile) }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+        }
+
+        /// What arrives until `text` was seen, the peer hung up, or 10 s passed.
+        func read(until text: String) -> String {
+            var seen = [UInt8]()
+            let deadline = Date().addingTimeInterval(10)
+            while !String(decoding: seen, as: UTF8.self).contains(text), Date() < deadline {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 100) >= 0 else { break }
+                guard p.revents != 0 else { continue }
+                var buffer = [UInt8](repeating: 0, count: 256)
+                let n = Glibc.read(fd, &buffer, buffer.count)
+                if n <= 0 { break }
+                seen += buffer[0..<n]
+            }
+            return String(decoding: seen, as: UTF8.self)
+        }
+
+        func send(_ text: String) { _ = text.withCString { write(fd, $0, strlen($0)) } }
+        func close() { Glibc.close(fd) }
+    }
+
+    @Test("a socket console: a late client gets what the guest printed, types its input; a second is turned away; the socket goes at exit")
+    func socketConsole() throws {
+        let f = try Fixture()
+        let path = f.scratch.path("echo.sock")
+        // A socket file a dead VMM left behind is taken over.
+        let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8)
+            raw[path.utf8.count] = 0
+        }
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(stale)
+        #expect(try f.vm(["create", f.lun, "echo", "--memory", "8M", "--image", try f.guest("echo.c"), "--console", "socket:\(path)"]).status == 0)
+        let running = try LunarProcess.start(["vm", "run", f.lun, "echo"])
+        let client = try ConsoleClient(path)
+        defer { client.close() }
+        // The prompt was printed before anyone listened: it comes from the backlog.
+        #expect(client.read(until: "> ") == "> ")
+        var st = stat()
+        #expect(lstat(path, &st) == 0 && st.st_mode & 0o777 == 0o600, "the console socket is the owner's only")
+        let second = try ConsoleClient(path)
+        #expect(second.read(until: "\n").contains("attached elsewhere"))
+        second.close()
+        client.send("abc\n")
+        #expect(client.read(until: "\n") == "abc\n")
+        let out = running.finish()
+        #expect(out.status == 3, "the echo guest powers off with its byte count: \(out.stderr)")
+        #expect(access(path, F_OK) != 0, "the socket file is removed")
+
+        // A path that is not a socket is not replaced.
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("keep me".utf8)))
+        let refused = try f.vm(["run", f.lun, "echo"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("exists and is not a socket"), "\(refused.stderr)")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep me")
+    }
+
     @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")
     func stopBySignal() throws {
         let f = try Fixture()

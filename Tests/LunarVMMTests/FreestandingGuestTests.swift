@@ -143,6 +143,22 @@ struct VMConfigTests {
         #expect(object["memory_backing"] as? String == "mergeable")
     }
 
+    @Test("console arguments and their vm.json form", arguments: [
+        ("terminal", VMConfig.Console.terminal), ("stdio", .terminal), ("none", .none),
+        ("socket:/run/lunar/web01.sock", .socket("/run/lunar/web01.sock")), ("file:web01.log", .file("web01.log")),
+        ("./web01.log", .file("./web01.log")),
+    ])
+    func consoleArguments(text: String, console: VMConfig.Console) throws {
+        #expect(VMConfig.Console(argument: text) == console)
+        let config = VMConfig(name: "a", memory: 64 << 20, boot: .freestanding(image: "guest.img", format: .flat), console: console)
+        #expect(try VMConfig(json: JSONValue(parsing: Array(config.json.prettyPrinted.utf8))).console == console)
+    }
+
+    @Test("console arguments that are none of them are refused", arguments: ["socket:", "file:", "web01.log", ""])
+    func badConsoleArguments(text: String) {
+        #expect(VMConfig.Console(argument: text) == nil)
+    }
+
     @Test("memory_backing: huge when absent, an unknown one refused with the choices")
     func memoryBacking() throws {
         var object = VMConfig(name: "a", memory: 64 << 20, boot: .freestanding(image: "guest.img", format: .flat)).json

@@ -2,9 +2,11 @@ import Glibc
 import LunarIO
 
 /// The VM's serial console on this side: standard output (raw terminal input, with the Ctrl-A
-/// escapes, when standard input is a terminal), a host file, or nothing.
+/// escapes, when standard input is a terminal), a host file, a Unix socket, or nothing.
 public final class ConsoleAttachment: @unchecked Sendable {
+    /// Where output goes unless a socket takes it; -1 for none.
     public let outputFD: Int32
+    private let socket: ConsoleSocket?
     /// Standard input is a terminal: raw mode and the Ctrl-A escapes are on.
     public let interactive: Bool
     private var saved: termios?
@@ -17,24 +19,33 @@ public final class ConsoleAttachment: @unchecked Sendable {
         case .terminal:
             outputFD = STDOUT_FILENO
             interactive = isatty(STDIN_FILENO) == 1
+            socket = nil
         case .none:
             outputFD = -1
             interactive = false
+            socket = nil
+        case .socket(let path):
+            outputFD = -1
+            interactive = false
+            socket = try ConsoleSocket(path: path)
         case .file(let path):
             let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw VMConfigError(.hostFile(path: path, reason: String(cString: strerror(errno)))) }
             outputFD = fd
             ownsOutput = true
             interactive = false
+            socket = nil
         }
     }
 
     deinit {
         if ownsOutput { close(outputFD) }
+        socket?.close()
     }
 
     /// One byte from the guest's UART, written at once (a console is watched live).
     public var output: @Sendable (UInt8) -> Void {
+        if let socket { return { socket.emit($0) } }
         let fd = outputFD
         return { byte in
             guard fd >= 0 else { return }
@@ -68,22 +79,36 @@ public final class ConsoleAttachment: @unchecked Sendable {
                 _ = tcsetattr(STDIN_FILENO, TCSANOW, &t)
             }
         }
-        let readWake = wake[0], interactive = self.interactive
+        let readWake = wake[0], interactive = self.interactive, socket = self.socket
         let watcher = startThread {
-            var fds = [pollfd(fd: readWake, events: Int16(POLLIN), revents: 0)]
-            if interactive { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
+            var terminalOpen = interactive
             var escape = false
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
+                // [wake, terminal?, listening socket?, socket client?]
+                var fds = [pollfd(fd: readWake, events: Int16(POLLIN), revents: 0)]
+                if terminalOpen { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
+                let client = socket?.client ?? -1
+                if let socket { fds.append(pollfd(fd: socket.listenFD, events: Int16(POLLIN), revents: 0)) }
+                if client >= 0 { fds.append(pollfd(fd: client, events: Int16(POLLIN), revents: 0)) }
                 if poll(&fds, nfds_t(fds.count), -1) < 0 { if errno == EINTR { continue } else { return } }
                 if fds[0].revents != 0 {
                     let n = read(readWake, &buffer, 1)
                     if n <= 0 || buffer[0] == UInt8(ascii: "q") { return }
                     stop()
                 }
-                if fds.count > 1, fds[1].revents != 0 {
+                if let socket {
+                    let at = terminalOpen ? 2 : 1
+                    if client >= 0, fds[at + 1].revents != 0 {
+                        // Raw bytes: the socket's client has its own way out (it hangs up).
+                        let n = read(client, &buffer, buffer.count)
+                        if n > 0 { input(Array(buffer[0..<n])) } else if n == 0 || (errno != EAGAIN && errno != EINTR) { socket.dropClient() }
+                    }
+                    if fds[at].revents != 0 { socket.accept() }
+                }
+                if terminalOpen, fds[1].revents != 0 {
                     let n = read(STDIN_FILENO, &buffer, buffer.count)
-                    if n <= 0 { fds.removeLast(); continue }
+                    if n <= 0 { terminalOpen = false; continue }
                     var typed: [UInt8] = []
                     defer { if !typed.isEmpty { input(typed) } }
                     for byte in buffer[0..<n] {
@@ -123,6 +148,7 @@ public final class ConsoleAttachment: @unchecked Sendable {
             var b = UInt8(ascii: "q")
             _ = write(wake[1], &b, 1)
         }
+        socket?.close()
     }
 }
 

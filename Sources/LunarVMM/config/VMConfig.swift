@@ -50,25 +50,33 @@ public struct VMConfig: Sendable, Equatable {
         case terminal
         /// Appended to a file on the running host.
         case file(String)
+        /// A Unix socket on the running host that the VMM listens on: one client at a time
+        /// (`socat - UNIX-CONNECT:PATH`) reads the guest's output and types its input.
+        case socket(String)
         case none
 
-        /// `terminal`, `none`, or a host path: `file:PATH`, or any path with a `/` in it (so that
-        /// a mistyped word is not taken for a file name); nil for anything else.
+        /// `terminal`, `none`, `socket:PATH`, or a host path: `file:PATH`, or any path with a
+        /// `/` in it (so that a mistyped word is not taken for a file name); nil for anything else.
         public init?(argument: String) {
             switch argument {
             case "terminal", "stdio": self = .terminal
             case "none": self = .none
+            case _ where argument.hasPrefix("socket:") && argument.count > 7: self = .socket(String(argument.dropFirst(7)))
             case _ where argument.hasPrefix("file:") && argument.count > 5: self = .file(String(argument.dropFirst(5)))
             case _ where argument.contains("/"): self = .file(argument)
             default: return nil
             }
         }
 
+        /// What `init(argument:)` takes, for messages.
+        public static let accepted = "terminal, none, socket:PATH (a Unix socket to listen on), or a host file path (file:NAME, ./NAME or /path/NAME)"
+
         public var description: String {
             switch self {
             case .terminal: "terminal"
             case .none: "none"
             case .file(let path): "file:\(path)"
+            case .socket(let path): "socket:\(path)"
             }
         }
     }
@@ -167,6 +175,7 @@ public struct VMConfig: Sendable, Equatable {
         case .terminal: ["kind": .string("terminal")]
         case .none: ["kind": .string("none")]
         case .file(let path): ["kind": .string("file"), "path": .string(path)]
+        case .socket(let path): ["kind": .string("socket"), "path": .string(path)]
         }
         return .object([
             "version": .number(version), "name": .string(name), "cpus": .number(cpus), "memory_bytes": .number(memory),
@@ -228,7 +237,8 @@ public struct VMConfig: Sendable, Equatable {
             case "terminal": console = .terminal
             case "none": console = .none
             case "file": console = .file(try field(k, "path", text) { $0.stringValue })
-            case let other: throw VMConfigError(.invalid("unknown console kind '\(other)' (terminal, none or file)"))
+            case "socket": console = .socket(try field(k, "path", text) { $0.stringValue })
+            case let other: throw VMConfigError(.invalid("unknown console kind '\(other)' (terminal, none, file or socket)"))
             }
         } else {
             console = .terminal
