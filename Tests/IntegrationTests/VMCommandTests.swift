@@ -135,17 +135,22 @@ struct VMCommandTests {
     struct ConsoleClient {
         let fd: Int32
 
+        static func address(_ path: String) -> sockaddr_un {
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                raw.copyBytes(from: path.utf8)
+                raw[path.utf8.count] = 0
+            }
+            return address
+        }
+
         /// Connects to `path`, waiting up to 10 s for the VMM to listen there.
         init(_ path: String) throws {
             let deadline = Date().addingTimeInterval(10)
             while true {
                 let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-                var address = sockaddr_un()
-                address.sun_family = sa_family_t(AF_UNIX)
-                withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                    raw.copyBytes(from: path.utf8)
-                    raw[path.utf8.count] = 0
-                }
+                var address = Self.address(path)
                 let r = withUnsafePointer(to: &address) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
                 }
@@ -182,12 +187,7 @@ struct VMCommandTests {
         let path = f.scratch.path("echo.sock")
         // A socket file a dead VMM left behind is taken over.
         let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: path.utf8)
-            raw[path.utf8.count] = 0
-        }
+        var address = ConsoleClient.address(path)
         _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         close(stale)
         #expect(try f.vm(["create", f.lun, "echo", "--memory", "8M", "--image", try f.guest("echo.c"), "--console", "socket:\(path)"]).status == 0)
