@@ -232,8 +232,8 @@ func trimResidentFilePages() {
     for m in trimmable { _ = madvise(m.address, m.length, MADV_DONTNEED) }
 }
 
-/// Trims again once the VM has run for a moment: by then start-up is over, and what its
-/// threads touched while starting is not needed again.
+/// Trims once the VM has run for a moment: by then start-up is over, and what it touched is
+/// not needed again. (Trimming at start would only make start-up fault it all back in.)
 func trimWhenSettled() {
     let started = startThread {
         usleep(250_000)

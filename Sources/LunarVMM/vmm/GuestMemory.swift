@@ -28,7 +28,6 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
-    public let backing: Backing
     /// The whole mapping: guest RAM plus what aligning it to a huge page took.
     private let mapping: UnsafeMutableRawBufferPointer
 
@@ -48,7 +47,6 @@ public final class GuestMemory: @unchecked Sendable {
         let skip = slack == 0 ? 0 : (slack - Int(UInt(bitPattern: p) % UInt(slack))) % slack
         base = p + skip
         self.size = size
-        self.backing = backing
         // Advice only: a kernel without THP or KSM still runs the guest, on small pages.
         switch backing {
         case .hugePages: _ = madvise(base, Int(size), MADV_HUGEPAGE)
