@@ -25,6 +25,29 @@ struct GuestMemoryTests {
         return []
     }
 
+    @Test("RAM beyond the device hole continues at 4 GiB: addresses map piece by piece, the hole and crossings are refused")
+    func splitAroundTheHole() throws {
+        let high: UInt64 = 8 << 20
+        let memory = try GuestMemory(size: GuestMemory.holeStart + high)
+        #expect(memory.lowSize == GuestMemory.holeStart && memory.highSize == high)
+        #expect(memory.ranges == [0..<GuestMemory.holeStart, (4 << 30)..<((4 << 30) + high)])
+        let lastLow = try #require(memory.region(GuestMemory.holeStart - 4096, 4096))
+        let firstHigh = try #require(memory.region(4 << 30, 4096))
+        #expect(lastLow.baseAddress! + 4096 == firstHigh.baseAddress!, "one mapping, the pieces back to back in it")
+        firstHigh[0] = 0x5A
+        #expect(memory.region(4 << 30, 1)?[0] == 0x5A)
+        #expect(memory.region((4 << 30) + high - 1, 1) != nil)
+        #expect(memory.region((4 << 30) + high, 1) == nil, "past the end")
+        #expect(memory.region(GuestMemory.holeStart, 1) == nil, "in the hole")
+        #expect(memory.region(GuestMemory.holeStart - 1, 2) == nil, "across the hole's start")
+        #expect(memory.region((4 << 30) - 1, 2) == nil, "across the hole's end")
+        #expect(memory.region(UInt64.max - 1, 4) == nil, "wrapping around")
+
+        let small = try GuestMemory(size: 64 << 20)
+        #expect(small.ranges == [0..<(64 << 20)] && small.highSize == 0)
+        #expect(small.region(4 << 30, 1) == nil)
+    }
+
     @Test("huge pages: RAM starts on a 2 MiB boundary and is advised for THP; small and mergeable are advised as named")
     func backing() throws {
         let huge = try GuestMemory(size: 8 << 20)

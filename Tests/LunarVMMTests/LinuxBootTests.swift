@@ -105,7 +105,7 @@ struct LinuxBootTests {
         #expect(e820[1] == (0xE_0000, 0x2_0000, 2))                    // BIOS area: ACPI tables
         #expect(e820[2] == (0x10_0000, (64 << 20) - 0x10_0000, 1))     // RAM from 1 MiB
         #expect(zp[(0x2D0 + 60)..<0x1000].allSatisfy { $0 == 0 })
-        #expect(layout.e820 == E820Entry.map(memorySize: 64 << 20))
+        #expect(layout.e820 == E820Entry.map(ram: [0..<(64 << 20)]))
     }
 
     @Test("no initrd: ramdisk fields stay 0")
@@ -196,17 +196,33 @@ struct LinuxBootTests {
         try expectRefused(good, initrd: [UInt8](repeating: 0, count: 45 << 20), "initrd of")
         try expectRefused(good, commandLine: String(repeating: "x", count: 256), "at most 255")
         try expectRefused(good, commandLine: "a\u{0}b", "NUL")
-        // RAM that would reach into the device windows at 0xD0000000.
-        try expectRefused(good, memory: 0xD000_1000, "MMIO hole")
     }
 
     @Test("e820: RAM below 640 KiB, BIOS area reserved, RAM from 1 MiB to the end")
     func e820Map() {
-        #expect(E820Entry.map(memorySize: 0xC000_0000) == [
+        #expect(E820Entry.map(ram: [0..<0xC000_0000]) == [
             E820Entry(address: 0, size: 0xA_0000, type: .ram),
             E820Entry(address: 0xE_0000, size: 0x2_0000, type: .reserved),
             E820Entry(address: 0x10_0000, size: 0xC000_0000 - 0x10_0000, type: .ram),
         ])
+    }
+
+    @Test("RAM larger than the space below the device hole: the rest is listed from 4 GiB; the kernel and initrd stay low")
+    func splitMemory() throws {
+        let memory = try GuestMemory(size: (4 << 30) + (64 << 20))
+        #expect(memory.lowSize == 0xD000_0000 && memory.highSize == 0x3000_0000 + (64 << 20))
+        let layout = try LinuxBoot.load(LinuxBootConfiguration(kernel: SyntheticBzImage().bytes, initrd: [UInt8](repeating: 7, count: 4096),
+                                                               commandLine: ""), into: memory, acpi: Self.acpi)
+        #expect(layout.e820 == [
+            E820Entry(address: 0, size: 0xA_0000, type: .ram),
+            E820Entry(address: 0xE_0000, size: 0x2_0000, type: .reserved),
+            E820Entry(address: 0x10_0000, size: 0xD000_0000 - 0x10_0000, type: .ram),
+            E820Entry(address: 4 << 30, size: 0x3000_0000 + (64 << 20), type: .ram),
+        ])
+        let initrd = try #require(layout.initrd)
+        #expect(initrd + 4096 <= 0xD000_0000, "the initrd ends below the hole")
+        let zp = try #require(memory.region(0x7000, 4096))
+        #expect(zp[0x1E8] == 4)
     }
 }
 

@@ -18,8 +18,8 @@ struct VirtioBlockTests {
         static let descriptors: UInt64 = 0x1_0000, available: UInt64 = 0x1_1000, used: UInt64 = 0x1_2000
         private var availableIndex: UInt16 = 0
 
-        init(backend: VirtioBlockBackend) throws {
-            memory = try GuestMemory(size: 16 << 20)
+        init(backend: VirtioBlockBackend, memorySize: UInt64 = 16 << 20) throws {
+            memory = try GuestMemory(size: memorySize)
             device = try VirtioBlockDevice(memory: memory, backend: backend, serial: "lunar-test-disk")
             #expect(device.setQueue(size: Self.queueSize, descriptors: Self.descriptors, available: Self.available, used: Self.used))
         }
@@ -93,6 +93,23 @@ struct VirtioBlockTests {
         #expect(try disk.file.read(at: 16 * 512, count: 8192) == data)
         #expect(d.usedIndex == 4)
         #expect(d.device.broken == nil)
+        try volume.close()
+    }
+
+    @Test("buffers in RAM above 4 GiB are served; one across the device hole breaks the device, nothing outside RAM touched")
+    func highMemory() throws {
+        let (volume, disk, _) = try Self.disk()
+        let d = try Driver(backend: disk, memorySize: GuestMemory.holeStart + (16 << 20))
+        let high: UInt64 = 4 << 30
+        let data = pattern(8192, seed: 9).array
+        d.memory.region(high + 0x10_0000, 8192)!.copyBytes(from: data)
+        #expect(d.request(type: 1, sector: 64, buffers: [(high + 0x10_0000, 8192)], deviceWrites: false) == 0)
+        #expect(d.request(type: 0, sector: 64, buffers: [(high + 0x20_0000, 4096), (0x20_0000, 4096)], deviceWrites: true) == 0)
+        #expect(Array(d.memory.region(high + 0x20_0000, 4096)!) + Array(d.memory.region(0x20_0000, 4096)!) == data)
+        #expect(try disk.file.read(at: 64 * 512, count: 8192) == data)
+        #expect(d.device.broken == nil)
+        _ = d.request(type: 0, sector: 0, buffers: [(GuestMemory.holeStart - 4096, 8192)], deviceWrites: true)
+        #expect(d.device.broken != nil, "a buffer running into the hole is a bad chain")
         try volume.close()
     }
 

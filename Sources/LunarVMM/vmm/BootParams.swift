@@ -79,13 +79,18 @@ public struct E820Entry: Sendable, Equatable {
     }
 
     /// Conventional memory below 640 KiB, the BIOS area 0xE0000–0xFFFFF reserved (the ACPI
-    /// tables live there), and everything from 1 MiB to the end of guest memory. The legacy
-    /// VGA hole 0xA0000–0xDFFFF is not RAM and not listed.
-    public static func map(memorySize: UInt64) -> [E820Entry] {
-        [
+    /// tables live there), everything from 1 MiB to the end of the first piece of RAM, and each
+    /// further piece (`GuestMemory.ranges`: RAM above 4 GiB). The legacy VGA hole
+    /// 0xA0000–0xDFFFF is not RAM and not listed, nor is the device hole below 4 GiB.
+    public static func map(ram: [Range<UInt64>]) -> [E820Entry] {
+        var entries = [
             E820Entry(address: 0, size: 0xA_0000, type: .ram),
             E820Entry(address: ACPITables.biosAreaStart, size: ACPITables.biosAreaEnd - ACPITables.biosAreaStart, type: .reserved),
-            E820Entry(address: LinuxBoot.kernelAddress, size: memorySize - LinuxBoot.kernelAddress, type: .ram),
         ]
+        for (i, piece) in ram.enumerated() {
+            let start = i == 0 ? LinuxBoot.kernelAddress : piece.lowerBound
+            entries.append(E820Entry(address: start, size: piece.upperBound - start, type: .ram))
+        }
+        return entries
     }
 }

@@ -1,11 +1,28 @@
 import Glibc
 
-/// The guest's RAM: one anonymous mapping seen by KVM at guest physical address 0. Every
-/// access the VMM makes on the guest's behalf is bounds-checked here: a guest address or
-/// length from the guest never reaches host memory outside this mapping.
+/// The guest's RAM: one anonymous mapping, seen by KVM as up to two pieces of guest physical
+/// memory around the hole where device windows live (as on a PC, and as Firecracker lays it
+/// out): `[0, lowSize)` below `holeStart`, and the rest from 4 GiB up. Every access the VMM
+/// makes on the guest's behalf is bounds-checked here: a guest address or length from the
+/// guest never reaches host memory outside this mapping, and a range that crosses the hole is
+/// refused like one past the end.
 public final class GuestMemory: @unchecked Sendable {
+    /// Bytes of RAM, both pieces together.
     public let size: UInt64
     let base: UnsafeMutableRawPointer
+    /// Where RAM below 4 GiB ends at the latest: the virtio-mmio windows start here, and the
+    /// IOAPIC, local APIC and KVM's TSS pages lie above.
+    public static let holeStart: UInt64 = 0xD000_0000
+    /// Where RAM beyond `holeStart` continues.
+    public static let highStart: UInt64 = 4 << 30
+    /// Bytes below the hole (all of RAM when it fits there).
+    public let lowSize: UInt64
+    public var highSize: UInt64 { size - lowSize }
+
+    /// The pieces of guest physical memory that are RAM, in address order.
+    public var ranges: [Range<UInt64>] {
+        highSize == 0 ? [0..<lowSize] : [0..<lowSize, Self.highStart..<(Self.highStart + highSize)]
+    }
 
     /// How the host backs guest RAM.
     public enum Backing: String, Sendable, CaseIterable {
@@ -47,6 +64,7 @@ public final class GuestMemory: @unchecked Sendable {
         let skip = slack == 0 ? 0 : (slack - Int(UInt(bitPattern: p) % UInt(slack))) % slack
         base = p + skip
         self.size = size
+        lowSize = min(size, Self.holeStart)
         // Advice only: a kernel without THP or KSM still runs the guest, on small pages.
         switch backing {
         case .hugePages: _ = madvise(base, Int(size), MADV_HUGEPAGE)
@@ -58,12 +76,19 @@ public final class GuestMemory: @unchecked Sendable {
     deinit { munmap(mapping.baseAddress, mapping.count) }
 
     /// The host view of guest bytes `[address, address + length)`, or nil when any of it lies
-    /// outside guest memory.
+    /// outside guest RAM (past its end, or in the hole below 4 GiB).
     public func region(_ address: UInt64, _ length: Int) -> UnsafeMutableRawBufferPointer? {
         guard length >= 0 else { return nil }
         let (end, overflow) = address.addingReportingOverflow(UInt64(length))
-        guard !overflow, end <= size else { return nil }
-        return UnsafeMutableRawBufferPointer(start: base + Int(address), count: length)
+        guard !overflow else { return nil }
+        if end <= lowSize { return UnsafeMutableRawBufferPointer(start: base + Int(address), count: length) }
+        guard address >= Self.highStart, end - Self.highStart <= highSize else { return nil }
+        return UnsafeMutableRawBufferPointer(start: base + Int(lowSize + (address - Self.highStart)), count: length)
+    }
+
+    /// Where guest RAM from `address` on lies in this process, for KVM's memory slots.
+    func host(_ address: UInt64) -> UnsafeMutableRawPointer {
+        address < lowSize ? base + Int(address) : base + Int(lowSize + (address - Self.highStart))
     }
 
     public func write(_ bytes: some Collection<UInt8>, at address: UInt64) throws(VMMError) {

@@ -58,11 +58,9 @@ public enum LinuxBoot {
     public static func load(_ config: LinuxBootConfiguration, into memory: GuestMemory, acpi: ACPITables) throws(VMMError) -> LinuxBootLayout {
         func bad(_ why: String) -> VMMError { VMMError(.invalidConfiguration(why)) }
         let mib = { (v: UInt64) in "\((v + (1 << 20) - 1) >> 20) MiB" }
-        // Guest RAM is one slot from address 0: past the MMIO hole's start it would shadow the
-        // device windows, so a Linux guest stays below it until memory is split around the hole.
-        guard memory.size <= VirtualMachine.mmioBase else {
-            throw bad("Linux guests need RAM below the MMIO hole at 0x\(String(VirtualMachine.mmioBase, radix: 16)); \(memory.size) bytes reach into it")
-        }
+        // The kernel, its run area and the initrd go below the device hole (RAM beyond it
+        // continues at 4 GiB, which only the e820 map mentions).
+        let low = memory.lowSize
         let image = try BzImage(config.kernel)
 
         let commandLine = Array(config.commandLine.utf8)
@@ -75,22 +73,22 @@ public enum LinuxBoot {
         let kernelSize = UInt64(image.kernel.count)
         let runAddress = image.runAddress(loadedAt: kernelAddress)
         let kernelEnd = max(kernelAddress + kernelSize, runAddress + UInt64(image.initSize))
-        guard kernelEnd <= memory.size else {
-            throw bad("the kernel needs memory up to \(mib(kernelEnd)) to decompress (init_size \(image.initSize) at 0x\(String(runAddress, radix: 16))); the guest has \(mib(memory.size))")
+        guard kernelEnd <= low else {
+            throw bad("the kernel needs memory up to \(mib(kernelEnd)) to decompress (init_size \(image.initSize) at 0x\(String(runAddress, radix: 16))); the guest has \(mib(low))")
         }
 
         var initrdAddress: UInt64?
         var initrdSize: UInt64 = 0
         if let initrd = config.initrd, !initrd.isEmpty {
             initrdSize = UInt64(initrd.count)
-            let limit = min(UInt64(image.initrdAddressMax) + 1, memory.size)
+            let limit = min(UInt64(image.initrdAddressMax) + 1, low)
             guard initrdSize <= limit, (limit - initrdSize) & ~0xFFF >= kernelEnd else {
                 throw bad("an initrd of \(initrdSize) bytes does not fit between the kernel's end (\(mib(kernelEnd))) and \(mib(limit))")
             }
             initrdAddress = (limit - initrdSize) & ~0xFFF
         }
 
-        let e820 = E820Entry.map(memorySize: memory.size)
+        let e820 = E820Entry.map(ram: memory.ranges)
         let (acpiAddresses, tables) = acpi.layout()
         guard acpiAddresses.end <= ACPITables.biosAreaEnd else {
             throw bad("ACPI tables of \(acpiAddresses.end - acpiAddresses.rsdp) bytes overflow the BIOS area 0xE0000–0xFFFFF")

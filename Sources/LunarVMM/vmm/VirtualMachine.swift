@@ -43,7 +43,7 @@ public final class VirtualMachine {
 
     /// Where virtio-mmio windows start (in the 32-bit hole, like Firecracker's) and the IRQ of
     /// the first one.
-    public static let mmioBase: UInt64 = 0xD000_0000
+    public static let mmioBase: UInt64 = GuestMemory.holeStart
     static let firstDeviceIRQ: UInt32 = 5
 
     /// Where the freestanding boot puts its tables (below 1 MiB, above the BIOS data area).
@@ -68,7 +68,10 @@ public final class VirtualMachine {
             _ = try check(lunar_kvm_set_tss_addr(fd, 0xFFFB_D000), "KVM_SET_TSS_ADDR")
             _ = try check(lunar_kvm_create_irqchip(fd), "KVM_CREATE_IRQCHIP")
             _ = try check(lunar_kvm_create_pit2(fd), "KVM_CREATE_PIT2")
-            _ = try check(lunar_kvm_set_user_memory_region(fd, 0, 0, memory.size, memory.base), "KVM_SET_USER_MEMORY_REGION")
+            for (slot, range) in memory.ranges.enumerated() {
+                _ = try check(lunar_kvm_set_user_memory_region(fd, UInt32(slot), range.lowerBound, UInt64(range.count),
+                                                               memory.host(range.lowerBound)), "KVM_SET_USER_MEMORY_REGION")
+            }
         } catch {
             close(fd)
             throw error
