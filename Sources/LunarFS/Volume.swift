@@ -322,15 +322,24 @@ public final class Volume: @unchecked Sendable {
             }
         }
         let due = lastCommit.withLock { monotonicSeconds() - $0 >= Self.commitInterval }
-        if due { try sync() }
+        if due { try commit(flushingData: false) }
         return result
     }
 
-    /// Makes every change so far durable.
-    public func sync() throws(FSError) {
+    /// Makes every change so far durable, file data included: a commit flushes the LUN before
+    /// its journal record, and with nothing to commit the LUN is flushed all the same (data
+    /// overwritten in allocated blocks changes no metadata, and an iSCSI target may hold it in
+    /// its cache until SYNCHRONIZE CACHE).
+    public func sync() throws(FSError) { try commit(flushingData: true) }
+
+    private func commit(flushingData: Bool) throws(FSError) {
         try locked(access: .shared) { (core) throws(FSError) -> Void in
             guard !core.isReadOnly else { return }
-            try core.store.commit()
+            if core.store.hasChanges || !flushingData {
+                try core.store.commit()
+            } else {
+                try core.store.flushData()
+            }
         }
         lastCommit.withLock { $0 = monotonicSeconds() }
     }

@@ -5,6 +5,28 @@ import Testing
 
 @Suite("Files: thin data, sizes, holes")
 struct FileTests {
+    @Test("flush after overwriting allocated blocks flushes the LUN though no metadata changed (what a guest's FLUSH needs on iSCSI)")
+    func flushWithoutMetadata() throws {
+        let t = try TestVolume()
+        let device = try BlockDevice.open(t.path)
+        defer { device.close() }
+        let recorder = RecordingStorage(device)
+        let v = try Volume.open(recorder, options: OpenOptions(lockTimeout: 5))
+        let f = try v.create("/disk.raw")
+        try f.write(bytes(1 << 20, seed: 1), at: 0)
+        try f.flush()
+        func flushes(after position: Int) -> Int {
+            recorder.events[position...].filter { if case .flush = $0 { true } else { false } }.count
+        }
+        let before = recorder.position
+        try f.write(bytes(64 << 10, seed: 2), at: 128 << 10)   // inside an allocated block
+        let written = recorder.position
+        #expect(flushes(after: before) == 0, "an overwrite alone flushes nothing")
+        try f.flush()
+        #expect(flushes(after: written) >= 1, "the overwrite is made durable")
+        try v.close()
+    }
+
     @Test("inline, small-block and file-block storage, each read back", arguments: [100, 3840, 3841, 65536, 65537, 3_000_000])
     func storageKinds(size: Int) throws {
         let t = try TestVolume()

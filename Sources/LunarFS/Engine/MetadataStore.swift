@@ -259,6 +259,13 @@ final class MetadataStore {
         }
     }
 
+    /// Flushes the LUN with nothing to commit: file data written since the last flush (blocks
+    /// already allocated, so no metadata changed) becomes durable.
+    func flushData() throws(FSError) {
+        try checkWritable()
+        try io { () throws(IOError) in try storage.flushBlocking() }
+    }
+
     /// After a clean commit: nothing in the journal is needed any more.
     func checkpoint() throws(FSError) {
         guard let journal, failure == nil, !journal.emptyOnDisk else { return }

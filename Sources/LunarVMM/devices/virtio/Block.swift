@@ -50,12 +50,9 @@ public final class LunarFSDisk: VirtioBlockBackend {
 
     public func write(from region: UnsafeRawBufferPointer, at offset: UInt64) throws { try file.write(region, at: offset) }
 
-    public func flush() throws {
-        // The commit makes metadata durable, and flushes the device only when there was any;
-        // data the I/O thread wrote straight to the LUN needs the device flushed regardless.
-        try file.flush()
-        if !isReadOnly { try file.volume.device?.flushBlocking() }
-    }
+    /// Data the I/O thread wrote straight to the LUN and metadata alike: `File.flush` flushes
+    /// the LUN (local or iSCSI) even when there is no metadata to commit.
+    public func flush() throws { try file.flush() }
 
     public func discard(at offset: UInt64, length: UInt64) throws { try file.discard(at: offset, length: length) }
 
