@@ -80,13 +80,11 @@ public final class GuestMemory: @unchecked Sendable {
     public func region(_ address: UInt64, _ length: Int) -> UnsafeMutableRawBufferPointer? {
         guard length >= 0 else { return nil }
         let (end, overflow) = address.addingReportingOverflow(UInt64(length))
-        guard !overflow else { return nil }
-        if end <= lowSize { return UnsafeMutableRawBufferPointer(start: base + Int(address), count: length) }
-        guard address >= Self.highStart, end - Self.highStart <= highSize else { return nil }
-        return UnsafeMutableRawBufferPointer(start: base + Int(lowSize + (address - Self.highStart)), count: length)
+        guard !overflow, end <= lowSize || (address >= Self.highStart && end - Self.highStart <= highSize) else { return nil }
+        return UnsafeMutableRawBufferPointer(start: host(address), count: length)
     }
 
-    /// Where guest RAM from `address` on lies in this process, for KVM's memory slots.
+    /// Where guest RAM from `address` on lies in this process (the address is RAM's).
     func host(_ address: UInt64) -> UnsafeMutableRawPointer {
         address < lowSize ? base + Int(address) : base + Int(lowSize + (address - Self.highStart))
     }
