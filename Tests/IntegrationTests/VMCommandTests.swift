@@ -1,4 +1,5 @@
 import Foundation
+import LunarIO
 import LunarTesting
 import Testing
 
@@ -135,25 +136,13 @@ struct VMCommandTests {
     struct ConsoleClient {
         let fd: Int32
 
-        static func address(_ path: String) -> sockaddr_un {
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                raw.copyBytes(from: path.utf8)
-                raw[path.utf8.count] = 0
-            }
-            return address
-        }
-
         /// Connects to `path`, waiting up to 10 s for the VMM to listen there.
         init(_ path: String) throws {
             let deadline = Date().addingTimeInterval(10)
             while true {
                 let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-                var address = Self.address(path)
-                let r = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-                }
+                var address = try #require(sockaddr_un(path: path))
+                let r = address.withSocketAddress { connect(fd, $0, $1) }
                 if r == 0 { self.fd = fd; return }
                 Glibc.close(fd)
                 guard Date() < deadline else { throw CocoaError(.fileNoSuchFile) }
@@ -187,8 +176,8 @@ struct VMCommandTests {
         let path = f.scratch.path("echo.sock")
         // A socket file a dead VMM left behind is taken over.
         let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = ConsoleClient.address(path)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        var address = try #require(sockaddr_un(path: path))
+        #expect(address.withSocketAddress { bind(stale, $0, $1) } == 0)
         close(stale)
         #expect(try f.vm(["create", f.lun, "echo", "--memory", "8M", "--image", try f.guest("echo.c"), "--console", "socket:\(path)"]).status == 0)
         let running = try LunarProcess.start(["vm", "run", f.lun, "echo"])
@@ -213,6 +202,9 @@ struct VMCommandTests {
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("exists and is not a socket"), "\(refused.stderr)")
         #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep me")
+        // A path longer than a Unix socket address takes.
+        let long = try f.vm(["run", f.lun, "echo", "--console", "socket:/" + String(repeating: "s", count: 120)])
+        #expect(long.status == 1 && long.stderr.contains("1 to 107 bytes"), "\(long.stderr)")
     }
 
     @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")

@@ -27,9 +27,7 @@ final class ConsoleSocket: Sendable {
 
     init(path: String) throws(VMConfigError) {
         func failure(_ reason: String) -> VMConfigError { VMConfigError(.hostFile(path: path, reason: reason)) }
-        guard !path.isEmpty, path.utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else {
-            throw failure("a console socket path must be 1 to 107 bytes long")
-        }
+        guard var address = sockaddr_un(path: path) else { throw failure("a console socket path must be 1 to 107 bytes long") }
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw failure("exists and is not a socket; choose another path") }
@@ -39,10 +37,7 @@ final class ConsoleSocket: Sendable {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw failure("socket: \(String(cString: strerror(errno)))") }
-        var address = Self.address(path)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let bound = address.withSocketAddress { bind(fd, $0, $1) }
         guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 4) == 0 else {
             let reason = String(cString: strerror(errno))
             Glibc.close(fd)
@@ -55,25 +50,12 @@ final class ConsoleSocket: Sendable {
 
     deinit { close() }
 
-    private static func address(_ path: String) -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: path.utf8)
-            raw[path.utf8.count] = 0
-        }
-        return address
-    }
-
     /// Whether a process listens on the socket at `path`.
     private static func answers(_ path: String) -> Bool {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
+        guard fd >= 0, var address = sockaddr_un(path: path) else { return false }
         defer { Glibc.close(fd) }
-        var address = address(path)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
+        return address.withSocketAddress { connect(fd, $0, $1) } == 0
     }
 
     /// One byte of guest output (from a vCPU thread): into the backlog, and to the client.
