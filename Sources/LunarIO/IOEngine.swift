@@ -52,10 +52,14 @@ struct EngineProbe: Sendable {
             let r = lunar_uring_init(4, &ring, 0)
             if r < 0 { uringErrno = -r } else { lunar_uring_exit(&ring) }
         }
+        // libaio only matters where io_uring does not work, and probing it costs every process
+        // ~30 ms: io_destroy waits for an RCU grace period.
         var aioErrno: Int32?
-        var ctx: io_context_t?
-        let r = io_setup(4, &ctx)
-        if r < 0 { aioErrno = -r } else { io_destroy(ctx) }
+        if sysctl == 2 || uringErrno != nil {
+            var ctx: io_context_t?
+            let r = io_setup(4, &ctx)
+            if r < 0 { aioErrno = -r } else { io_destroy(ctx) }
+        }
         automatic = IOEngineKind.choose(uringDisabledSysctl: sysctl, uringSetupErrno: uringErrno, aioSetupErrno: aioErrno)
         if sysctl == 2 {
             uringUnavailableReason = "kernel.io_uring_disabled = 2"
