@@ -83,7 +83,7 @@ struct FSMkfsCommand: AsyncParsableCommand {
             guard let block = UInt32(exactly: blockSize.bytes) else {
                 throw CLIError("block size must be a power of two from 64K to 8M, not \(blockSize.bytes)")
             }
-            let existed = lunExists(lun)
+            let existed = BlockDevice.exists(lun)
             if existed {
                 try refuseLiveVolume()
                 if let size { try resize(to: size.bytes) }

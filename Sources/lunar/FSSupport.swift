@@ -80,13 +80,13 @@ struct VolumeRef {
             }
             index = after
         }
-        return candidates.first { lunExists($0.lun) } ?? candidates.first
+        return candidates.first { BlockDevice.exists($0.lun) } ?? candidates.first
     }
 
     /// A path that must be inside a volume (`mkdir`, `rm`, `cat`, ...).
     static func required(_ argument: String, command: String) throws(CLIError) -> VolumeRef {
         guard let ref = split(argument) else {
-            let example = lunExists(argument) ? "\(argument):/\(command == "mkdir" ? "vms" : "vms/disk.raw")" : "vol.img:/vms/disk.raw"
+            let example = BlockDevice.exists(argument) ? "\(argument):/\(command == "mkdir" ? "vms" : "vms/disk.raw")" : "vol.img:/vms/disk.raw"
             throw CLIError("'\(argument)' is not a path inside a volume: write LUN:/path, e.g. \(example)")
         }
         return ref
@@ -94,7 +94,7 @@ struct VolumeRef {
 
     /// `LUN` alone (its root) or `LUN:/path`.
     static func lunOrPath(_ argument: String) -> VolumeRef {
-        if lunExists(argument) { return VolumeRef(lun: argument, path: "/") }
+        if BlockDevice.exists(argument) { return VolumeRef(lun: argument, path: "/") }
         return split(argument) ?? VolumeRef(lun: argument, path: "/")
     }
 }
@@ -105,7 +105,7 @@ enum Location {
     case volume(VolumeRef)
 
     init(_ argument: String) {
-        if let ref = VolumeRef.split(argument), lunExists(ref.lun) || !lunExists(argument) {
+        if let ref = VolumeRef.split(argument), BlockDevice.exists(ref.lun) || !BlockDevice.exists(argument) {
             self = .volume(ref)
         } else {
             self = .host(argument)
@@ -116,7 +116,7 @@ enum Location {
 /// The LUN argument of commands about a whole volume (`df`, `fsck`, `info`); `LUN:/` is
 /// accepted too.
 func lunArgument(_ argument: String) -> String {
-    if !lunExists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
+    if !BlockDevice.exists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
     return argument
 }
 
@@ -126,14 +126,6 @@ func joinPath(_ directory: String, _ name: String) -> String {
 
 func baseName(_ path: String) -> String {
     path.split(separator: "/").last.map(String.init) ?? path
-}
-
-/// Whether `argument` names a LUN (`BlockDevice.exists`).
-func lunExists(_ argument: String) -> Bool { BlockDevice.exists(argument) }
-
-func hostPathExists(_ path: String) -> Bool {
-    var st = stat()
-    return stat(path, &st) == 0
 }
 
 func hostIsDirectory(_ path: String) -> Bool {
@@ -155,7 +147,7 @@ func sameHostFile(_ a: String, _ b: String) -> Bool {
 /// changes, so it happens on success and failure alike. Errors naming a path inside the volume
 /// are rewritten to `LUN:/path`, the form the user typed.
 func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) throws -> T {
-    guard lunExists(lun) else {
+    guard BlockDevice.exists(lun) else {
         throw CLIError("\(lun): no such file or directory (make a volume with `lunar fs mkfs \(lun) --size 20G`)")
     }
     return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: OpenOptions.toolHeartbeatInterval), body)

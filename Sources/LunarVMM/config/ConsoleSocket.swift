@@ -35,7 +35,7 @@ final class ConsoleSocket: Sendable {
             if Self.answers(path) { throw failure("another process listens on it (is the VM running already?)") }
             unlink(path)
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = Self.streamSocket()
         guard fd >= 0 else { throw failure("socket: \(String(cString: strerror(errno)))") }
         let bound = address.withSocketAddress { bind(fd, $0, $1) }
         guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 4) == 0 else {
@@ -50,9 +50,13 @@ final class ConsoleSocket: Sendable {
 
     deinit { close() }
 
+    private static func streamSocket() -> Int32 {
+        socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
     /// Whether a process listens on the socket at `path`.
     private static func answers(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = streamSocket()
         guard fd >= 0, var address = sockaddr_un(path: path) else { return false }
         defer { Glibc.close(fd) }
         return address.withSocketAddress { connect(fd, $0, $1) } == 0
