@@ -102,3 +102,14 @@ func withBytes<T>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(FSEr
 func io<T>(_ body: () throws(IOError) -> T) throws(FSError) -> T {
     do { return try body() } catch { throw FSError(error) }
 }
+
+/// `body`'s result, or nil when it met a damaged record (which the caller then skips, leaving
+/// it for fsck): damage in one record must not stop work on the rest of the volume.
+func skippingDamage<T>(_ body: () throws(FSError) -> T) throws(FSError) -> T? {
+    do throws(FSError) {
+        return try body()
+    } catch {
+        guard case .corrupt = error.kind else { throw error }
+        return nil
+    }
+}

@@ -1,3 +1,4 @@
+import Glibc
 import LunarIO
 
 /// What `fsck` found, and what it did about it.
@@ -34,17 +35,39 @@ struct ResourceBits {
     func contains(_ i: UInt64) -> Bool { words[Int(i / 64)] & (UInt64(1) << (i % 64)) != 0 }
 }
 
-/// The checker: every record's checksum, cluster bitmaps against what the tree references
-/// (leaked and doubly-used resources), the directory tree (orphans, loops, dangling entries),
-/// sizes against maps, and the journals.
+/// The checker: every record's checksum and fields, the volume lock, host slots and journals,
+/// cluster bitmaps against what the tree references (leaked, missing and doubly used
+/// resources), the directory tree (dangling and duplicate entries, loops, unreached inodes),
+/// sizes against maps.
+///
+/// With `repair` it mends what it finds so that nothing a sound sector holds is lost: a field
+/// that cannot be right is recomputed from the rest of the volume; a damaged slot, journal
+/// header or cluster header is written anew (the cluster from what the maps reference); a
+/// damaged directory is rebuilt from the entries that can still be read; a map entry naming a
+/// damaged pointer block becomes a hole; a unit two files claim is copied for the later one
+/// (e2fsck's passes 1B–1D); and every inode in use that no directory reaches — the children
+/// of a damaged directory, a whole tree under a damaged root — goes into `/lost+found`, named
+/// `#inode` as e2fsck names them. Resources are handed out only after the bitmaps agree with
+/// the maps, so no repair allocates a unit some map still references.
 final class Checker {
     let core: VolumeCore
     let repair: Bool
     var report = FsckReport()
     private var referenced: [ResourceKind: ResourceBits] = [:]
-    private var doublyUsed: Set<String> = []
-    private var reached: [UInt32: UInt32] = [:] // inode -> parent directory that names it
-    private var badInodes: Set<UInt32> = []
+    /// Inode -> the directory that names it (the root names itself).
+    private var reached: [UInt32: UInt32] = [:]
+    /// In use but unusable: not reconnected, and whatever only they referenced is freed.
+    private var damagedInodes: Set<UInt32> = []
+    private var damagedClusters: [(ResourceKind, Int)] = []
+    /// Directories to write anew, with the entries they are to hold.
+    private var rewrites: [UInt32: [DirectoryEntry]] = [:]
+    /// Data units a later owner maps that an earlier one holds: the later one gets a copy.
+    private var crossLinks: [(inode: UInt32, unitIndex: UInt64, kind: ResourceKind)] = []
+    /// Whether another host than this one is (or may be) alive: locks it could hold are then
+    /// left alone.
+    private lazy var otherHostsLive: Bool = computeOtherHostsLive()
+
+    static let lostAndFound: [UInt8] = Array("lost+found".utf8)
 
     init(core: VolumeCore, repair: Bool) {
         self.core = core
@@ -56,30 +79,38 @@ final class Checker {
         }
     }
 
+    private var canRepair: Bool { repair && !core.isReadOnly }
+
     private func problem(_ message: String, repaired: Bool = false) {
         report.problems.append(.init(message: message, repaired: repaired))
     }
 
-    private func reference(_ kind: ResourceKind, _ index: UInt64, by owner: String) {
-        guard index < core.header.area(kind).count else {
-            problem("\(owner) references \(kind) \(index), outside the area")
-            return
+    /// Runs one repair as an all-or-nothing operation; whether it was made.
+    private func fix(_ body: () throws(FSError) -> Void) -> Bool {
+        guard canRepair else { return false }
+        do throws(FSError) {
+            try core.store.operation(body)
+            return true
+        } catch {
+            report.notes.append("repair failed: \(error)")
+            return false
         }
-        if referenced[kind]!.mark(index) {
-            problem("\(kind) \(index) is used twice (again by \(owner))")
-            doublyUsed.insert("\(kind) \(index)")
-        }
-        if kind == .fileBlock || kind == .smallBlock { report.unitsReferenced += 1 }
     }
 
     func run() -> FsckReport {
         checkHeaders()
+        checkVolumeLock()
         checkSlotsAndJournals()
-        let clustersSound = checkClusters()
-        walkTree()
-        checkUnreached()
-        if clustersSound { checkBitmaps() }
-        if repair && core.store.hasChanges {
+        checkClusters()
+        walk(root: core.header.rootInode)
+        let unreached = findUnreached()
+        rebuildDamagedClusters()
+        checkBitmaps()
+        // From here on repairs may allocate: every bitmap now agrees with the maps.
+        copyCrossLinks()
+        rewriteDirectories()
+        reconnect(unreached)
+        if canRepair && core.store.hasChanges {
             do throws(FSError) {
                 try core.store.commit()
             } catch {
@@ -89,7 +120,7 @@ final class Checker {
         return report
     }
 
-    // MARK: headers, slots, journals
+    // MARK: headers, the volume lock, slots, journals
 
     private func checkHeaders() {
         let s = UInt64(RecordHeader.sectorSize)
@@ -98,7 +129,7 @@ final class Checker {
             do throws(FSError) {
                 try io { () throws(IOError) in try core.storage.readBlocking(into: b, at: offset) }
                 if let why = b.problem(as: .volumeHeader, at: offset) {
-                    if repair, !core.isReadOnly {
+                    if canRepair {
                         let good = IOBuffer(count: Int(s))
                         core.header.encode(into: good)
                         good.seal(.volumeHeader, at: offset, generation: 1)
@@ -116,27 +147,127 @@ final class Checker {
         }
     }
 
+    /// A read-write check holds the lock (a damaged sector was rebuilt by its open, which
+    /// `Volume.check` reports); a read-only one reads it like any other record.
+    private func checkVolumeLock() {
+        do throws(FSError) {
+            _ = try VolumeCore.readLockState(core.storage, core.header)
+        } catch {
+            problem("\(error); `lunar fs fsck --repair` rebuilds it once no other host uses the volume")
+        }
+    }
+
+    private func computeOtherHostsLive() -> Bool {
+        guard let recovery = core.metadataLock?.recovery,
+              let slots = try? VolumeCore.readSlots(core.storage, core.header) else { return true }
+        for record in slots.sound where record.slot != core.slot && record.state != .free {
+            if (try? recovery.judge.verdict(record, watch: recovery.watch)) != .dead { return true }
+        }
+        return false
+    }
+
     private func checkSlotsAndJournals() {
-        for s in 0..<Int(core.header.hostSlots) {
+        let slots: (sound: [HeartbeatSlot], damaged: [(slot: Int, error: FSError)])
+        do throws(FSError) { slots = try VolumeCore.readSlots(core.storage, core.header) } catch {
+            problem("heartbeat region: \(error)")
+            return
+        }
+        for (s, error) in slots.damaged { repairSlot(s, error) }
+        for slot in slots.sound {
+            let s = slot.slot
+            if slot.state != .free && s != core.slot {
+                report.notes.append("host slot \(s) is held by \(slot.hostName) (pid \(slot.pid))")
+            }
             do throws(FSError) {
-                let slot = try VolumeCore.readSlot(core.storage, core.header, s)
-                if slot.state != .free && UInt32(s) != core.slot {
-                    report.notes.append("host slot \(s) is held by \(slot.hostName) (pid \(slot.pid))")
-                }
-                let r = try Journal.replay(storage: core.storage, header: core.header, slot: UInt32(s)) { (_, _) throws(FSError) in }
-                if r.transactions > 0 && UInt32(s) != core.slot {
+                let r = try Journal.replay(storage: core.storage, header: core.header, slot: s) { (_, _) throws(FSError) in }
+                if r.transactions > 0 && s != core.slot {
                     report.notes.append("journal of host slot \(s) holds \(r.transactions) committed transactions\(core.isReadOnly ? " (replayed in memory for this check)" : "")")
                 }
             } catch {
-                problem("host slot \(s): \(error)")
+                repairJournal(slot, error)
             }
+        }
+    }
+
+    /// A damaged slot: its holder, if any, can no longer renew it and has fenced itself (or
+    /// will within its fence time, which the wait below covers), so once no process of this
+    /// machine holds its token the slot is recovered like a dead host's — its journal replayed
+    /// in place, then the slot written free with a new claim generation, which makes every
+    /// lock naming the old claim stale.
+    private func repairSlot(_ s: Int, _ error: FSError) {
+        let index = UInt32(s)
+        guard canRepair, let recovery = core.metadataLock?.recovery else {
+            problem("host slot \(s): \(error)")
+            return
+        }
+        do throws(FSError) {
+            guard try recovery.device.tryHold(index) else {
+                problem("host slot \(s): \(error); a process of this machine still holds it: stop it, then repair again")
+                return
+            }
+            defer { recovery.device.release(index) }
+            let interval = core.heartbeat?.interval ?? OpenOptions.toolHeartbeatInterval
+            let until = monotonicSeconds() + OpenOptions.lockBreakTimeout(interval: interval)
+            while monotonicSeconds() < until { usleep(50_000) }
+            var journal = "its journal replayed"
+            if try Journal.headerIsSound(storage: core.storage, header: core.header, slot: index) {
+                _ = try VolumeCore.replayInPlace(core.storage, core.header, slot: index, store: core.store)
+            } else {
+                _ = try Journal.rebuildEmptyHeader(storage: core.storage, header: core.header, slot: index)
+                journal = "its damaged journal header written anew, empty"
+            }
+            let offset = core.header.heartbeatSlotOffset(s)
+            let old = IOBuffer(count: RecordHeader.sectorSize)
+            try io { () throws(IOError) in try core.storage.readBlocking(into: old, at: offset) }
+            var fresh = HeartbeatSlot.empty(index)
+            fresh.claimGeneration = old.load(40, as: UInt64.self) &+ 1
+            let b = IOBuffer(count: RecordHeader.sectorSize)
+            fresh.encode(into: b)
+            b.seal(.heartbeat, at: offset, generation: old.recordGeneration &+ 1)
+            guard try io({ () throws(IOError) in try core.storage.compareAndWriteBlocking(expected: old, new: b, at: offset) }).isWritten else {
+                problem("host slot \(s): \(error); it changed while being repaired")
+                return
+            }
+            problem("host slot \(s): \(error); \(journal), slot written free", repaired: true)
+        } catch let failure {
+            problem("host slot \(s): \(error); repair failed: \(failure)")
+        }
+    }
+
+    /// A journal that cannot be replayed. While its host lives it is left alone (the host
+    /// never reads it back; only its recovery would). Otherwise it is written anew, empty:
+    /// with the header gone nothing tells which transactions in the log are already in place,
+    /// and replaying a stale one would undo later changes. A dead host's last transactions that
+    /// had not reached their place are lost; the rest of this check mends what that leaves.
+    private func repairJournal(_ slot: HeartbeatSlot, _ error: FSError) {
+        let s = slot.slot
+        guard case .corrupt = error.kind else {
+            problem("journal of host slot \(s): \(error)")
+            return
+        }
+        let recovery = core.metadataLock?.recovery
+        let holderLives = slot.state != .free && s != core.slot
+            && (recovery.flatMap { try? $0.judge.verdict(slot, watch: $0.watch) }) != .dead
+        guard canRepair, !holderLives, let recovery else {
+            problem("journal of host slot \(s): \(error)\(holderLives ? " (its host \(slot.hostName), pid \(slot.pid), may be alive: stop it, then repair again)" : "")")
+            return
+        }
+        do throws(FSError) {
+            let sequence = try Journal.rebuildEmptyHeader(storage: core.storage, header: core.header, slot: s)
+            var what = "written anew, empty (from sequence \(sequence))"
+            if slot.state != .free {
+                _ = try recovery.recover(slot)
+                what += "; its dead host's slot recovered (transactions it had not written in place are lost)"
+            }
+            problem("journal of host slot \(s): \(error); \(what)", repaired: true)
+        } catch let failure {
+            problem("journal of host slot \(s): \(error); repair failed: \(failure)")
         }
     }
 
     // MARK: clusters
 
-    private func checkClusters() -> Bool {
-        var sound = true
+    private func checkClusters() {
         for kind in ResourceKind.allCases {
             let area = core.header.area(kind)
             for c in 0..<area.clusterCount {
@@ -149,172 +280,347 @@ final class Checker {
                         }
                         problem("\(kind) cluster \(c): free count \(cluster.freeCount), bitmap says \(counted)", repaired: fixed)
                     }
+                    if LockRecord.decode(cluster.buffer, at: ClusterHeader.lockOffset) == nil {
+                        let fixed = !otherHostsLive && fix { () throws(FSError) in
+                            LockRecord.free.encode(into: try core.clusterHeader(kind, c, forWriting: true).buffer, at: ClusterHeader.lockOffset)
+                        }
+                        problem("\(kind) cluster \(c): unknown lock mode\(fixed ? "; lock freed" : "")", repaired: fixed)
+                    }
                 } catch {
-                    sound = false
+                    damagedClusters.append((kind, c))
                     problem("\(kind) cluster \(c): \(error)")
                 }
             }
         }
-        return sound
     }
 
-    private func fix(_ body: () throws(FSError) -> Void) -> Bool {
-        guard repair, !core.isReadOnly else { return false }
-        do throws(FSError) {
-            try core.store.operation(body)
-            return true
-        } catch {
-            report.notes.append("repair failed: \(error)")
-            return false
+    /// A damaged cluster header written anew: its bitmap from what the maps reference, its
+    /// lock free. Until then no host allocates from it.
+    private func rebuildDamagedClusters() {
+        for (kind, c) in damagedClusters {
+            let area = core.header.area(kind)
+            let offset = area.clusterOffset(c)
+            let refs = referenced[kind]!
+            let fixed = !otherHostsLive && fix { () throws(FSError) in
+                let b = try core.store.create(offset, .cluster)
+                ClusterHeader.initialize(b, area: area, cluster: c)
+                let cluster = ClusterHeader(buffer: b)
+                for bit in 0..<Int(cluster.resourceCount) where refs.contains(cluster.firstResource + UInt64(bit)) {
+                    cluster.markUsed(bit)
+                }
+            }
+            if let i = report.problems.lastIndex(where: { $0.message.hasPrefix("\(kind) cluster \(c): ") }), fixed {
+                report.problems[i].message += "; rebuilt from the maps that reference it"
+                report.problems[i].repaired = true
+            }
         }
     }
 
     // MARK: the tree
 
-    private func walkTree() {
-        let root = core.header.rootInode
+    private enum InodeState {
+        case free
+        case damaged(String)
+        case sound(InodeRecord, [InodeRecord.FieldProblem])
+    }
+
+    /// Inode `n` as stored, its record checked but its fields only listed (so they can be
+    /// mended rather than the inode dropped).
+    private func state(of n: UInt32) -> InodeState {
+        do throws(FSError) {
+            let ino = InodeRecord(buffer: try core.store.read(core.inodeOffset(n), .inode, validated: false))
+            if let why = ino.problem(expectedNumber: n) { return .damaged(why) }
+            if ino.type == .free { return .free }
+            return .sound(ino, ino.fieldProblems(on: core.header))
+        } catch {
+            return .damaged(error.description)
+        }
+    }
+
+    /// The running transaction's copy of inode `n`, whatever its fields say (to mend them).
+    private func mend(_ n: UInt32) throws(FSError) -> InodeRecord {
+        InodeRecord(buffer: try core.store.modify(core.inodeOffset(n), .inode, validated: false))
+    }
+
+    private func walk(root: UInt32) {
         reached[root] = root
         _ = referenced[.inode]!.mark(UInt64(root))
-        var queue: [UInt32] = [root]
-        while let dir = queue.popLast() {
-            guard checkInode(dir, expectedType: .directory, parent: reached[dir] ?? root) else { continue }
-            report.directoriesChecked += 1
-            for message in core.structuralProblems(dir) { problem(message) }
-            let entries: [DirectoryEntry]
-            do throws(FSError) {
-                entries = try core.entries(dir)
-            } catch {
-                problem("directory inode \(dir): \(error)")
-                continue
+        switch state(of: root) {
+        case .sound(let ino, _) where ino.type == .directory:
+            walk(from: [root])
+        case let other:
+            let why: String
+            switch other {
+            case .damaged(let w): why = w
+            case .free: why = "it is free"
+            default: why = "it is not a directory"
             }
+            // Everything below it is found unreached and reconnected under the new root.
+            let fixed = fix { () throws(FSError) in
+                let b = try core.store.create(core.inodeOffset(root), .inode)
+                let ino = InodeRecord(buffer: b)
+                ino.initialize(number: root, type: .directory, mode: 0o755, parent: root, now: wallClockNanoseconds())
+            }
+            problem("root directory inode \(root): \(why)\(fixed ? "; made anew, empty (what it held goes to /lost+found)" : "")", repaired: fixed)
+            report.inodesChecked += 1
+            report.directoriesChecked += 1
+        }
+    }
+
+    /// Walks the directories below `start` (each already reached), checking every inode
+    /// they name and everything its map references.
+    private func walk(from start: [UInt32]) {
+        var queue = start
+        while let dir = queue.popLast() {
+            guard let ino = checkInode(dir, parent: reached[dir] ?? dir) else { continue }
+            report.directoriesChecked += 1
+            var changed = false
+            let structure = ino.storage == .inline ? [] : core.structuralProblems(dir)
+            for message in structure { problem(message) }
+            let (entries, lost) = core.salvageEntries(ino)
+            if !structure.isEmpty || lost || ino.fieldProblems(on: core.header).contains(where: { if case .size = $0 { true } else { false } }) {
+                changed = true
+            }
+            if lost && structure.isEmpty { problem("directory inode \(dir): entries that cannot be read") }
+            var keep: [DirectoryEntry] = []
+            var names = Set<[UInt8]>()
             for e in entries {
                 let name = String(decoding: e.name, as: UTF8.self)
-                guard UInt64(e.inode) < core.header.inodes.count else {
-                    let fixed = fix { () throws(FSError) in try core.removeEntry(dir, e.name) }
-                    problem("directory inode \(dir): entry '\(name)' points outside the inode area", repaired: fixed)
+                guard UInt64(e.inode) < core.header.inodes.count, e.inode != 0 else {
+                    problem("directory inode \(dir): entry '\(name)' points outside the inode area")
+                    changed = true
                     continue
                 }
                 if let other = reached[e.inode] {
-                    problem("inode \(e.inode) is named twice (in directory \(other) and as '\(name)' in \(dir)): a loop or a hard link LunarFS does not make")
+                    problem("inode \(e.inode) is named twice (in directory \(other) and as '\(name)' in \(dir)): a loop or a hard link LunarFS does not make; the second name goes")
+                    changed = true
                     continue
                 }
-                let isUsed = (try? core.clusterHeader(.inode, core.header.inodes.cluster(of: UInt64(e.inode)), forWriting: false))
-                    .map { $0.isUsed(Int(UInt64(e.inode) - $0.firstResource)) } ?? false
-                var damage: String?
-                do throws(FSError) { _ = try core.inode(e.inode) } catch { damage = error.description }
-                if let damage {
-                    // Either way the entry goes; a damaged inode's map cannot be trusted, so its
-                    // number and blocks then count as leaked and are freed below.
-                    let fixed = fix { () throws(FSError) in try core.removeEntry(dir, e.name) }
-                    problem("directory inode \(dir): entry '\(name)' points at inode \(e.inode), which is \(isUsed ? "damaged: \(damage)" : "free (dangling entry)")\(fixed ? "; entry removed" : "")", repaired: fixed)
-                    if isUsed { badInodes.insert(e.inode) }
+                var fixed = e
+                switch state(of: e.inode) {
+                case .free:
+                    problem("directory inode \(dir): entry '\(name)' points at inode \(e.inode), which is free (dangling entry)")
+                    changed = true
                     continue
+                case .damaged(let why):
+                    problem("directory inode \(dir): entry '\(name)' points at inode \(e.inode), which is damaged: \(why); the entry goes")
+                    if isInUse(e.inode) { damagedInodes.insert(e.inode) }
+                    changed = true
+                    continue
+                case .sound(let child, _):
+                    if let type = child.type, type != e.type {
+                        problem("directory inode \(dir): entry '\(name)' says \(e.type == .directory ? "directory" : "file"), inode \(e.inode) is a \(type == .directory ? "directory" : "file")")
+                        fixed.type = type
+                        changed = true
+                    }
                 }
+                if names.contains(fixed.name) {
+                    fixed.name = uniqueName(fixed.name, inode: fixed.inode, taken: names)
+                    problem("directory inode \(dir): name '\(name)' appears twice; inode \(e.inode) renamed '\(String(decoding: fixed.name, as: UTF8.self))'")
+                    changed = true
+                }
+                names.insert(fixed.name)
+                keep.append(fixed)
                 reached[e.inode] = dir
                 _ = referenced[.inode]!.mark(UInt64(e.inode))
-                if e.type == .directory {
+                if fixed.type == .directory {
                     queue.append(e.inode)
                 } else {
-                    _ = checkInode(e.inode, expectedType: .regular, parent: dir)
+                    _ = checkInode(e.inode, parent: dir)
                 }
             }
+            if changed { rewrites[dir] = keep }
         }
     }
 
-    /// Verifies one reached inode and marks everything its map references.
-    private func checkInode(_ n: UInt32, expectedType: InodeRecord.FileType, parent: UInt32) -> Bool {
+    /// `name~inode` (shortened to fit), or with a counter should that be taken too.
+    private func uniqueName(_ name: [UInt8], inode: UInt32, taken: Set<[UInt8]>) -> [UInt8] {
+        var suffix = Array("~\(inode)".utf8)
+        var attempt = 0
+        while true {
+            let candidate = Array(name.prefix(DirectoryEntry.maxNameLength - suffix.count)) + suffix
+            if !taken.contains(candidate) { return candidate }
+            attempt += 1
+            suffix = Array("~\(inode).\(attempt)".utf8)
+        }
+    }
+
+    private func isInUse(_ n: UInt32) -> Bool {
+        let area = core.header.inodes
+        guard let cluster = try? core.clusterHeader(.inode, area.cluster(of: UInt64(n)), forWriting: false) else { return true }
+        return cluster.isUsed(Int(UInt64(n) - cluster.firstResource))
+    }
+
+    /// Verifies one reached inode, mends its fields, and marks everything its map references.
+    /// Returns the inode (as mended) when its content can be used.
+    @discardableResult
+    private func checkInode(_ n: UInt32, parent: UInt32) -> InodeRecord? {
         report.inodesChecked += 1
-        let ino: InodeRecord
-        do throws(FSError) { ino = try core.inode(n) } catch {
-            problem("inode \(n): \(error)")
-            badInodes.insert(n)
-            return false
+        guard case .sound(let ino, let fields) = state(of: n) else {
+            if case .damaged(let why) = state(of: n) { problem("inode \(n): \(why)") } else { problem("inode \(n) is free") }
+            damagedInodes.insert(n)
+            return nil
         }
-        if ino.type != expectedType {
-            problem("inode \(n) is a \(ino.type == .directory ? "directory" : "file") but its directory entry says otherwise")
+        for field in fields {
+            switch field {
+            case .lock(let why):
+                let fixed = !otherHostsLive && fix { () throws(FSError) in InodeLock(record: .free, holders: []).encode(into: try mend(n)) }
+                problem("inode \(n): \(why)\(fixed ? "; lock freed" : otherHostsLive ? " (left alone while other hosts are alive)" : "")", repaired: fixed)
+            default:
+                break  // the parent just below; size and allocated units once the map is walked
+            }
         }
-        if ino.parent != parent && n != core.header.rootInode {
-            let fixed = fix { () throws(FSError) in try core.modifyInode(n).parent = parent }
+        if ino.parent != parent {
+            let fixed = fix { () throws(FSError) in try mend(n).parent = parent }
             problem("inode \(n) names directory \(ino.parent) as its parent, but is found in \(parent)", repaired: fixed)
         }
         if ino.isOrphan {
-            problem("inode \(n) is flagged as being removed but is still named in a directory")
-        }
-        guard let storage = ino.storage, storage != .inline else { return true }
-        let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
-        let unit = core.unitSize(ino)
-        var units: UInt64 = 0
-        var pastEnd: UInt64 = 0
-        let limit = ino.type == .directory ? UInt64.max : (ino.size + unit - 1) / unit
-        do throws(FSError) {
-            try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
-                self.reference(.pointerBlock, UInt64(p), by: "inode \(n)")
-            }) { (u, unitNumber) throws(FSError) -> Bool in
-                units += 1
-                if u >= limit { pastEnd += 1 }
-                reference(kind, UInt64(unitNumber), by: "inode \(n)")
-                return true
+            let fixed = fix { () throws(FSError) in
+                let m = try mend(n)
+                m.isOrphan = false
+                m.linkCount = 1
             }
-        } catch {
-            problem("inode \(n): block map: \(error)")
-            badInodes.insert(n)
-            return false
+            problem("inode \(n) is flagged as being removed but is still named in a directory", repaired: fixed)
+        }
+        guard let storage = ino.storage else { return nil }
+        var units: UInt64 = 0
+        var lastUnit: UInt64?
+        if storage != .inline {
+            let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+            var damaged: [(VolumeCore.MapEntry, FSError)] = []
+            do throws(FSError) {
+                try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
+                    self.reference(.pointerBlock, UInt64(p), by: n, unitIndex: nil)
+                }, damaged: { entry, error in damaged.append((entry, error)) }) { (u, unitNumber) throws(FSError) -> Bool in
+                    units += 1
+                    lastUnit = u
+                    reference(kind, UInt64(unitNumber), by: n, unitIndex: u)
+                    return true
+                }
+            } catch {
+                problem("inode \(n): block map: \(error)")
+                damagedInodes.insert(n)
+                return nil
+            }
+            for (entry, error) in damaged {
+                let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
+                problem("inode \(n): block map: \(error)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
+            }
         }
         if units != ino.allocatedUnits {
-            let fixed = fix { () throws(FSError) in try core.modifyInode(n).allocatedUnits = units }
+            let fixed = fix { () throws(FSError) in try mend(n).allocatedUnits = units }
             problem("inode \(n) counts \(ino.allocatedUnits) allocated blocks, its map holds \(units)", repaired: fixed)
         }
-        if pastEnd > 0 {
-            let fixed = fix { () throws(FSError) in try core.freeUnits(n, from: limit) }
-            problem("inode \(n) maps \(pastEnd) blocks past its size \(ino.size)\(fixed ? "; freed" : "")", repaired: fixed)
+        if ino.type == .regular {
+            checkSize(n, ino, storage: storage, lastUnit: lastUnit)
         }
-        return true
+        return canRepair ? (try? core.inode(n)) ?? ino : ino
     }
 
-    // MARK: unreached inodes and bitmaps
+    /// A regular file's size against its storage's limit (mended to what its map holds) and
+    /// its map against its size (units past the end freed).
+    private func checkSize(_ n: UInt32, _ ino: InodeRecord, storage: InodeRecord.Storage, lastUnit: UInt64?) {
+        let limit = InodeRecord.maxSize(type: .regular, storage: storage, on: core.header)
+        let unit = storage == .inline ? 1 : core.unitSize(ino)
+        var size = ino.size
+        if size > limit {
+            size = min(limit, lastUnit.map { ($0 + 1) * unit } ?? (storage == .inline ? limit : 0))
+            let fixed = fix { () throws(FSError) in try mend(n).size = size }
+            problem("inode \(n): size \(ino.size) exceeds the \(limit) bytes its storage can hold\(fixed ? "; set to \(size), the end of its data" : "")", repaired: fixed)
+        }
+        guard storage != .inline, let lastUnit else { return }
+        let end = (size + unit - 1) / unit
+        if lastUnit >= end {
+            let fixed = fix { () throws(FSError) in try core.freeUnits(n, from: end) }
+            problem("inode \(n) maps blocks past its size \(size)\(fixed ? "; freed" : "")", repaired: fixed)
+        }
+    }
 
-    private func checkUnreached() {
-        let area = core.header.inodes
-        for c in 0..<area.clusterCount {
-            guard let cluster = try? core.clusterHeader(.inode, c, forWriting: false) else { continue }
-            if cluster.freeCount == cluster.resourceCount { continue }
-            for bit in 0..<Int(cluster.resourceCount) where cluster.isUsed(bit) {
-                let n = UInt32(cluster.firstResource + UInt64(bit))
-                if n == 0 || reached[n] != nil || badInodes.contains(n) { continue }
-                guard let ino = try? core.inode(n) else {
-                    problem("inode \(n) is marked in use but does not hold a sound inode")
-                    continue
-                }
-                if ino.isOrphan {
-                    let fixed = fix { () throws(FSError) in try core.destroyNode(n) }
-                    problem("inode \(n): removal was cut short\(fixed ? "; finished" : "")", repaired: fixed)
-                    if !fixed { markMap(ino, n) }
-                } else {
-                    problem("inode \(n) is in use but no directory names it (orphan)")
-                    markMap(ino, n)
-                }
-                _ = referenced[.inode]!.mark(UInt64(n))
+    private func reference(_ kind: ResourceKind, _ index: UInt64, by owner: UInt32, unitIndex: UInt64?) {
+        guard index < core.header.area(kind).count else {
+            problem("inode \(owner) references \(kind) \(index), outside the area")
+            return
+        }
+        if referenced[kind]!.mark(index) {
+            if let unitIndex {
+                crossLinks.append((owner, unitIndex, kind))
+                problem("\(kind) \(index) is used twice (again by inode \(owner))")
+            } else {
+                problem("\(kind) \(index) is used twice (again by inode \(owner))")
             }
         }
+        if kind == .fileBlock || kind == .smallBlock { report.unitsReferenced += 1 }
     }
 
-    /// Counts an unreached inode's blocks as referenced, so they are not reported as leaked.
+    // MARK: unreached inodes
+
+    /// Inodes in use that no directory reaches: a removal cut short is finished (or its blocks
+    /// kept, without repair); every other one is checked, its subtree walked, and returned to
+    /// be reconnected. Directories first, so that an unreached directory's children are
+    /// reached through it rather than reconnected one by one.
+    private func findUnreached() -> [UInt32] {
+        var candidates: [(UInt32, InodeRecord)] = []
+        let area = core.header.inodes
+        for c in 0..<area.clusterCount {
+            // A damaged cluster says nothing of which inodes are in use: every sound, non-free
+            // inode of its range counts as in use (a freed inode is written free).
+            let cluster = try? core.clusterHeader(.inode, c, forWriting: false)
+            if let cluster, cluster.freeCount == cluster.resourceCount { continue }
+            for i in area.resources(inCluster: c) {
+                if let cluster, !cluster.isUsed(Int(i - cluster.firstResource)) { continue }
+                let n = UInt32(i)
+                if n == 0 || reached[n] != nil || damagedInodes.contains(n) { continue }
+                switch state(of: n) {
+                case .sound(let ino, _): candidates.append((n, ino))
+                case .damaged(let why):
+                    if cluster != nil { problem("inode \(n) is marked in use but does not hold a sound inode: \(why)") }
+                case .free:
+                    break
+                }
+            }
+        }
+        var found: [UInt32] = []
+        for (n, ino) in candidates.sorted(by: { ($0.1.type == .directory ? 0 : 1, $0.0) < ($1.1.type == .directory ? 0 : 1, $1.0) }) {
+            if reached[n] != nil { continue }
+            if ino.isOrphan {
+                let fixed = fix { () throws(FSError) in try core.destroyNode(n) }
+                problem("inode \(n): removal was cut short\(fixed ? "; finished" : "")", repaired: fixed)
+                if !fixed { markMap(ino, n) }
+                _ = referenced[.inode]!.mark(UInt64(n))
+                continue
+            }
+            reached[n] = n
+            _ = referenced[.inode]!.mark(UInt64(n))
+            found.append(n)
+            if ino.type == .directory {
+                walk(from: [n])
+            } else {
+                checkInode(n, parent: ino.parent)
+            }
+        }
+        return found
+    }
+
+    /// Counts a kept inode's blocks as referenced, so they are not freed as leaked.
     private func markMap(_ ino: InodeRecord, _ n: UInt32) {
         guard let storage = ino.storage, storage != .inline else { return }
         let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
         try? core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
-            self.reference(.pointerBlock, UInt64(p), by: "inode \(n)")
-        }) { (_, unitNumber) throws(FSError) -> Bool in
-            reference(kind, UInt64(unitNumber), by: "inode \(n)")
+            self.reference(.pointerBlock, UInt64(p), by: n, unitIndex: nil)
+        }, damaged: { _, _ in }) { (u, unitNumber) throws(FSError) -> Bool in
+            reference(kind, UInt64(unitNumber), by: n, unitIndex: u)
             return true
         }
     }
 
+    // MARK: bitmaps
+
     private func checkBitmaps() {
+        let damaged = Set(damagedClusters.map { "\($0.0) \($0.1)" })
         for kind in ResourceKind.allCases {
             let area = core.header.area(kind)
             let refs = referenced[kind]!
-            for c in 0..<area.clusterCount {
+            for c in 0..<area.clusterCount where !damaged.contains("\(kind) \(c)") {
                 guard let cluster = try? core.clusterHeader(kind, c, forWriting: false) else { continue }
                 var leaked: [Int] = [], missing: [Int] = []
                 for bit in 0..<Int(cluster.resourceCount) {
@@ -341,6 +647,72 @@ final class Checker {
             }
         }
     }
+
+    // MARK: repairs that allocate
+
+    /// Each later claimer of a doubly used unit gets its own copy of the unit's bytes as they
+    /// are now, so both files keep the data they read today and neither writes the other's.
+    private func copyCrossLinks() {
+        for link in crossLinks {
+            let fixed = fix { () throws(FSError) in
+                let ino = try core.inode(link.inode)
+                let old = try core.lookupUnit(ino, link.unitIndex)
+                guard old != 0 else { return }
+                let area = core.header.area(link.kind)
+                let copy = try core.allocate(link.kind)
+                let bytes = IOBuffer(count: Int(area.resourceSize))
+                try io { () throws(IOError) in try core.storage.readBlocking(into: bytes, at: area.offset(of: UInt64(old))) }
+                try io { () throws(IOError) in try core.storage.writeBlocking(from: bytes, at: area.offset(of: copy)) }
+                try core.setUnit(link.inode, link.unitIndex, UInt32(copy))
+            }
+            if let i = report.problems.lastIndex(where: { $0.message.contains("used twice (again by inode \(link.inode))") }), fixed {
+                report.problems[i].message += "; inode \(link.inode) given its own copy"
+                report.problems[i].repaired = true
+            }
+        }
+    }
+
+    private func rewriteDirectories() {
+        for (dir, entries) in rewrites.sorted(by: { $0.key < $1.key }) {
+            let fixed = fix { () throws(FSError) in
+                _ = try mend(dir)  // its own fields may be what is wrong; the rewrite sets them
+                try core.rewriteDirectory(dir, entries)
+            }
+            problem("directory inode \(dir): \(fixed ? "written anew with" : "to be written anew from") its \(entries.count) sound entries", repaired: fixed)
+            if fixed {
+                // Every problem found in it is mended by the rewrite.
+                for i in report.problems.indices where report.problems[i].message.hasPrefix("directory inode \(dir):") {
+                    report.problems[i].repaired = true
+                }
+            }
+        }
+    }
+
+    /// Links every unreached inode into `/lost+found` (made if missing) as `#inode`.
+    private func reconnect(_ unreached: [UInt32]) {
+        guard !unreached.isEmpty else { return }
+        let root = core.header.rootInode
+        var lostAndFound: UInt32?
+        _ = fix { () throws(FSError) in
+            if let e = try core.lookup(root, Self.lostAndFound), e.type == .directory {
+                lostAndFound = e.inode
+            } else {
+                var name = Self.lostAndFound
+                if try core.lookup(root, name) != nil { name = Array("lost+found~\(wallClockNanoseconds())".utf8) }
+                lostAndFound = try core.createNode(in: root, name: name, type: .directory, mode: 0o700)
+            }
+        }
+        for n in unreached {
+            let fixed = lostAndFound.map { dir in
+                fix { () throws(FSError) in
+                    let ino = try core.inode(n)
+                    try core.insert(dir, DirectoryEntry(name: Array("#\(n)".utf8), inode: n, type: ino.type ?? .regular))
+                    try mend(n).parent = dir
+                }
+            } ?? false
+            problem("inode \(n) is in use but no directory names it\(fixed ? "; linked as /lost+found/#\(n)" : "")", repaired: fixed)
+        }
+    }
 }
 
 extension Volume {
@@ -351,6 +723,9 @@ extension Volume {
             if repair && core.isReadOnly { throw FSError(.readOnly) }
             try? core.store.commit()
             var report = Checker(core: core, repair: repair).run()
+            if let why = mountReport.rebuiltLockSector {
+                report.problems.insert(.init(message: "\(why); rebuilt, free", repaired: true), at: 0)
+            }
             if mountReport.usedBackupHeader {
                 report.problems.insert(.init(message: "primary volume header unusable (\(mountReport.primaryHeaderProblem ?? "?")); opened from the backup", repaired: repair), at: 0)
             }

@@ -26,6 +26,33 @@ extension Volume {
         return out
     }
 
+    /// Host slot `s`'s heartbeat record and journal header.
+    public func slotRecords(_ s: Int) -> [MetadataRecordLocation] {
+        [MetadataRecordLocation(record: RecordKind.heartbeat.name, offset: header.heartbeatSlotOffset(s)),
+         MetadataRecordLocation(record: RecordKind.journalHeader.name, offset: header.journalStart(s))]
+    }
+
+    /// The cluster headers whose bitmaps account for a file: its inode's, and those of the
+    /// pointer blocks and data units its map references.
+    public func clusters(of path: String) throws(FSError) -> [MetadataRecordLocation] {
+        try locked(path) { (core) throws(FSError) -> [MetadataRecordLocation] in
+            let n = try core.resolve(path)
+            let ino = try core.inode(n)
+            var offsets: Set<UInt64> = []
+            func add(_ kind: ResourceKind, _ index: UInt64) {
+                let area = core.header.area(kind)
+                offsets.insert(area.clusterOffset(area.cluster(of: index)))
+            }
+            add(.inode, UInt64(n))
+            let units: ResourceKind = ino.storage == .small ? .smallBlock : .fileBlock
+            try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in add(.pointerBlock, UInt64(p)) }) { (_, unit) throws(FSError) -> Bool in
+                add(units, UInt64(unit))
+                return true
+            }
+            return offsets.sorted().map { MetadataRecordLocation(record: RecordKind.cluster.name, offset: $0) }
+        }
+    }
+
     /// The records a file or directory is made of: its inode, its pointer blocks, and for a
     /// hashed directory its header, table and leaf sectors.
     public func records(of path: String) throws(FSError) -> [MetadataRecordLocation] {

@@ -735,7 +735,7 @@ struct FSFsckCommand: AsyncParsableCommand {
         let lun = lunArgument(self.lun)
         let report: FsckReport
         do {
-            report = try withVolume(lun, readOnly: !repair) { try $0.check(repair: repair) }
+            report = try withVolume(lun, readOnly: !repair, repair: repair) { try $0.check(repair: repair) }
         } catch {
             printError(error)
             throw ExitCode(8)

@@ -146,11 +146,14 @@ func sameHostFile(_ a: String, _ b: String) -> Bool {
 /// Opens the volume on `lun`, runs `body`, and closes it: closing is what commits the last
 /// changes, so it happens on success and failure alike. Errors naming a path inside the volume
 /// are rewritten to `LUN:/path`, the form the user typed.
-func withVolume<T>(_ lun: String, readOnly: Bool, _ body: (Volume) throws -> T) throws -> T {
+/// `repair`: the open of `fsck --repair`, which rebuilds a damaged volume lock sector.
+func withVolume<T>(_ lun: String, readOnly: Bool, repair: Bool = false, _ body: (Volume) throws -> T) throws -> T {
     guard BlockDevice.exists(lun) else {
         throw CLIError("\(lun): no such file or directory (make a volume with `lunar fs mkfs \(lun) --size 20G`)")
     }
-    return try Volume.withOpen(path: lun, options: OpenOptions(readOnly: readOnly, heartbeatInterval: OpenOptions.toolHeartbeatInterval), body)
+    var options = OpenOptions(readOnly: readOnly, heartbeatInterval: OpenOptions.toolHeartbeatInterval)
+    options.repair = repair
+    return try Volume.withOpen(path: lun, options: options, body)
 }
 
 // MARK: formatting

@@ -27,11 +27,11 @@ extension VolumeCore {
         var c = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters
         var startBit = cursors.bit[kind] ?? 0
         for _ in 0..<clusters {
-            let readOnly = try clusterHeader(kind, c, forWriting: false)
-            if readOnly.freeCount > 0, let bit = readOnly.firstFree(from: startBit) {
+            // A damaged cluster is skipped, not fatal: fsck rebuilds it from the maps.
+            if let readOnly = try skippingDamage({ () throws(FSError) in try clusterHeader(kind, c, forWriting: false) }),
+               readOnly.freeCount > 0, let bit = readOnly.firstFree(from: startBit) {
                 let cluster = try clusterHeader(kind, c, forWriting: true)
-                cluster.setUsed(bit, true)
-                cluster.freeCount -= 1
+                cluster.markUsed(bit)
                 cursors.cluster[kind] = c
                 cursors.bit[kind] = bit + 1
                 return cluster.firstResource + UInt64(bit)
@@ -58,7 +58,9 @@ extension VolumeCore {
                 throw .corrupt(kind.description, at: area.dataOffset, "free of resource \(index) outside the area")
             }
             let c = area.cluster(of: index)
-            let cluster = try clusterHeader(kind, c, forWriting: true)
+            // A resource of a damaged cluster stays marked until fsck rebuilds the cluster from
+            // the maps: leaked for now, never handed out twice.
+            guard let cluster = try skippingDamage({ () throws(FSError) in try clusterHeader(kind, c, forWriting: true) }) else { continue }
             let bit = Int(index - cluster.firstResource)
             guard cluster.isUsed(bit) else {
                 throw .corrupt(RecordKind.cluster.name, at: area.clusterOffset(c), "\(kind) \(index) freed twice")

@@ -125,7 +125,7 @@ extension VolumeCore {
 
     private func adjustAllocated(_ ino: InodeRecord, old: UInt32, new: UInt32) {
         if old == 0 && new != 0 { ino.allocatedUnits += 1 }
-        if old != 0 && new == 0 { ino.allocatedUnits -= 1 }
+        if old != 0 && new == 0 { ino.unitUnmapped() }
     }
 
     private func newPointerBlock(owner: UInt32, level: UInt8) throws(FSError) -> UInt32 {
@@ -154,10 +154,23 @@ extension VolumeCore {
         ino2.height = h + 1
     }
 
+    /// Where a map entry lives: a root entry of the inode (`pointerBlock` nil) or an entry of
+    /// a pointer block.
+    struct MapEntry: Equatable {
+        var pointerBlock: UInt32?
+        /// The level of the pointer block holding it (the map's height for a root entry).
+        var level: UInt8
+        var index: Int
+    }
+
     /// Calls `body(unitIndex, unit)` for every mapped unit at or after `from`, in order;
     /// `body` returns false to stop. `pointerBlock(p, level)` sees every pointer block walked.
+    /// With `damaged`, an entry naming a unit outside its area or a pointer block that is not
+    /// sound is handed to it and skipped, and the walk goes on (fsck: what lies under an
+    /// intact entry must still count as used); without, it is thrown.
     func walkMap(_ ino: InodeRecord, from: UInt64 = 0,
                  pointerBlock visit: ((UInt32, UInt8) throws(FSError) -> Void)? = nil,
+                 damaged: ((MapEntry, FSError) -> Void)? = nil,
                  _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) {
         let h = ino.height
         let span = Self.span(height: h)
@@ -166,19 +179,37 @@ extension VolumeCore {
             if e == 0 { continue }
             let base = UInt64(i) * span
             if base + span <= from { continue }
+            let entry = MapEntry(pointerBlock: nil, level: h, index: i)
             if h == 0 {
-                try checkUnit(e, ino, from: inodeOffset(ino.number), .inode)
+                guard try checked(entry, damaged, { () throws(FSError) in try checkUnit(e, ino, from: inodeOffset(ino.number), .inode) }) else { continue }
                 if try !body(base, e) { return }
-            } else if try !walkSubtree(ino, e, level: h, base: base, span: span, from: from, visit, body) {
+            } else if try !walkSubtree(ino, e, at: entry, level: h, base: base, span: span, from: from, visit, damaged, body) {
                 return
             }
         }
     }
 
-    private func walkSubtree(_ ino: InodeRecord, _ p: UInt32, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
+    /// Runs a check of one map entry: true when it passed, false when it failed and `damaged`
+    /// took the error.
+    private func checked(_ entry: MapEntry, _ damaged: ((MapEntry, FSError) -> Void)?,
+                         _ check: () throws(FSError) -> Void) throws(FSError) -> Bool {
+        do throws(FSError) {
+            try check()
+            return true
+        } catch {
+            guard let damaged, case .corrupt = error.kind else { throw error }
+            damaged(entry, error)
+            return false
+        }
+    }
+
+    private func walkSubtree(_ ino: InodeRecord, _ p: UInt32, at entry: MapEntry, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
                              _ visit: ((UInt32, UInt8) throws(FSError) -> Void)?,
+                             _ damaged: ((MapEntry, FSError) -> Void)?,
                              _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) -> Bool {
-        let pb = try pointerBlock(p, owner: ino.number, level: level)
+        var found: PointerBlock?
+        guard try checked(entry, damaged, { () throws(FSError) in found = try pointerBlock(p, owner: ino.number, level: level) }),
+              let pb = found else { return true }
         try visit?(p, level)
         let child = span / Self.fanout
         for i in 0..<PointerBlock.entries {
@@ -186,14 +217,25 @@ extension VolumeCore {
             if e == 0 { continue }
             let lo = base + UInt64(i) * child
             if lo + child <= from { continue }
+            let inner = MapEntry(pointerBlock: p, level: level, index: i)
             if level == 1 {
-                try checkUnit(e, ino, from: pointerOffset(p), .pointerBlock)
+                guard try checked(inner, damaged, { () throws(FSError) in try checkUnit(e, ino, from: pointerOffset(p), .pointerBlock) }) else { continue }
                 if try !body(lo, e) { return false }
-            } else if try !walkSubtree(ino, e, level: level - 1, base: lo, span: child, from: from, visit, body) {
+            } else if try !walkSubtree(ino, e, at: inner, level: level - 1, base: lo, span: child, from: from, visit, damaged, body) {
                 return false
             }
         }
         return true
+    }
+
+    /// Makes one map entry a hole without freeing what it named (fsck: a damaged pointer
+    /// block, or a unit outside its area, that no walk can trust).
+    func clearMapEntry(_ n: UInt32, _ entry: MapEntry) throws(FSError) {
+        guard let p = entry.pointerBlock else {
+            try modifyInode(n).setRootEntry(entry.index, 0)
+            return
+        }
+        try pointerBlock(p, owner: n, level: entry.level, forWriting: true).setEntry(entry.index, 0)
     }
 
     /// Unmaps every unit at index `from` or beyond and frees it, and every pointer block left
@@ -214,7 +256,7 @@ extension VolumeCore {
                 try freeAtCommit(kind, UInt64(e))
                 let m = try modifyInode(n)
                 m.setRootEntry(i, 0)
-                m.allocatedUnits -= 1
+                m.unitUnmapped()
             } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try modifyInode(n).setRootEntry(i, 0)
@@ -238,7 +280,7 @@ extension VolumeCore {
             if level == 1 {
                 try freeAtCommit(kind, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
-                try modifyInode(n).allocatedUnits -= 1
+                try modifyInode(n).unitUnmapped()
             } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)

@@ -50,10 +50,9 @@ extension VolumeCore {
     private func directoryHeader(_ dir: UInt32, forWriting: Bool = false) throws(FSError) -> DirectoryHeader {
         let (b, offset) = try directoryRecord(dir, DirectoryLayout.headerSector, .directoryHeader, forWriting: forWriting)
         let h = DirectoryHeader(buffer: b)
-        guard h.depth <= DirectoryLayout.maxDepth, h.tableSectors == DirectoryLayout.tableSectors(depth: h.depth),
-              h.nextFreeSector >= DirectoryLayout.firstLeafSector + 1,
-              UInt64(h.nextFreeSector) <= VolumeCore.capacity(height: InodeRecord.maxHeight) * Self.sectorsPerUnit else {
-            throw .corrupt(RecordKind.directoryHeader.name, at: offset, "depth \(h.depth), \(h.tableSectors) table sectors, next sector \(h.nextFreeSector)")
+        // A split moves the size and the next free sector together, inside one operation.
+        if !forWriting, let problem = h.problem(inodeSize: try inode(dir).size) {
+            throw .corrupt(RecordKind.directoryHeader.name, at: offset, problem)
         }
         return h
     }
@@ -130,6 +129,55 @@ extension VolumeCore {
             problems.append("directory inode \(dir): header counts \(h.entryCount) entries, leaves hold \(count)")
         }
         return problems
+    }
+
+    // MARK: repair
+
+    /// Every entry of directory `ino` that can still be read, and whether any could not
+    /// (fsck): an inline directory's entries up to the first damaged one; a hashed directory's
+    /// entries of every leaf that verifies, whatever its header and table say. Entries of a
+    /// damaged leaf are lost here; their inodes are found unreached and reconnected.
+    func salvageEntries(_ ino: InodeRecord) -> (entries: [DirectoryEntry], lost: Bool) {
+        let dir = ino.number
+        if ino.storage == .inline {
+            let used = Int(min(ino.size, UInt64(InodeRecord.inlineCapacity)))
+            switch DirectoryEntry.decodeAll(UnsafeRawBufferPointer(rebasing: ino.inlineBytes[0..<used]), count: nil) {
+            case .success(let e): return (e, UInt64(used) != ino.size)
+            case .failure(let damage): return (damage.salvaged, true)
+            }
+        }
+        let sectors = min(ino.size / sectorSize, UInt64(DirectoryLayout.maxLogicalSectors))
+        var all: [DirectoryEntry] = []
+        var lost = false
+        var l = UInt64(DirectoryLayout.firstLeafSector)
+        while l < sectors {
+            defer { l += 1 }
+            guard let unit = try? lookupUnit(ino, l / Self.sectorsPerUnit), unit != 0 else { lost = true; continue }
+            let offset = header.smallBlocks.offset(of: UInt64(unit)) + (l % Self.sectorsPerUnit) * sectorSize
+            guard let b = try? store.read(offset, .directoryLeaf), b.load(32, as: UInt32.self) == dir else { lost = true; continue }
+            switch DirectoryEntry.decodeAll(UnsafeRawBufferPointer(DirectoryLeaf(buffer: b).usedEntries), count: nil) {
+            case .success(let e): all += e
+            case .failure(let damage): all += damage.salvaged; lost = true
+            }
+        }
+        return (all, lost)
+    }
+
+    /// Writes directory `dir` anew holding exactly `entries` (fsck): its blocks go back, it
+    /// starts again inline and grows as inserts need, so header, table and leaves are all
+    /// rebuilt from the entries, whatever state they were in.
+    func rewriteDirectory(_ dir: UInt32, _ entries: [DirectoryEntry]) throws(FSError) {
+        try freeUnits(dir, from: 0)
+        let ino = try modifyInode(dir)
+        ino.clearBody()
+        ino.setStorage(.inline)
+        ino.height = 0
+        ino.size = 0
+        ino.allocatedUnits = 0
+        for e in entries {
+            try insert(dir, e)
+            try store.commitIfLarge()
+        }
     }
 
     // MARK: the directory interface
@@ -295,7 +343,10 @@ extension VolumeCore {
         let removed = list.remove(at: i)
         let (b, _) = try directoryRecord(dir, found.leafSector, .directoryLeaf, forWriting: true)
         _ = DirectoryLeaf(buffer: b).setEntries(list)
-        try directoryHeader(dir, forWriting: true).entryCount -= 1
+        let (hb, offset) = try directoryRecord(dir, DirectoryLayout.headerSector, .directoryHeader, forWriting: true)
+        let h = DirectoryHeader(buffer: hb)
+        guard h.entryCount > 0 else { throw .corrupt(RecordKind.directoryHeader.name, at: offset, "counts no entries, but a leaf holds one") }
+        h.entryCount -= 1
         return removed
     }
 }

@@ -182,6 +182,8 @@ extension VolumeCore {
         guard ino.type == .regular else { throw FSError(.isDirectory) }
         let old = ino.size
         if size > old {
+            // Beyond it no map could reach the end, and every reader would refuse the inode.
+            guard size <= InodeRecord.maxSize(type: .regular, storage: .blocks, on: header) else { throw FSError(.fileTooLarge) }
             try prepareStorage(n, forSize: size)
             let m = try modifyInode(n)
             m.size = size

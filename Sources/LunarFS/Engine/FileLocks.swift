@@ -32,6 +32,20 @@ struct InodeLock {
     var record: LockRecord
     var holders: [Holder]
 
+    /// Why the lock fields of `ino` are not ones any host writes, or nil.
+    static func problem(_ ino: InodeRecord) -> String? {
+        let rawMode: UInt8 = ino.buffer.load(InodeRecord.lockOffset)
+        guard let mode = LockRecord.Mode(rawValue: rawMode) else { return "unknown lock mode \(rawMode)" }
+        let count: UInt32 = ino.buffer.load(countOffset)
+        switch mode {
+        case .free, .exclusive:
+            if count != 0 { return "\(count) shared holders on a lock that is not shared" }
+        case .sharedReadOnly, .multiWriter:
+            if !(1...UInt32(maxSharedHolders)).contains(count) { return "shared lock with \(count) holders (1 to \(maxSharedHolders))" }
+        }
+        return nil
+    }
+
     static func decode(_ ino: InodeRecord, at offset: UInt64) throws(FSError) -> InodeLock {
         guard let record = LockRecord.decode(ino.buffer, at: InodeRecord.lockOffset) else {
             throw .corrupt(RecordKind.inode.name, at: offset, "unknown lock mode \(ino.buffer.load(InodeRecord.lockOffset, as: UInt8.self))")

@@ -85,7 +85,7 @@ final class Heartbeat: @unchecked Sendable {
         // The renewal counts from when it was issued, not from when it completed: observers
         // start their wait from the counter they saw, which is no later than the issue.
         let issued = Self.ownClock()
-        guard let record = try? HeartbeatSlot.decode(last, at: offset) else { return .fenced("own heartbeat slot unreadable") }
+        guard let record = try? HeartbeatSlot.decode(last, index: Int(last.load(32, as: UInt32.self)), at: offset) else { return .fenced("own heartbeat slot unreadable") }
         var next = record
         next.counter &+= 1
         let image = IOBuffer(count: RecordHeader.sectorSize)

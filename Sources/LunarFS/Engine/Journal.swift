@@ -123,20 +123,67 @@ final class Journal {
         var stoppedBecause: String?
     }
 
+    /// The journal header of `slot`, every field checked; nil for a never-written (all-zero)
+    /// sector, which means an empty journal.
+    static func readHeader(storage: any BlockStorage, header: VolumeHeader, slot: UInt32) throws(FSError) -> JournalHeader? {
+        let start = header.journalStart(Int(slot))
+        let hb = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: hb, at: start) }
+        if hb.isAllZero { return nil }
+        try hb.verify(.journalHeader, at: start)
+        let jh = JournalHeader.decode(hb)
+        guard jh.volume == header.uuid else {
+            throw .corrupt(RecordKind.journalHeader.name, at: start, "belongs to volume \(jh.volume), not \(header.uuid)")
+        }
+        guard jh.slot == slot else { throw .corrupt(RecordKind.journalHeader.name, at: start, "names slot \(jh.slot), stored as slot \(slot)") }
+        guard jh.startPosition % sector == 0, jh.startPosition < header.journalSize - sector else {
+            throw .corrupt(RecordKind.journalHeader.name, at: start, "start position \(jh.startPosition) outside the log")
+        }
+        return jh
+    }
+
+    /// Whether slot `slot`'s journal header can be read (sound, or never written).
+    static func headerIsSound(storage: any BlockStorage, header: VolumeHeader, slot: UInt32) throws(FSError) -> Bool {
+        do throws(FSError) {
+            _ = try readHeader(storage: storage, header: header, slot: slot)
+            return true
+        } catch {
+            guard case .corrupt = error.kind else { throw error }
+            return false
+        }
+    }
+
+    /// Writes slot `slot`'s journal header anew, empty (fsck, for a header that is damaged
+    /// while no live host uses the journal): replay is to start past every transaction the
+    /// log holds, so none of them, whether applied or not, is ever applied again. Returns the
+    /// sequence it starts from.
+    static func rebuildEmptyHeader(storage: any BlockStorage, header: VolumeHeader, slot: UInt32) throws(FSError) -> UInt64 {
+        let start = header.journalStart(Int(slot))
+        let logSize = header.journalSize - sector
+        let log = IOBuffer(count: Int(logSize))
+        try io { () throws(IOError) in try storage.readBlocking(into: log, at: start + sector) }
+        var highest: UInt64 = 0
+        let s = RecordHeader.sectorSize
+        for i in 0..<Int(logSize / sector) {
+            let at = start + sector + UInt64(i) * sector
+            let record = IOBuffer(copying: UnsafeRawBufferPointer(log.slice((i * s)..<((i + 1) * s))))
+            if record.problem(as: .journalDescriptor, at: at) == nil || record.problem(as: .journalCommit, at: at) == nil {
+                highest = max(highest, record.load(32, as: UInt64.self))
+            }
+        }
+        let next = highest == UInt64.max ? 1 : highest + 1
+        try writeHeader(JournalHeader(slot: slot, startSequence: next, startPosition: 0, volume: header.uuid), at: start, storage: storage)
+        try io { () throws(IOError) in try storage.flushBlocking() }
+        return next
+    }
+
     /// Walks the journal of `slot` and hands every image of every complete transaction, in
     /// order, to `apply`. A damaged header is an error; a torn last transaction is the normal
     /// end of a log cut by a crash.
     static func replay(storage: any BlockStorage, header: VolumeHeader, slot: UInt32,
                        apply: (UInt64, IOBuffer) throws(FSError) -> Void) throws(FSError) -> ReplayResult {
         let start = header.journalStart(Int(slot))
-        let hb = IOBuffer(count: RecordHeader.sectorSize)
-        try io { () throws(IOError) in try storage.readBlocking(into: hb, at: start) }
-        if hb.isAllZero { return ReplayResult() }
-        try hb.verify(.journalHeader, at: start)
-        let jh = JournalHeader.decode(hb)
-        guard jh.volume == header.uuid else {
-            throw .corrupt(RecordKind.journalHeader.name, at: start, "belongs to volume \(jh.volume), not \(header.uuid)")
-        }
+        guard let jh = try readHeader(storage: storage, header: header, slot: slot) else { return ReplayResult() }
         let logSize = header.journalSize - sector
         let logStart = start + sector
         let tag = volumeTag(header.uuid)
@@ -144,9 +191,6 @@ final class Journal {
         var result = ReplayResult(nextSequence: jh.startSequence)
         var position = jh.startPosition
         var expected = jh.startSequence
-        guard position % sector == 0, position < logSize else {
-            throw .corrupt(RecordKind.journalHeader.name, at: start, "start position \(position) outside the log")
-        }
         func readRun(_ at: UInt64, _ count: Int) throws(FSError) -> IOBuffer {
             let b = IOBuffer(count: count * s)
             try io { () throws(IOError) in try storage.readBlocking(into: b, at: at) }

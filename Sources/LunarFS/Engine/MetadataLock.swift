@@ -273,6 +273,42 @@ extension VolumeCore {
         return (b, try VolumeLockState.decode(b, at: offset))
     }
 
+    /// Writes a damaged volume lock sector anew, free, once every other host that holds a
+    /// slot is judged dead (and recovered: its journal replayed) — waiting up to the
+    /// lock-break timeout for a verdict on a host of another machine. A live host may be in the
+    /// middle of a call it could only have begun before the damage; it must stop first.
+    static func rebuildLockSector(_ recovery: Recovery, options: OpenOptions) throws(FSError) {
+        let storage = recovery.storage, header = recovery.header
+        let deadline = monotonicSeconds() + OpenOptions.lockBreakTimeout(interval: options.heartbeatInterval) + 1
+        while true {
+            var undecided = false
+            for record in try readAllSlots(storage, header) where record.slot != recovery.me.index && record.state != .free {
+                switch try recovery.judge.verdict(record, watch: recovery.watch) {
+                case .alive:
+                    throw FSError(.busy("the volume lock sector is damaged and host \(record.hostName) (pid \(record.pid), slot \(record.slot)) is using the volume: stop it, then run `lunar fs fsck --repair` again"), path: storage.path)
+                case .dead: _ = try recovery.recover(record)
+                case .unknown: undecided = true
+                }
+            }
+            if !undecided { break }
+            guard monotonicSeconds() < deadline else {
+                throw FSError(.busy("the volume lock sector is damaged and hosts of other machines hold slots whose heartbeats could not be judged in time; stop them, then run `lunar fs fsck --repair` again"), path: storage.path)
+            }
+            usleep(50_000)
+        }
+        let offset = header.volumeLockOffset
+        let damaged = IOBuffer(count: RecordHeader.sectorSize)
+        try io { () throws(IOError) in try storage.readBlocking(into: damaged, at: offset) }
+        let fresh = IOBuffer(count: RecordHeader.sectorSize)
+        // The epoch moves on, so a cache kept under the damaged record's epoch is never trusted.
+        VolumeLockState(record: .free, epoch: damaged.load(VolumeLockState.epochOffset, as: UInt64.self) &+ 1, waiter: nil, holders: [])
+            .encode(into: fresh)
+        fresh.seal(.volumeLock, at: offset, generation: damaged.recordGeneration &+ 1)
+        guard try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: damaged, new: fresh, at: offset) }).isWritten else {
+            throw FSError(.busy("the volume lock sector changed while it was being rebuilt; run `lunar fs fsck --repair` again"), path: storage.path)
+        }
+    }
+
     private static func writeLockState(_ storage: any BlockStorage, _ header: VolumeHeader, expected: IOBuffer,
                                        _ state: VolumeLockState) throws(FSError) -> Bool {
         let next = expected.clone()
@@ -406,7 +442,8 @@ extension VolumeCore {
             case .recovering: if try recovery.recovererGone(record) { dead.append(record) }
             }
         }
-        for record in dead { _ = try recovery.recover(record) }
+        // A dead host whose journal is damaged is left for fsck --repair.
+        for record in dead { _ = try skippingDamage { () throws(FSError) in try recovery.recover(record) } }
     }
 
     /// Takes the metadata lock for a call in `access` mode; drops cached metadata when

@@ -40,6 +40,10 @@ final class MetadataStore {
     var releaseFreedSpace: (([(ResourceKind, UInt64)]) -> Void)?
     /// Set when a commit failed half-way: the volume refuses further changes until reopened.
     private(set) var failure: FSError?
+    /// Why a sound `kind` record's fields cannot be right for this volume, or nil; set by the
+    /// volume. Applied to every record as it comes from disk or a replayed journal, so that
+    /// no caller meets a value out of range.
+    var validate: ((RecordKind, IOBuffer, UInt64) -> String?)?
 
     static let cacheLimit = 32_768
 
@@ -59,19 +63,35 @@ final class MetadataStore {
     // MARK: reading
 
     /// The current image of the `kind` record at `offset`, verified. Callers read it only.
-    func read(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+    /// `validated: false` skips the field checks of `validate` (fsck, to repair the fields);
+    /// such a record is not cached.
+    func read(_ offset: UInt64, _ kind: RecordKind, validated: Bool = true) throws(FSError) -> IOBuffer {
         if let d = dirty[offset] {
             guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
             return d.buffer
         }
-        if let b = overlay[offset] ?? clean[offset] {
+        if let b = overlay[offset] {
+            try b.verify(kind, at: offset)
+            if validated { try checkFields(b, kind, offset) }
+            return b
+        }
+        if let b = clean[offset] {
             // Verified when it came from disk; a changed kind means a stale reference.
             if b.load(RecordHeader.magicOffset, as: UInt32.self) != kind.rawValue { try b.verify(kind, at: offset) }
             return b
         }
         let b = try readVerified(offset, kind)
-        remember(offset, b)
+        if validated {
+            try checkFields(b, kind, offset)
+            remember(offset, b)
+        } else if validate?(kind, b, offset) == nil {
+            remember(offset, b)
+        }
         return b
+    }
+
+    private func checkFields(_ b: IOBuffer, _ kind: RecordKind, _ offset: UInt64) throws(FSError) {
+        if let why = validate?(kind, b, offset) { throw .corrupt(kind.name, at: offset, why) }
     }
 
     /// The sector from disk, verified. A sector another host is writing in place right now
@@ -102,6 +122,7 @@ final class MetadataStore {
             return d.buffer
         }
         let b = try readVerified(offset, kind)
+        try checkFields(b, kind, offset)
         if overlay[offset] == nil { remember(offset, b) }
         return b
     }
@@ -137,14 +158,15 @@ final class MetadataStore {
     // MARK: changing
 
     /// A private, writable copy of the `kind` record at `offset` in the running transaction.
-    func modify(_ offset: UInt64, _ kind: RecordKind) throws(FSError) -> IOBuffer {
+    /// `validated: false`: as for `read` (fsck mending the fields).
+    func modify(_ offset: UInt64, _ kind: RecordKind, validated: Bool = true) throws(FSError) -> IOBuffer {
         try checkWritable()
         if let d = dirty[offset] {
             guard d.kind == kind else { throw .corrupt(kind.name, at: offset, "in use as a \(d.kind.name)") }
             noteUndo(offset, d)
             return d.buffer
         }
-        let current = try read(offset, kind)
+        let current = try read(offset, kind, validated: validated)
         noteUndo(offset, nil)
         let copy = current.clone()
         dirty[offset] = Dirty(buffer: copy, kind: kind, baseGeneration: current.recordGeneration)
@@ -280,7 +302,9 @@ final class MetadataStore {
         clean[offset] = nil
         if inPlace {
             try io { () throws(IOError) in try storage.writeBlocking(from: image, at: offset) }
-            remember(offset, image)
+            if let kind = RecordKind(rawValue: image.load(RecordHeader.magicOffset)), validate?(kind, image, offset) == nil {
+                remember(offset, image)
+            }
         } else {
             overlay[offset] = image
         }

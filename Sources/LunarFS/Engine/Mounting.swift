@@ -14,6 +14,9 @@ public struct OpenOptions: Sendable {
     public var metadataLockLinger: Double
     /// The longest this host keeps the metadata lock while calls keep coming, in seconds.
     public var metadataLockMaxHold: Double
+    /// Opening for `fsck --repair`: a damaged volume lock sector, which every other open
+    /// refuses, is rebuilt once no other live host uses the volume.
+    public var repair = false
 
     public init(readOnly: Bool = false, lockTimeout: Double = 30, hostName: String? = nil, heartbeatInterval: Double = 3,
                 metadataLockLinger: Double = 0.01, metadataLockMaxHold: Double = 0.25) {
@@ -54,6 +57,8 @@ public struct MountReport: Sendable {
     /// Host slots whose holder had died, whose journals this open replayed.
     public var recoveredSlots: [UInt32] = []
     public var replayedTransactions = 0
+    /// Why the volume lock sector was rebuilt by a repairing open, if it was.
+    public var rebuiltLockSector: String?
 }
 
 /// Opening and closing: host slot, metadata lock, journal recovery.
@@ -89,8 +94,15 @@ extension VolumeCore {
         guard options.heartbeatInterval >= 0.05, options.heartbeatInterval <= 600 else {
             throw FSError(.invalidArgument("heartbeat interval must be from 0.05 to 600 s"))
         }
-        // Every call takes the metadata lock: a damaged lock record is refused at open.
-        _ = try readLockState(storage, header)
+        // Every call takes the metadata lock: a damaged lock record is refused at open, unless
+        // this open is to repair it.
+        var damagedLock: FSError?
+        do throws(FSError) {
+            _ = try readLockState(storage, header)
+        } catch {
+            guard options.repair, case .corrupt = error.kind else { throw error }
+            damagedLock = error
+        }
         let device = PresenceTokens(device: storage.localDevice)
         let me = LivenessJudge.thisMachine()
         let slot = try claimSlot(storage, header, device: device, host: me, name: options.hostName,
@@ -128,11 +140,17 @@ extension VolumeCore {
             // for that: a dead host's journal holds only what lies under the locks it still
             // holds (locking.md R6), which nobody else may touch until it is recovered.
             for record in try readAllSlots(storage, header) where record.slot != slot.index {
+                // A dead host whose journal is damaged stays unrecovered (its locks held) until
+                // fsck --repair judges the journal; everything else goes on.
                 if record.state == .live, record.host == me, try recovery.judge.verdict(record, watch: recovery.watch) == .dead {
-                    _ = try recovery.recover(record)
+                    _ = try skippingDamage { () throws(FSError) in try recovery.recover(record) }
                 } else if record.state == .recovering, try recovery.recovererGone(record) {
-                    _ = try recovery.recover(record)
+                    _ = try skippingDamage { () throws(FSError) in try recovery.recover(record) }
                 }
+            }
+            if let damagedLock {
+                try rebuildLockSector(recovery, options: options)
+                report.rebuiltLockSector = damagedLock.description
             }
             let own = try recovery.replay(slot.index)
             report.replayedTransactions += recovery.replayedTransactions + own.transactions + slot.replayed
@@ -175,20 +193,32 @@ extension VolumeCore {
         try readSlotImage(storage, header, s).1
     }
 
-    /// Every slot, read in one request (the heartbeat region is contiguous).
+    /// Every sound slot, read in one request (the heartbeat region is contiguous). A damaged
+    /// slot is left out: no host can renew it (its compare-and-write no longer matches, so a
+    /// holder fences itself), no host can claim it, and fsck rebuilds it.
     static func readAllSlots(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> [HeartbeatSlot] {
+        try readSlots(storage, header).sound
+    }
+
+    /// Every slot: the sound ones, and the damage found in the others.
+    static func readSlots(_ storage: any BlockStorage, _ header: VolumeHeader) throws(FSError) -> (sound: [HeartbeatSlot], damaged: [(slot: Int, error: FSError)]) {
         let sector = RecordHeader.sectorSize
         let region = IOBuffer(count: Int(header.hostSlots) * sector)
         try io { () throws(IOError) in try storage.readBlocking(into: region, at: header.heartbeatSlotOffset(0)) }
         var slots: [HeartbeatSlot] = []
+        var damaged: [(slot: Int, error: FSError)] = []
         slots.reserveCapacity(Int(header.hostSlots))
         for s in 0..<Int(header.hostSlots) {
             let offset = header.heartbeatSlotOffset(s)
             let b = IOBuffer(copying: UnsafeRawBufferPointer(region.slice((s * sector)..<((s + 1) * sector))))
-            try b.verify(.heartbeat, at: offset)
-            slots.append(try HeartbeatSlot.decode(b, at: offset))
+            do throws(FSError) {
+                try b.verify(.heartbeat, at: offset)
+                slots.append(try HeartbeatSlot.decode(b, index: s, at: offset))
+            } catch {
+                damaged.append((s, error))
+            }
         }
-        return slots
+        return (slots, damaged)
     }
 
     /// Rewrites a slot record by compare-and-write against what was just read.
@@ -213,7 +243,10 @@ extension VolumeCore {
         for s in 0..<header.hostSlots {
             // A slot in use by another machine may be alive: only recovery, after judging it,
             // takes that. One of this machine's is free exactly when its presence token is.
-            let (image, record) = try readSlotImage(storage, header, Int(s))
+            // A damaged slot, or one whose journal header is damaged, waits for fsck; the
+            // volume stays usable through the others.
+            guard let (image, record) = try skippingDamage({ () throws(FSError) in try readSlotImage(storage, header, Int(s)) }),
+                  try Journal.headerIsSound(storage: storage, header: header, slot: s) else { continue }
             if record.state == .recovering || (record.state != .free && (record.host != host || !device.canTell)) { continue }
             guard try device.tryHold(s) else { continue }
             do throws(FSError) {
@@ -244,7 +277,7 @@ extension VolumeCore {
                     r.recoveredBy = LockRecord.noOwner
                     r.intervalMillis = UInt32(interval * 1000)
                 }) else { device.release(s); continue }
-                return ClaimedSlot(index: s, claim: try HeartbeatSlot.decode(claimed, at: header.heartbeatSlotOffset(Int(s))).claimGeneration,
+                return ClaimedSlot(index: s, claim: try HeartbeatSlot.decode(claimed, index: Int(s), at: header.heartbeatSlotOffset(Int(s))).claimGeneration,
                                    replayed: replayed)
             } catch {
                 device.release(s)
@@ -259,7 +292,7 @@ extension VolumeCore {
         let b = IOBuffer(count: RecordHeader.sectorSize)
         try io { () throws(IOError) in try storage.readBlocking(into: b, at: offset) }
         try b.verify(.heartbeat, at: offset)
-        return (b, try HeartbeatSlot.decode(b, at: offset))
+        return (b, try HeartbeatSlot.decode(b, index: s, at: offset))
     }
 
     /// One compare-and-write of slot `s` from `expected` to `expected` changed by `change`;
@@ -267,7 +300,7 @@ extension VolumeCore {
     static func swapSlot(_ storage: any BlockStorage, _ header: VolumeHeader, _ s: Int, expected: IOBuffer,
                          _ change: (inout HeartbeatSlot) -> Void) throws(FSError) -> IOBuffer? {
         let offset = header.heartbeatSlotOffset(s)
-        var record = try HeartbeatSlot.decode(expected, at: offset)
+        var record = try HeartbeatSlot.decode(expected, index: s, at: offset)
         change(&record)
         record.slot = UInt32(s)
         let next = IOBuffer(count: RecordHeader.sectorSize)

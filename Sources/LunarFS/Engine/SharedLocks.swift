@@ -126,8 +126,7 @@ extension VolumeCore {
 
     private func take(_ kind: ResourceKind, _ c: Int, _ bit: Int) throws(FSError) -> UInt64 {
         let cluster = try clusterHeader(kind, c, forWriting: true)
-        cluster.setUsed(bit, true)
-        cluster.freeCount -= 1
+        cluster.markUsed(bit)
         return cluster.firstResource + UInt64(bit)
     }
 
@@ -140,7 +139,9 @@ extension VolumeCore {
         for i in 0..<clusters {
             let c = (start + i) % clusters
             if held.contains(c) { continue }
-            if case .taken = try tryTakeCluster(kind, c, needsFree: true) {
+            // A damaged cluster is skipped, not fatal: fsck rebuilds it from the maps.
+            guard let take = try skippingDamage({ () throws(FSError) in try tryTakeCluster(kind, c, needsFree: true) }) else { continue }
+            if case .taken = take {
                 cursors.cluster[kind] = c
                 return c
             }
@@ -157,7 +158,9 @@ extension VolumeCore {
         }
         let c = area.cluster(of: index)
         if heldClusters[kind]?.contains(c) == true { return }
-        switch try tryTakeCluster(kind, c, needsFree: false) {
+        // Nobody allocates from a damaged cluster: the free is left for fsck (see applyFrees).
+        guard let take = try skippingDamage({ () throws(FSError) in try tryTakeCluster(kind, c, needsFree: false) }) else { return }
+        switch take {
         case .taken: return
         case .held(let holder): throw FSError(.lockConflict("\(kind) cluster \(c) is held by \(holder.description)"))
         case .full, .changing: throw FSError(.lockConflict("\(kind) cluster \(c)'s lock kept changing"))

@@ -40,6 +40,12 @@ final class VolumeCore {
         self.isReadOnly = isReadOnly
         store.applyFrees = { [unowned self] frees throws(FSError) in try self.applyFrees(frees) }
         store.releaseFreedSpace = { [unowned self] frees in self.releaseFreedSpace(frees) }
+        store.validate = { [header] kind, b, offset in
+            guard kind == .inode, offset >= header.inodes.dataOffset else { return nil }
+            let ino = InodeRecord(buffer: b)
+            let n = UInt32(truncatingIfNeeded: (offset - header.inodes.dataOffset) / UInt64(RecordHeader.sectorSize))
+            return ino.problem(expectedNumber: n) ?? ino.fieldProblems(on: header).first?.reason
+        }
         store.clusterSector = { [header] kind, index in
             let area = header.area(kind)
             return area.clusterOffset(area.cluster(of: index))
@@ -91,7 +97,7 @@ final class VolumeCore {
         if holdsShared { store.forget(offset) }
         let raw = try store.readRaw(offset)
         let b: IOBuffer
-        if raw.problem(as: .inode, at: offset) == nil {
+        if raw.problem(as: .inode, at: offset) == nil, store.validate?(.inode, raw, offset) == nil {
             b = try store.modify(offset, .inode)
         } else {
             b = try store.create(offset, .inode)

@@ -57,6 +57,13 @@ struct ClusterHeader {
         buffer.store(byte, at: at)
     }
 
+    /// Takes a free resource: its bit set, the free count one lower (never below zero: a
+    /// count that disagrees with the bitmap is fsck's to correct).
+    func markUsed(_ bit: Int) {
+        setUsed(bit, true)
+        if freeCount > 0 { freeCount -= 1 }
+    }
+
     /// The first free bit at or after `start` (wrapping once), or nil.
     func firstFree(from start: Int) -> Int? {
         let n = Int(resourceCount)

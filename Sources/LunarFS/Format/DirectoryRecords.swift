@@ -21,21 +21,23 @@ struct DirectoryEntry: Equatable, Sendable {
         var entries: [DirectoryEntry] = []
         var at = 0
         while at < region.count {
-            guard at + 6 <= region.count else { return .failure(EntryDamage("entry at \(at) is cut short")) }
+            guard at + 6 <= region.count else { return .failure(EntryDamage("entry at \(at) is cut short", salvaged: entries)) }
             let inode = UInt32(littleEndian: region.loadUnaligned(fromByteOffset: at, as: UInt32.self))
             let rawType = region[at + 4]
             let length = Int(region[at + 5])
             guard inode != 0, let type = InodeRecord.FileType(rawValue: rawType), type != .free else {
-                return .failure(EntryDamage("entry at \(at) has inode \(inode), type \(rawType)"))
+                return .failure(EntryDamage("entry at \(at) has inode \(inode), type \(rawType)", salvaged: entries))
             }
-            guard length > 0, at + 6 + length <= region.count else { return .failure(EntryDamage("entry at \(at) has a bad name length \(length)")) }
+            guard length > 0, at + 6 + length <= region.count else {
+                return .failure(EntryDamage("entry at \(at) has a bad name length \(length)", salvaged: entries))
+            }
             let name = Array(region[(at + 6)..<(at + 6 + length)])
-            guard isValidName(name) else { return .failure(EntryDamage("entry at \(at) has an invalid name")) }
+            guard isValidName(name) else { return .failure(EntryDamage("entry at \(at) has an invalid name", salvaged: entries)) }
             entries.append(DirectoryEntry(name: name, inode: inode, type: type))
             at += 6 + length
         }
         if let expected, expected != entries.count {
-            return .failure(EntryDamage("holds \(entries.count) entries but counts \(expected)"))
+            return .failure(EntryDamage("holds \(entries.count) entries but counts \(expected)", salvaged: entries))
         }
         return .success(entries)
     }
@@ -65,7 +67,15 @@ struct DirectoryEntry: Equatable, Sendable {
     }
 }
 
-struct EntryDamage: Error { let reason: String; init(_ r: String) { reason = r } }
+/// Why a run of entries does not decode, and the entries before the damage.
+struct EntryDamage: Error {
+    let reason: String
+    let salvaged: [DirectoryEntry]
+    init(_ reason: String, salvaged: [DirectoryEntry]) {
+        self.reason = reason
+        self.salvaged = salvaged
+    }
+}
 
 /// A hashed directory's content (once it outgrows its inode): extendible hashing over 4 KiB
 /// records in the directory's own logical sectors.
@@ -110,6 +120,12 @@ enum DirectoryLayout {
     static let firstLeafSector: UInt32 = firstTableSector + maxTableSectors
     static let leafEntriesOffset = 64
     static let leafCapacity = RecordHeader.sectorSize - leafEntriesOffset
+    /// Every table slot names a leaf and leaves are never freed, so a directory has at most
+    /// one leaf per slot of the deepest table.
+    static let maxLeaves: UInt32 = 1 << UInt32(maxDepth)
+    static let maxLogicalSectors: UInt32 = firstLeafSector + maxLeaves
+    /// The smallest entry is 7 bytes (a 1-byte name).
+    static let maxEntriesPerLeaf = leafCapacity / 7
 
     static func tableSectors(depth: UInt8) -> UInt32 {
         UInt32(((1 << Int(depth)) + slotsPerTableSector - 1) / slotsPerTableSector)
@@ -127,6 +143,25 @@ struct DirectoryHeader {
     static func initialize(_ b: IOBuffer, directory: UInt32) {
         b.fill(0)
         b.store(directory, at: 32)
+    }
+
+    /// Why this verified header cannot describe a directory whose inode records `inodeSize`
+    /// bytes (next free sector × 4 KiB), or nil: every field bounds a loop or an offset.
+    func problem(inodeSize: UInt64) -> String? {
+        guard depth <= DirectoryLayout.maxDepth, tableSectors == DirectoryLayout.tableSectors(depth: depth) else {
+            return "depth \(depth) with \(tableSectors) table sectors"
+        }
+        guard nextFreeSector > DirectoryLayout.firstLeafSector, nextFreeSector <= DirectoryLayout.maxLogicalSectors else {
+            return "next free sector \(nextFreeSector) outside \(DirectoryLayout.firstLeafSector + 1)–\(DirectoryLayout.maxLogicalSectors)"
+        }
+        guard UInt64(nextFreeSector) * UInt64(RecordHeader.sectorSize) == inodeSize else {
+            return "next free sector \(nextFreeSector) disagrees with the directory's size \(inodeSize)"
+        }
+        let leaves = UInt64(nextFreeSector - DirectoryLayout.firstLeafSector)
+        guard entryCount <= leaves * UInt64(DirectoryLayout.maxEntriesPerLeaf) else {
+            return "counts \(entryCount) entries, more than its \(leaves) leaves can hold"
+        }
+        return nil
     }
 }
 
@@ -152,6 +187,11 @@ struct DirectoryLeaf {
         b.fill(0)
         b.store(directory, at: 32)
         b.store(depth, at: 36)
+    }
+
+    /// The bytes of entries the leaf claims, at most its capacity.
+    var usedEntries: UnsafeMutableRawBufferPointer {
+        buffer.slice(DirectoryLayout.leafEntriesOffset..<(DirectoryLayout.leafEntriesOffset + min(Int(bytesUsed), DirectoryLayout.leafCapacity)))
     }
 
     func entries(at offset: UInt64) throws(FSError) -> [DirectoryEntry] {

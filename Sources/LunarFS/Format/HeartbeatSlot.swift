@@ -58,9 +58,19 @@ struct HeartbeatSlot: Sendable, Equatable {
         b.store(intervalMillis, at: 144)
     }
 
-    static func decode(_ b: IOBuffer, at offset: UInt64) throws(FSError) -> HeartbeatSlot {
+    /// Slot `index`'s record, its fields range-checked: a record naming another slot, a state
+    /// no host writes or a recovering slot that names no recoverer is damage.
+    static func decode(_ b: IOBuffer, index: Int, at offset: UInt64) throws(FSError) -> HeartbeatSlot {
         guard let state = State(rawValue: b.load(36)) else {
             throw .corrupt(RecordKind.heartbeat.name, at: offset, "unknown state \(b.load(36, as: UInt32.self))")
+        }
+        let named: UInt32 = b.load(32)
+        guard named == UInt32(index) else {
+            throw .corrupt(RecordKind.heartbeat.name, at: offset, "names itself slot \(named), stored as slot \(index)")
+        }
+        let recoverer: UInt32 = b.load(140)
+        if state == .recovering && recoverer == LockRecord.noOwner {
+            throw .corrupt(RecordKind.heartbeat.name, at: offset, "being recovered, by no slot")
         }
         return HeartbeatSlot(slot: b.load(32), state: state, claimGeneration: b.load(40), counter: b.load(48),
                              host: VolumeID(bytes: b.loadBytes(56, count: 16)), hostName: b.loadString(72, width: 64),

@@ -66,6 +66,10 @@ struct InodeRecord {
     var parent: UInt32 { get { buffer.load(168) } nonmutating set { buffer.store(newValue, at: 168) } }
     var reuseGeneration: UInt32 { get { buffer.load(172) } nonmutating set { buffer.store(newValue, at: 172) } }
 
+    /// One unit fewer mapped. A count already at zero was wrong (fsck recounts it); it stays
+    /// at zero rather than wrapping.
+    func unitUnmapped() { if allocatedUnits > 0 { allocatedUnits -= 1 } }
+
     func setType(_ t: FileType) { buffer.store(t.rawValue, at: 100) }
     func setStorage(_ s: Storage) { buffer.store(s.rawValue, at: 101) }
 
@@ -91,6 +95,25 @@ struct InodeRecord {
         reuseGeneration = reuse
     }
 
+    /// Units a map of `height` can address: 960 root entries, each covering 1 008^height.
+    static func mapCapacity(height: UInt8) -> UInt64 {
+        var units = UInt64(rootEntries)
+        for _ in 0..<height { units *= UInt64(PointerBlock.entries) }
+        return units
+    }
+
+    /// The largest size an inode of this type and storage may record on `volume`: a regular
+    /// file's bytes its storage can hold (inline, one small block, or the deepest map of file
+    /// blocks), a hashed directory's logical sectors × 4 KiB.
+    static func maxSize(type: FileType, storage: Storage, on volume: VolumeHeader) -> UInt64 {
+        switch (type, storage) {
+        case (_, .inline): UInt64(inlineCapacity)
+        case (.directory, _): UInt64(DirectoryLayout.maxLogicalSectors) * UInt64(RecordHeader.sectorSize)
+        case (_, .small): UInt64(volume.smallBlockSize)
+        case (_, .blocks): mapCapacity(height: maxHeight) * UInt64(volume.blockSize)
+        }
+    }
+
     /// Why this verified inode is unusable, or nil. Keeps every later offset computation sane.
     func problem(expectedNumber: UInt32) -> String? {
         guard let type else { return "unknown file type \(typeRaw)" }
@@ -101,6 +124,47 @@ struct InodeRecord {
         if storage == .inline && size > UInt64(Self.inlineCapacity) { return "inline size \(size) exceeds \(Self.inlineCapacity)" }
         if storage == .inline && height != 0 { return "inline data with a map height" }
         return nil
+    }
+
+    /// A field of a structurally sound inode that `fsck --repair` recomputes from the rest of
+    /// the volume, with why its value cannot be right.
+    enum FieldProblem: Equatable {
+        case size(String), allocatedUnits(String), parent(String), lock(String)
+
+        var reason: String {
+            switch self {
+            case .size(let r), .allocatedUnits(let r), .parent(let r), .lock(let r): r
+            }
+        }
+    }
+
+    /// Every field of this in-use inode (whose `problem` is nil) checked against `volume`'s
+    /// geometry and the record's own invariants. A checksum says the sector is what was
+    /// written, not that what was written is sane: a size past what the storage can hold, a
+    /// unit count past the map's capacity or a lock field no host writes are damage all the
+    /// same, and every reader refuses them before they reach an offset or a loop bound.
+    func fieldProblems(on volume: VolumeHeader) -> [FieldProblem] {
+        guard let type, type != .free, let storage else { return [] }
+        var found: [FieldProblem] = []
+        let limit = Self.maxSize(type: type, storage: storage, on: volume)
+        if size > limit {
+            found.append(.size("size \(size) exceeds the \(limit) bytes its storage can hold"))
+        } else if type == .directory, storage != .inline {
+            let sectors = size / UInt64(RecordHeader.sectorSize)
+            if size % UInt64(RecordHeader.sectorSize) != 0 || sectors <= UInt64(DirectoryLayout.firstLeafSector) {
+                found.append(.size("hashed directory size \(size) is not a whole number of sectors past its first leaf"))
+            }
+        }
+        let area = storage == .small ? volume.smallBlocks : volume.fileBlocks
+        let unitLimit = storage == .inline ? 0 : min(Self.mapCapacity(height: height), area.count - 1)
+        if allocatedUnits > unitLimit {
+            found.append(.allocatedUnits("counts \(allocatedUnits) allocated units, more than its map can hold (\(unitLimit))"))
+        }
+        if parent == 0 || UInt64(parent) >= volume.inodes.count {
+            found.append(.parent("parent directory \(parent) is outside the inode area"))
+        }
+        if let why = InodeLock.problem(self) { found.append(.lock(why)) }
+        return found
     }
 }
 
