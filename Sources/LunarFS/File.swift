@@ -140,7 +140,14 @@ extension VolumeCore {
                 let n = UInt32(cluster.firstResource + UInt64(bit))
                 guard n != 0 else { continue }
                 let ino = try inode(n)
-                if ino.type == .directory { directories += 1 } else { files += 1; provisioned += ino.size }
+                if ino.type == .directory {
+                    directories += 1
+                } else {
+                    files += 1
+                    // Thin files may promise more than 2^64 bytes between them.
+                    let (sum, overflow) = provisioned.addingReportingOverflow(ino.size)
+                    provisioned = overflow ? .max : sum
+                }
             }
         }
         let data = resources.filter { $0.kind == .fileBlock || $0.kind == .smallBlock }

@@ -86,6 +86,8 @@ extension VolumeCore {
         for c in 0..<area.clusterCount {
             free += UInt64(try clusterHeader(kind, c, forWriting: false).freeCount)
         }
-        return (free, area.count - 1)
+        // A free count above the cluster's resources is refused with the cluster; one that
+        // counts the reserved resource 0 as free is fsck's to correct, not a reason to trap.
+        return (min(free, area.count - 1), area.count - 1)
     }
 }

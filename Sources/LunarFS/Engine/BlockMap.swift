@@ -172,6 +172,8 @@ extension VolumeCore {
                  pointerBlock visit: ((UInt32, UInt8) throws(FSError) -> Void)? = nil,
                  damaged: ((MapEntry, FSError) -> Void)? = nil,
                  _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) {
+        // An inline inode's body is its data, not a map.
+        guard ino.storage != .inline else { return }
         let h = ino.height
         let span = Self.span(height: h)
         for i in 0..<InodeRecord.rootEntries {

@@ -88,14 +88,25 @@ final class VolumeCore {
 
     /// Allocates and initializes an inode.
     func allocateInode(type: InodeRecord.FileType, mode: UInt32, parent: UInt32) throws(FSError) -> InodeRecord {
-        let n = UInt32(try allocate(.inode))
-        if holdsShared { createdInHold.insert(n) }
-        let offset = inodeOffset(n)
+        var n: UInt32
+        var offset: UInt64
+        var raw: IOBuffer
+        while true {
+            n = UInt32(try allocate(.inode))
+            if holdsShared { createdInHold.insert(n) }
+            offset = inodeOffset(n)
+            // Under a shared hold another host may have used and freed it since it was cached.
+            if holdsShared { store.forget(offset) }
+            raw = try store.readRaw(offset)
+            // A bit found clear over a sound inode in use is a lost bitmap write, not a free
+            // inode: the bit stays set (as it should have been) and the next one is tried, so
+            // a live file is never overwritten. fsck finds nothing amiss in that bit after.
+            let inUse = raw.problem(as: .inode, at: offset) == nil && InodeRecord(buffer: raw).problem(expectedNumber: n) == nil
+                && InodeRecord(buffer: raw).type != .free
+            if !inUse { break }
+        }
         // A never-used inode sector holds zeros (or a previous volume's bytes): start afresh
         // unless it holds a sound free inode whose reuse generation should carry on.
-        // Under a shared hold another host may have used and freed it since it was cached.
-        if holdsShared { store.forget(offset) }
-        let raw = try store.readRaw(offset)
         let b: IOBuffer
         if raw.problem(as: .inode, at: offset) == nil, store.validate?(.inode, raw, offset) == nil {
             b = try store.modify(offset, .inode)
