@@ -129,9 +129,26 @@ extension VolumeCore {
     }
 
     private func newPointerBlock(owner: UInt32, level: UInt8) throws(FSError) -> UInt32 {
-        let p = UInt32(try allocate(.pointerBlock))
+        var p: UInt32
+        repeat { p = UInt32(try allocate(.pointerBlock)) } while try pointerBlockInUse(p)
         PointerBlock.initialize(try store.create(pointerOffset(p), .pointerBlock), owner: owner, level: level)
         return p
+    }
+
+    /// Whether pointer block `p`, just allocated, is still part of the map of the inode it
+    /// names as its owner: a bitmap bit lost by a write that never landed. Such a block
+    /// keeps its bit (as it should have had) and is not handed out, so no live map is
+    /// overwritten. A freed pointer block keeps its stale record, so the owner's map decides.
+    private func pointerBlockInUse(_ p: UInt32) throws(FSError) -> Bool {
+        let offset = pointerOffset(p)
+        let raw = try store.readRaw(offset)
+        guard raw.problem(as: .pointerBlock, at: offset) == nil,
+              let ino = try? inode(PointerBlock(buffer: raw).owner), ino.height > 0 else { return false }
+        var found = false
+        try? walkMap(ino, pointerBlock: { (q, _) throws(FSError) in if q == p { found = true } }, damaged: { _, _ in }) { (_, _) throws(FSError) -> Bool in
+            !found
+        }
+        return found
     }
 
     /// One level more: the old root becomes the first 960 entries of a new top pointer block.

@@ -64,10 +64,12 @@ struct ClusterHeader {
         if freeCount > 0 { freeCount -= 1 }
     }
 
-    /// The first free bit at or after `start` (wrapping once), or nil.
+    /// The first free bit at or after `start` (wrapping once), or nil. Resource 0 is never
+    /// free, whatever its bit says (a lost write may have cleared it).
     func firstFree(from start: Int) -> Int? {
         let n = Int(resourceCount)
         guard n > 0 else { return nil }
+
         let bytes = UnsafeRawBufferPointer(buffer.bytes)
         var i = start % n
         var scanned = 0
@@ -76,7 +78,7 @@ struct ClusterHeader {
             if i & 7 == 0 && i + 8 <= n && bytes[Self.bitmapOffset + i >> 3] == 0xFF {
                 i += 8; scanned += 8
             } else {
-                if !isUsed(i) { return i }
+                if !isUsed(i) && (i != 0 || firstResource != 0) { return i }
                 i += 1; scanned += 1
             }
             if i >= n { i = 0 }
