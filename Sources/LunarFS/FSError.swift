@@ -53,6 +53,12 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         FSError(.corrupt(record: record, offset: offset, reason: reason))
     }
 
+    /// The description without the advice to run fsck: for fsck's own report.
+    public var withoutAdvice: String {
+        guard case .corrupt(let record, let offset, let reason) = kind else { return description }
+        return "\(path.map { "\($0): " } ?? "")corrupt \(record) at byte offset \(offset): \(reason)"
+    }
+
     public var description: String {
         let subject = path.map { "\($0): " } ?? ""
         switch kind {

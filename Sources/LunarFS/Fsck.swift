@@ -92,7 +92,7 @@ final class Checker {
             try core.store.operation(body)
             return true
         } catch {
-            report.notes.append("repair failed: \(error)")
+            report.notes.append("repair failed: \(error.withoutAdvice)")
             return false
         }
     }
@@ -114,7 +114,7 @@ final class Checker {
             do throws(FSError) {
                 try core.store.commit()
             } catch {
-                problem("repairs could not be written: \(error)")
+                problem("repairs could not be written: \(error.withoutAdvice)")
             }
         }
         return report
@@ -142,7 +142,7 @@ final class Checker {
                     problem("\(name) volume header at \(offset) disagrees with the header in use")
                 }
             } catch {
-                problem("\(name) volume header at \(offset): \(error)")
+                problem("\(name) volume header at \(offset): \(error.withoutAdvice)")
             }
         }
     }
@@ -153,7 +153,7 @@ final class Checker {
         do throws(FSError) {
             _ = try VolumeCore.readLockState(core.storage, core.header)
         } catch {
-            problem("\(error); `lunar fs fsck --repair` rebuilds it once no other host uses the volume")
+            problem("\(error.withoutAdvice); `lunar fs fsck --repair` rebuilds it once no other host uses the volume")
         }
     }
 
@@ -169,7 +169,7 @@ final class Checker {
     private func checkSlotsAndJournals() {
         let slots: (sound: [HeartbeatSlot], damaged: [(slot: Int, error: FSError)])
         do throws(FSError) { slots = try VolumeCore.readSlots(core.storage, core.header) } catch {
-            problem("heartbeat region: \(error)")
+            problem("heartbeat region: \(error.withoutAdvice)")
             return
         }
         for (s, error) in slots.damaged { repairSlot(s, error) }
@@ -197,12 +197,12 @@ final class Checker {
     private func repairSlot(_ s: Int, _ error: FSError) {
         let index = UInt32(s)
         guard canRepair, let recovery = core.metadataLock?.recovery else {
-            problem("host slot \(s): \(error)")
+            problem("host slot \(s): \(error.withoutAdvice)")
             return
         }
         do throws(FSError) {
             guard try recovery.device.tryHold(index) else {
-                problem("host slot \(s): \(error); a process of this machine still holds it: stop it, then repair again")
+                problem("host slot \(s): \(error.withoutAdvice); a process of this machine still holds it: stop it, then repair again")
                 return
             }
             defer { recovery.device.release(index) }
@@ -225,12 +225,12 @@ final class Checker {
             fresh.encode(into: b)
             b.seal(.heartbeat, at: offset, generation: old.recordGeneration &+ 1)
             guard try io({ () throws(IOError) in try core.storage.compareAndWriteBlocking(expected: old, new: b, at: offset) }).isWritten else {
-                problem("host slot \(s): \(error); it changed while being repaired")
+                problem("host slot \(s): \(error.withoutAdvice); it changed while being repaired")
                 return
             }
-            problem("host slot \(s): \(error); \(journal), slot written free", repaired: true)
+            problem("host slot \(s): \(error.withoutAdvice); \(journal), slot written free", repaired: true)
         } catch let failure {
-            problem("host slot \(s): \(error); repair failed: \(failure)")
+            problem("host slot \(s): \(error.withoutAdvice); repair failed: \(failure.withoutAdvice)")
         }
     }
 
@@ -242,14 +242,14 @@ final class Checker {
     private func repairJournal(_ slot: HeartbeatSlot, _ error: FSError) {
         let s = slot.slot
         guard case .corrupt = error.kind else {
-            problem("journal of host slot \(s): \(error)")
+            problem("journal of host slot \(s): \(error.withoutAdvice)")
             return
         }
         let recovery = core.metadataLock?.recovery
         let holderLives = slot.state != .free && s != core.slot
             && (recovery.flatMap { try? $0.judge.verdict(slot, watch: $0.watch) }) != .dead
         guard canRepair, !holderLives, let recovery else {
-            problem("journal of host slot \(s): \(error)\(holderLives ? " (its host \(slot.hostName), pid \(slot.pid), may be alive: stop it, then repair again)" : "")")
+            problem("journal of host slot \(s): \(error.withoutAdvice)\(holderLives ? " (its host \(slot.hostName), pid \(slot.pid), may be alive: stop it, then repair again)" : "")")
             return
         }
         do throws(FSError) {
@@ -259,9 +259,9 @@ final class Checker {
                 _ = try recovery.recover(slot)
                 what += "; its dead host's slot recovered (transactions it had not written in place are lost)"
             }
-            problem("journal of host slot \(s): \(error); \(what)", repaired: true)
+            problem("journal of host slot \(s): \(error.withoutAdvice); \(what)", repaired: true)
         } catch let failure {
-            problem("journal of host slot \(s): \(error); repair failed: \(failure)")
+            problem("journal of host slot \(s): \(error.withoutAdvice); repair failed: \(failure.withoutAdvice)")
         }
     }
 
@@ -288,7 +288,7 @@ final class Checker {
                     }
                 } catch {
                     damagedClusters.append((kind, c))
-                    problem("\(kind) cluster \(c): \(error)")
+                    problem("\(kind) cluster \(c): \(error.withoutAdvice)")
                 }
             }
         }
@@ -333,7 +333,7 @@ final class Checker {
             if ino.type == .free { return .free }
             return .sound(ino, ino.fieldProblems(on: core.header))
         } catch {
-            return .damaged(error.description)
+            return .damaged(error.withoutAdvice)
         }
     }
 
@@ -498,13 +498,13 @@ final class Checker {
                     return true
                 }
             } catch {
-                problem("inode \(n): block map: \(error)")
+                problem("inode \(n): block map: \(error.withoutAdvice)")
                 damagedInodes.insert(n)
                 return nil
             }
             for (entry, error) in damaged {
                 let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
-                problem("inode \(n): block map: \(error)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
+                problem("inode \(n): block map: \(error.withoutAdvice)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
             }
         }
         if units != ino.allocatedUnits {

@@ -156,6 +156,12 @@ struct DamageTests {
 
     /// Every operation a user has: each works or fails with an error, nothing more asked.
     static func exercise(_ path: String) {
+        if let r = try? Volume.open(path: path, options: OpenOptions(readOnly: true)) {
+            _ = try? r.list("/dir")
+            _ = try? r.stat("/mid")
+            _ = try? r.check()
+            try? r.close()
+        }
         guard let v = try? Volume.open(path: path, options: OpenOptions(lockTimeout: 2, heartbeatInterval: 0.05)) else { return }
         defer { try? v.close() }
         _ = try? v.list("/")

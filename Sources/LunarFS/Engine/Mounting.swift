@@ -57,6 +57,8 @@ public struct MountReport: Sendable {
     /// Host slots whose holder had died, whose journals this open replayed.
     public var recoveredSlots: [UInt32] = []
     public var replayedTransactions = 0
+    /// Host slots whose journal a read-only open could not replay (damaged).
+    public var unreadableJournals: [UInt32] = []
     /// Why the volume lock sector was rebuilt by a repairing open, if it was.
     public var rebuiltLockSector: String?
 }
@@ -83,10 +85,14 @@ extension VolumeCore {
             // Read-only: no slot, no lock. Every slot's journal is replayed into memory only, so
             // what was committed but not yet written in place (by a dead or a live host) is seen.
             for s in 0..<header.hostSlots {
-                let r = try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
-                    try store.applyReplayed(offset, image, inPlace: false)
+                // A journal that cannot be read is left out (its host's last changes not yet in
+                // place are not seen); fsck reports it, fsck --repair mends it.
+                let r = try skippingDamage { () throws(FSError) in
+                    try Journal.replay(storage: storage, header: header, slot: s) { (offset, image) throws(FSError) in
+                        try store.applyReplayed(offset, image, inPlace: false)
+                    }
                 }
-                report.replayedTransactions += r.transactions
+                if let r { report.replayedTransactions += r.transactions } else { report.unreadableJournals.append(s) }
             }
             return (VolumeCore(storage: storage, header: header, store: store, slot: LockRecord.noOwner, isReadOnly: true), report)
         }
