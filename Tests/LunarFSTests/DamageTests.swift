@@ -162,7 +162,7 @@ struct DamageTests {
             _ = try? r.check()
             try? r.close()
         }
-        guard let v = try? Volume.open(path: path, options: OpenOptions(lockTimeout: 2, heartbeatInterval: 0.05)) else { return }
+        guard let v = try? Volume.open(path: path, options: OpenOptions(lockTimeout: 2, heartbeatInterval: 0.5)) else { return }
         defer { try? v.close() }
         _ = try? v.list("/")
         _ = try? v.list("/dir")
@@ -228,7 +228,7 @@ struct DamageTests {
                 try Self.damage(copy, at: target.offset, how)
                 Self.exercise(copy)
                 // Repair.
-                var options = OpenOptions(lockTimeout: 2, heartbeatInterval: 0.05)
+                var options = OpenOptions(lockTimeout: 2, heartbeatInterval: 0.5)
                 options.repair = true
                 var repairs: [String] = []
                 do {
@@ -247,7 +247,7 @@ struct DamageTests {
                 }
                 // Clean on the next check, writable, the undamaged files intact.
                 do {
-                    let v = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 2, heartbeatInterval: 0.05))
+                    let v = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 2, heartbeatInterval: 0.5))
                     defer { try? v.close() }
                     let again = try v.check()
                     if !again.isClean {
@@ -346,7 +346,7 @@ struct TreeDamageTests {
     }
 
     static func repairThenCheck(_ path: String) throws -> FsckReport {
-        var options = OpenOptions(lockTimeout: 2, heartbeatInterval: 0.05)
+        var options = OpenOptions(lockTimeout: 2, heartbeatInterval: 0.5)
         options.repair = true
         let v = try Volume.open(path: path, options: options)
         let report = try v.check(repair: true)
