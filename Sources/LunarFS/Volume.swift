@@ -193,6 +193,10 @@ public final class Volume: @unchecked Sendable {
                               deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> VolumeHeader {
         let device: any BlockStorage
         let creating = size != nil && !ISCSILun.isURL(path) && !fileExists(path)
+        // A size no volume can have is refused before an image file is made for it.
+        if let size, creating {
+            do throws(FSError) { _ = try plan(size: size, options: options) } catch { throw error.at(path) }
+        }
         do {
             if let size, creating {
                 device = try BlockDevice.createImage(path, size: size, options: deviceOptions)

@@ -83,18 +83,25 @@ struct FSMkfsCommand: AsyncParsableCommand {
             guard let block = UInt32(exactly: blockSize.bytes) else {
                 throw CLIError("block size must be a power of two from 64K to 8M, not \(blockSize.bytes)")
             }
+            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes)
             let existed = BlockDevice.exists(lun)
             if existed {
+                // A size no volume can have is refused before the image is resized.
+                if let size {
+                    do throws(FSError) { _ = try Volume.plan(size: size.bytes, options: options) } catch { throw error.naming(lun) }
+                }
                 try refuseLiveVolume()
                 if let size { try resize(to: size.bytes) }
             }
-            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes)
             let header: VolumeHeader
             do throws(FSError) {
                 header = try Volume.format(path: lun, size: existed ? nil : (size ?? Self.defaultSize).bytes, options: options)
             } catch {
                 // Volume.format leaves the image it created behind when laying out fails.
                 if !existed && !Self.failedToCreate(error) { unlink(lun) }
+                if existed, size == nil, case .invalidArgument = error.kind, let bytes = Self.imageFileSize(lun) {
+                    throw CLIError("\(error.naming(lun)) (\(lun) is an image file of \(bytes) bytes: --size resizes it)")
+                }
                 throw error.naming(lun)
             }
             if json {
@@ -111,6 +118,13 @@ struct FSMkfsCommand: AsyncParsableCommand {
             print("  data capacity: \(ByteSize.format(dataCapacity(header)))")
             print("  journals:      \(header.hostSlots) host slots of \(ByteSize.format(header.journalSize))")
         }
+    }
+
+    /// The size of `path` when it is a regular file.
+    private static func imageFileSize(_ path: String) -> UInt64? {
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        return UInt64(st.st_size)
     }
 
     private static func failedToCreate(_ error: FSError) -> Bool {

@@ -272,6 +272,39 @@ struct FSCommandTests {
         #expect(tooSmall.stderr.contains("needs at least"))
         #expect(!FileManager.default.fileExists(atPath: f.scratch.path("new.img")), "a failed mkfs leaves no image behind")
     }
+
+    @Test("mkfs refuses sizes no volume can have, with the limit and what to do, and leaves no image behind")
+    func mkfsSizeLimits() throws {
+        let scratch = Scratch()
+        let new = scratch.path("new.img")
+        for size in ["0", "4095", "18446744073709551615", "16383P"] {
+            let out = try LunarProcess.run(["fs", "mkfs", new, "--size", size])
+            #expect(out.status == 1, "--size \(size): \(out.stderr)")
+            #expect(out.stderr.contains("too small") && out.stderr.contains("needs at least 312 MiB")
+                    || out.stderr.contains("too large") && out.stderr.contains("give it at most 4.0 PiB"), "--size \(size): \(out.stderr)")
+            #expect(!out.stderr.contains("Fatal error") && !out.stderr.contains("Backtrac"), "\(out.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: new), "--size \(size) left an image behind")
+        }
+        for (option, value) in [("--max-files", "18446744073709551615"), ("--journal-size", "18446744073709551615"),
+                                ("--block-size", "18446744073709551615"), ("--journal-size", "16383P")] {
+            let out = try LunarProcess.run(["fs", "mkfs", new, "--size", "1P", option, value])
+            #expect(out.status == 1 && out.stderr.hasPrefix("lunar: "), "\(option) \(value): \(out.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: new), "\(option) \(value) left an image behind")
+        }
+
+        // An existing empty image without --size: the same error, and how to give it a size.
+        let empty = scratch.path("empty.img")
+        #expect(FileManager.default.createFile(atPath: empty, contents: nil))
+        let out = try LunarProcess.run(["fs", "mkfs", empty])
+        #expect(out.status == 1 && out.stderr.contains("too small") && out.stderr.contains("--size resizes it"), "\(out.stderr)")
+        #expect(try LunarProcess.run(["fs", "mkfs", empty, "--size", "400M"]).status == 0)
+
+        // A refused size leaves an existing image as it was (not truncated first).
+        let kept = try LunarProcess.run(["fs", "mkfs", empty, "--force", "--size", "0"])
+        #expect(kept.status == 1 && kept.stderr.contains("too small"), "\(kept.stderr)")
+        #expect(Self.blocks(empty).size == 400 << 20)
+        #expect(try LunarProcess.run(["fs", "fsck", empty]).status == 0)
+    }
 }
 
 private func parseISO8601(_ text: String) -> Date? {
