@@ -31,6 +31,25 @@ public struct DirectoryItem: Sendable, Equatable {
     public var type: FileType
 }
 
+/// What a LUN holds, by its volume header sectors (`Volume.probe`).
+public enum VolumeProbe: Sendable {
+    /// Neither the first nor the last sector holds a LunarFS volume header.
+    case none
+    /// A LunarFS volume, described by its header (the backup copy if the primary is unusable).
+    case volume(VolumeHeader)
+    /// A volume header is there, but no copy of it can be used: damaged, or a newer format.
+    case unreadable(FSError)
+
+    /// What would be lost, for a refusal: "LunarFS volume UUID (label 'L')", or nil.
+    public var summary: String? {
+        switch self {
+        case .none: nil
+        case .volume(let h): "LunarFS volume \(h.uuid)" + (h.label.isEmpty ? "" : " (label '\(h.label)')")
+        case .unreadable(let error): "damaged LunarFS volume (\(error))"
+        }
+    }
+}
+
 /// Space on a volume: what files could grow to, what they hold.
 public struct VolumeUsage: Sendable {
     public struct Resource: Sendable {
@@ -217,6 +236,28 @@ public final class Volume: @unchecked Sendable {
             if creating { unlink(path) }
             throw error.at(path)
         }
+    }
+
+    /// What `storage` holds as far as its volume header sectors tell (the first, and the backup
+    /// in the last): for commands that would destroy a volume to refuse without being forced.
+    public static func probe(_ storage: any BlockStorage) throws(FSError) -> VolumeProbe {
+        do {
+            return .volume(try Formatter.readHeader(storage).header)
+        } catch {
+            switch error.kind {
+            case .notLunarFS: return .none
+            case .io: throw error
+            default: return .unreadable(error)
+            }
+        }
+    }
+
+    /// `probe` of the image file, block device or iSCSI LUN at `path`, opened read-only.
+    public static func probe(path: String) throws(FSError) -> VolumeProbe {
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.closeStorage() }
+        do { return try probe(device) } catch { throw error.at(path) }
     }
 
     /// The layout mkfs would give a device of `size` bytes, without touching one.

@@ -137,15 +137,10 @@ struct FSMkfsCommand: AsyncParsableCommand {
     private func refuseLiveVolume() throws {
         let found: String
         do throws(FSError) {
-            let volume = try Volume.open(path: lun, options: OpenOptions(readOnly: true))
-            let h = volume.header
-            try? volume.close()
-            found = "LunarFS volume \(h.uuid)" + (h.label.isEmpty ? "" : " (label '\(h.label)')")
+            guard let summary = try Volume.probe(path: lun).summary else { return }
+            found = summary
         } catch {
-            switch error.kind {
-            case .notLunarFS, .io: return
-            default: found = "damaged LunarFS volume (\(error))"
-            }
+            return
         }
         guard force else {
             throw CLIError("\(lun) already holds a \(found); pass --force to destroy it and make a new one")

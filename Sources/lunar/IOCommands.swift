@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LunarFS
 import LunarIO
 
 struct IOCommand: AsyncParsableCommand {
@@ -193,8 +194,8 @@ struct IOCounterCommand: AsyncParsableCommand {
         discussion: """
             Run it from several processes (or hosts sharing the LUN) at once against the same \
             sector: when compare-and-write is atomic the final value is the sum of all increments. \
-            The sector is overwritten: point --offset at scratch space, never at a LunarFS volume's \
-            metadata.
+            The sector is overwritten: point it at scratch space. A LUN that holds a LunarFS \
+            volume is refused (unless --force), since the counter would overwrite part of it.
             """
     )
 
@@ -207,6 +208,9 @@ struct IOCounterCommand: AsyncParsableCommand {
     @Option(help: "Increments to make (0 only reads the counter).")
     var increments = 1000
 
+    @Flag(help: "Overwrite the counter sector even where it lies inside a LunarFS volume.")
+    var force = false
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -215,15 +219,32 @@ struct IOCounterCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let device = try openStorage(lun, options: .init())
-        defer { device.closeStorage() }
-        let report = try device.incrementCounter(at: offset.bytes, times: increments)
-        let value = try device.readCounter(at: offset.bytes)
-        if json {
-            printJSON(["increments": report.increments, "lost_races": report.lostRaces,
-                       "last_written": report.lastValue, "value": value])
-        } else {
-            print("increments: \(report.increments), lost races (retried): \(report.lostRaces), counter now: \(value)")
+        try reportingErrors {
+            let device = try openStorage(lun, options: .init())
+            defer { device.closeStorage() }
+            if increments > 0 && !force { try refuseVolume(device) }
+            let report = try device.incrementCounter(at: offset.bytes, times: increments)
+            let value = try device.readCounter(at: offset.bytes)
+            if json {
+                printJSON(["increments": report.increments, "lost_races": report.lostRaces,
+                           "last_written": report.lastValue, "value": value])
+            } else {
+                print("increments: \(report.increments), lost races (retried): \(report.lostRaces), counter now: \(value)")
+            }
         }
+    }
+
+    /// The counter would overwrite a sector of a volume: say which, and refuse.
+    private func refuseVolume(_ device: any BlockStorage) throws {
+        let probe: VolumeProbe
+        do throws(FSError) { probe = try Volume.probe(device) } catch { throw CLIError("\(error.naming(lun))") }
+        guard let found = probe.summary else { return }
+        var what = "the sector at offset \(offset.bytes)"
+        if case .volume(let header) = probe {
+            guard let region = header.region(at: offset.bytes) else { return }
+            what += " (\(region))"
+        }
+        throw CLIError("\(lun) holds a \(found); the counter would overwrite \(what) of it. "
+            + "Point ats-counter at a scratch LUN, or pass --force to overwrite it anyway")
     }
 }
