@@ -45,7 +45,8 @@ struct FSMkfsCommand: AsyncParsableCommand {
             (20G when --size is not given). An existing image file is resized to --size when it \
             is given, else used whole; a block device is always used whole. Everything on the \
             LUN is lost; a LUN that already holds a LunarFS volume needs --force, and one that \
-            another lunar process has open is refused even then.
+            a live host has open (its heartbeat moving, as `lunar fs hosts` judges it) is refused \
+            even then, naming the host.
             """
     )
 
@@ -132,8 +133,8 @@ struct FSMkfsCommand: AsyncParsableCommand {
         return false
     }
 
-    /// mkfs destroys everything: make sure that is what the user meant, and that no other
-    /// process is working on the volume this very moment.
+    /// mkfs destroys everything: make sure that is what the user meant, and that no host is
+    /// working on the volume (its heartbeat alive) this very moment.
     private func refuseLiveVolume() throws {
         let found: String
         do throws(FSError) {
@@ -145,13 +146,23 @@ struct FSMkfsCommand: AsyncParsableCommand {
         guard force else {
             throw CLIError("\(lun) already holds a \(found); pass --force to destroy it and make a new one")
         }
+        let live: [HostSlotInfo]
         do throws(FSError) {
-            let volume = try Volume.open(path: lun, options: OpenOptions(lockTimeout: 0))
-            try? volume.close()
-        } catch {
-            if case .busy = error.kind {
-                throw CLIError("\(lun) holds a \(found) that is in use: \(error)")
+            live = try Volume.liveHosts(path: lun) { pending, seconds in
+                let names = pending.map { "\($0.hostName) (pid \($0.pid), slot \($0.slot))" }.joined(separator: ", ")
+                print("lunar: watching the heartbeat of \(names) for up to \(Int(seconds.rounded(.up))) s to tell whether \(pending.count == 1 ? "it is" : "they are") alive",
+                      to: &standardError)
             }
+        } catch {
+            // A volume whose heartbeat region cannot be read has no host to ask: --force means go on.
+            if case .io = error.kind { throw error.naming(lun) }
+            return
+        }
+        guard live.isEmpty else {
+            let hosts = live.map { "host \($0.hostName) (pid \($0.pid), slot \($0.slot))" }.joined(separator: ", ")
+            throw CLIError("\(lun) holds a \(found) that \(hosts) \(live.count == 1 ? "has" : "have") open and \(live.count == 1 ? "is" : "are") alive; "
+                + "stop \(live.count == 1 ? "that host" : "those hosts") (close what has the volume open, e.g. `lunar vm run`), "
+                + "or wait until `lunar fs hosts \(lun)` judges \(live.count == 1 ? "it" : "them") dead, then run mkfs again")
         }
     }
 

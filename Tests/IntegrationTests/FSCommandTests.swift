@@ -305,6 +305,26 @@ struct FSCommandTests {
         #expect(Self.blocks(empty).size == 400 << 20)
         #expect(try LunarProcess.run(["fs", "fsck", empty]).status == 0)
     }
+
+    @Test("mkfs --force refuses a volume a live host holds, naming it; a dead host's slot does not block")
+    func mkfsLiveHost() throws {
+        let f = try Fixture()
+        // A host elsewhere (judged by its heartbeat) that has the volume open but lets the metadata lock go.
+        let (holder, _) = try StalledHostTests.holder(f.lun, path: "/disk", machine: "machine-a", keepMetadataLock: false)
+        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL); holder.waitUntilExit() } }
+        let refused = try LunarProcess.run(["fs", "mkfs", f.lun, "--force"])
+        #expect(refused.status == 1, "\(refused.stderr)")
+        #expect(refused.stderr.contains("pid \(holder.processIdentifier), slot ") && refused.stderr.contains("is alive")
+                && refused.stderr.contains("stop that host"), "\(refused.stderr)")
+        #expect(try f.fs(["ls", f.lun]).stdout == "disk\n", "the volume is untouched")
+
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        // Its heartbeat (0.2 s) stands still for the lock-break timeout: judged dead, mkfs goes ahead.
+        let made = try LunarProcess.run(["fs", "mkfs", f.lun, "--force"])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(try f.fs(["ls", f.lun]).stdout.isEmpty)
+    }
 }
 
 private func parseISO8601(_ text: String) -> Date? {
