@@ -504,10 +504,12 @@ struct FSCpCommand: AsyncParsableCommand {
             existing file is replaced. Holes stay holes both ways: host holes and whole blocks of \
             zeros are not written into the volume, and a copy out writes only the volume file's \
             allocated data, then sets the size. A copy into a volume that fails removes the file \
-            if the copy created it. Files from 64 MiB show a progress bar when standard error is \
-            a terminal. A copy into a volume holds the file's exclusive lock while it writes: a \
-            file another host holds open (a running VM's disk) is refused, naming that host, \
-            unless --wait gives it time to let go.
+            if the copy created it. A host source that is a pipe or a device (/dev/stdin), or a \
+            file whose size reads 0 (procfs), is read to its end. Files from 64 MiB show a \
+            progress bar when standard error is a terminal; the closing "copied ..." line goes to \
+            standard error too, so that standard output can be the copy. A copy into a volume \
+            holds the file's exclusive lock while it writes: a file another host holds open (a \
+            running VM's disk) is refused, naming that host, unless --wait gives it time to let go.
             """
     )
 
@@ -540,7 +542,8 @@ struct FSCpCommand: AsyncParsableCommand {
             case (.volume, .volume):
                 throw CLIError("cp copies between the host and a volume; '\(source)' and '\(destination)' are both volume paths (copy out to the host and back in)")
             }
-            if !quiet { print(result.summary) }
+            // Standard output may be the copy itself (`cp vol.img:/f /dev/stdout`): status goes to standard error.
+            if !quiet { print(result.summary, to: &standardError) }
         }
     }
 }

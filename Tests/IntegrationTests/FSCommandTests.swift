@@ -94,7 +94,7 @@ struct FSCommandTests {
 
         try f.fs(["mkdir", "-p", f.path("/vms/web01")])
         let copied = try f.fs(["cp", source, f.path("/vms/web01/")])
-        #expect(copied.stdout.contains("5 MiB"))
+        #expect(copied.stderr.contains("5 MiB"))
 
         let listing = try f.fs(["ls", "-l", f.path("/vms/web01")])
         #expect(listing.stdout.contains("-rw-r--r--"))
@@ -324,6 +324,31 @@ struct FSCommandTests {
         let made = try LunarProcess.run(["fs", "mkfs", f.lun, "--force"])
         #expect(made.status == 0, "\(made.stderr)")
         #expect(try f.fs(["ls", f.lun]).stdout.isEmpty)
+    }
+
+    @Test("cp reads a host source whose size says nothing (procfs, a pipe) to its end; status goes to stderr")
+    func copyStreams() throws {
+        let f = try Fixture()
+        let status = try f.fs(["cp", "/proc/self/status", f.path("/status")])
+        #expect(status.stdout.isEmpty, "status line on stdout: \(status.stdout)")
+        #expect(status.stderr.contains("copied /proc/self/status"), "\(status.stderr)")
+        let copied = try f.fs(["cat", f.path("/status")]).stdout
+        #expect(copied.hasPrefix("Name:") && copied.contains("VmRSS:"), "\(copied.prefix(200))")
+
+        // A pipe of 3 MiB + 5 bytes with a zero MiB in the middle: every byte, the zeros as a hole.
+        let source = f.scratch.path("piped.bin")
+        let content = Data(pattern(1 << 20, seed: 7).array) + Data(count: 1 << 20) + Data(pattern((1 << 20) + 5, seed: 8).array)
+        #expect(FileManager.default.createFile(atPath: source, contents: content))
+        let piped = try system("/bin/sh", ["-c", "cat '\(source)' | '\(LunarProcess.executable.path)' fs cp /dev/stdin '\(f.path("/piped"))'"])
+        #expect(piped.status == 0, "\(piped.output)")
+        let stat = try #require(try f.json(["stat", "--json", f.path("/piped")]) as? [String: Any])
+        #expect((stat["size"] as? NSNumber)?.intValue == content.count)
+        #expect((stat["allocated"] as? NSNumber)?.intValue == 3 << 20, "the zero MiB is a hole: \(stat)")
+
+        // A copy out to standard output is the file's bytes and nothing else.
+        let out = try f.fs(["cp", f.path("/status"), "/dev/stdout"])
+        #expect(out.stdout == copied)
+        #expect(out.stderr.contains("copied \(f.path("/status")) to /dev/stdout"), "\(out.stderr)")
     }
 }
 
