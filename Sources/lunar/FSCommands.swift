@@ -486,7 +486,11 @@ struct FSRmCommand: AsyncParsableCommand {
                 if ref.isRoot {
                     throw CLIError("\(ref.display): refusing to remove the root directory (remove what is in it instead)")
                 }
-                try volume.remove(ref.path, recursive: recursive)
+                do {
+                    try volume.remove(ref.path, recursive: recursive)
+                } catch let error as FSError where error.kind == .directoryNotEmpty {
+                    throw CLIError("\(error.naming(ref.lun)) (use -r to remove it with its contents)")
+                }
             }
         }
     }
@@ -610,7 +614,13 @@ struct FSMvCommand: AsyncParsableCommand {
             }
             if from.isRoot { throw CLIError("\(from.display): cannot move the root directory") }
             try withVolume(from.lun, readOnly: false) { volume in
-                try volume.rename(from.path, to: try moveTarget(volume, from: from, to: to))
+                let target = try moveTarget(volume, from: from, to: to)
+                do {
+                    try volume.rename(from.path, to: target)
+                } catch let error as FSError where error.kind == .directoryNotEmpty {
+                    throw CLIError("\(from.lun):\(target): destination directory is not empty; mv replaces only an empty directory "
+                        + "(move or remove what is in it first, or choose another destination)")
+                }
             }
         }
     }

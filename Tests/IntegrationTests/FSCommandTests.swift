@@ -350,6 +350,20 @@ struct FSCommandTests {
         #expect(out.stdout == copied)
         #expect(out.stderr.contains("copied \(f.path("/status")) to /dev/stdout"), "\(out.stderr)")
     }
+
+    @Test("mv onto a non-empty directory says so (not rm's -r hint); rm keeps its hint")
+    func moveOntoNonEmptyDirectory() throws {
+        let f = try Fixture()
+        try f.fs(["mkdir", "-p", f.path("/a/d/inside"), f.path("/d/x")])
+        let moved = try LunarProcess.run(["fs", "mv", f.path("/d"), f.path("/a")])
+        #expect(moved.status == 1)
+        #expect(moved.stderr == "lunar: \(f.lun):/a/d: destination directory is not empty; mv replaces only an empty directory "
+                + "(move or remove what is in it first, or choose another destination)\n", "\(moved.stderr)")
+        #expect(!moved.stderr.contains("-r"))
+        let removed = try LunarProcess.run(["fs", "rm", f.path("/a")])
+        #expect(removed.status == 1)
+        #expect(removed.stderr == "lunar: \(f.lun):/a: directory not empty (use -r to remove it with its contents)\n", "\(removed.stderr)")
+    }
 }
 
 private func parseISO8601(_ text: String) -> Date? {
