@@ -55,21 +55,22 @@ struct FSMkfsCommand: AsyncParsableCommand {
     @Argument(help: "Image file or block device.")
     var lun: String
 
-    @Option(help: "Volume size, for a new or resized image file (e.g. 20G). Default for a new file: 20G.",
+    @Option(parsing: .unconditional, help: "Volume size, for a new or resized image file (e.g. 20G). Default for a new file: 20G.",
             transform: ByteSize.parse)
     var size: ByteSize?
 
     @Option(help: "Volume label, up to 64 bytes.")
     var label = ""
 
-    @Option(help: "File block size: the allocation unit of large files, a power of two from 64K to 8M (default 1M).",
+    @Option(parsing: .unconditional, help: "File block size: the allocation unit of large files, a power of two from 64K to 8M (default 1M).",
             transform: ByteSize.parse)
     var blockSize = ByteSize(bytes: 1 << 20)
 
-    @Option(help: "Files and directories the volume can hold (default: one per MiB, 4096 to 4194304).")
+    @Option(parsing: .unconditional, help: "Files and directories the volume can hold (default: one per MiB, 4096 to 4194304).",
+            transform: { text in try parseCount(text, what: "a number of files") })
     var maxFiles: UInt64?
 
-    @Option(help: "Journal size per host slot, a multiple of 4K from 1M to 1G (default 1M; 4M from 64G, 16M from 1T).",
+    @Option(parsing: .unconditional, help: "Journal size per host slot, a multiple of 4K from 1M to 1G (default 1M; 4M from 64G, 16M from 1T).",
             transform: ByteSize.parse)
     var journalSize: ByteSize?
 
@@ -523,7 +524,7 @@ struct FSCpCommand: AsyncParsableCommand {
     @Argument(help: "Host path or LUN:/path to copy to.")
     var destination: String
 
-    @Option(help: "Seconds to wait for another host to close the destination file.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for another host to close the destination file.")
     var wait: Double = 0
 
     @Flag(name: .shortAndLong, help: "Print nothing on success.")

@@ -215,10 +215,18 @@ extension ByteSize {
     /// `ExpressibleByArgument` failure only says the value is invalid).
     static func parse(_ text: String) throws -> ByteSize {
         guard let size = ByteSize(argument: text) else {
-            throw ValidationError("'\(text)' is not a size: give \(ByteSize.accepted)")
+            throw ValidationError("'\(text)' is not a size: \(text.hasPrefix("-") ? "a size cannot be negative; " : "")give \(ByteSize.accepted)")
         }
         return size
     }
+}
+
+/// Parses a count option (`--max-files`) with a message that says what is accepted.
+func parseCount(_ text: String, what: String) throws -> UInt64 {
+    guard let count = UInt64(text) else {
+        throw ValidationError("'\(text)' is not \(what): \(text.hasPrefix("-") ? "it cannot be negative; " : "")give a whole number, e.g. 100000")
+    }
+    return count
 }
 
 extension ResourceKind {

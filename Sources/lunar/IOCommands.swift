@@ -38,7 +38,7 @@ struct IOBenchCommand: AsyncParsableCommand {
     @Option(help: "Image file or block device to measure on. A missing file is created and laid out first.")
     var file: String?
 
-    @Option(help: "Bytes the workloads span (and the temporary file's size).")
+    @Option(parsing: .unconditional, help: "Bytes the workloads span (and the temporary file's size).", transform: ByteSize.parse)
     var size = ByteSize(bytes: 1 << 30)
 
     @OptionGroup var engineOption: EngineOption
@@ -47,7 +47,7 @@ struct IOBenchCommand: AsyncParsableCommand {
             help: "Workloads to run: randread, randwrite, seqread, seqwrite (default: all four).")
     var workloads: [String] = []
 
-    @Option(help: "Seconds per workload.")
+    @Option(parsing: .unconditional, help: "Seconds per workload.")
     var runtime: Double = 5
 
     @Flag(help: "Print one JSON object instead of a table.")
@@ -202,10 +202,10 @@ struct IOCounterCommand: AsyncParsableCommand {
     @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
     var lun: String
 
-    @Option(help: "Byte offset of the counter sector (a multiple of the sector size).")
+    @Option(parsing: .unconditional, help: "Byte offset of the counter sector (a multiple of the sector size).", transform: ByteSize.parse)
     var offset = ByteSize(bytes: 0)
 
-    @Option(help: "Increments to make (0 only reads the counter).")
+    @Option(parsing: .unconditional, help: "Increments to make (0 only reads the counter).")
     var increments = 1000
 
     @Flag(help: "Overwrite the counter sector even where it lies inside a LunarFS volume.")

@@ -46,10 +46,10 @@ struct VMCreateCommand: AsyncParsableCommand {
     @Argument(help: "VM name: letters, digits, '.', '_', '-' (up to 64).")
     var name: String
 
-    @Option(help: "Virtual CPUs, 1 to 16.")
+    @Option(parsing: .unconditional, help: "Virtual CPUs, 1 to 16.")
     var cpus = 1
 
-    @Option(help: "Guest memory (e.g. 512M, 2G).", transform: ByteSize.parse)
+    @Option(parsing: .unconditional, help: "Guest memory (e.g. 512M, 2G).", transform: ByteSize.parse)
     var memory = ByteSize(bytes: 512 << 20)
 
     @Option(help: """
@@ -58,7 +58,7 @@ struct VMCreateCommand: AsyncParsableCommand {
         """)
     var memoryBacking: GuestMemory.Backing = .hugePages
 
-    @Option(name: .customLong("disk"), help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
+    @Option(name: .customLong("disk"), parsing: .unconditionalSingleValue, help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
     var disks: [String] = []
 
     @Option(help: "Linux kernel (bzImage) on this host, copied into the VM.")
@@ -204,7 +204,7 @@ struct VMBootCommand: AsyncParsableCommand {
     @Argument(help: "Flat image linked at 1 MiB, or a static x86-64 ELF.")
     var image: String
 
-    @Option(help: "Guest memory.", transform: ByteSize.parse)
+    @Option(parsing: .unconditional, help: "Guest memory.", transform: ByteSize.parse)
     var memory = ByteSize(bytes: 64 << 20)
 
     func run() async throws {

@@ -364,6 +364,26 @@ struct FSCommandTests {
         #expect(removed.status == 1)
         #expect(removed.stderr == "lunar: \(f.lun):/a: directory not empty (use -r to remove it with its contents)\n", "\(removed.stderr)")
     }
+
+    @Test("negative numbers for size and count options are named as such, not 'Missing value'")
+    func negativeNumbers() throws {
+        let scratch = Scratch()
+        let lun = scratch.path("new.img")
+        for arguments in [["fs", "mkfs", lun, "--size", "-1"], ["fs", "mkfs", lun, "--block-size", "-64K"],
+                          ["fs", "mkfs", lun, "--journal-size", "-1M"], ["fs", "mkfs", lun, "--max-files", "-1"],
+                          ["io", "bench", "--size", "-1G"], ["io", "ats-counter", lun, "--offset", "-4096"],
+                          ["fs", "bench", lun, "--layout", "-1G"], ["vm", "create", lun, "x", "--memory", "-512M", "--image", "g"]] {
+            let out = try LunarProcess.run(arguments)
+            #expect(out.status == 64, "\(arguments): \(out.stderr)")
+            #expect(!out.stderr.contains("Missing value") && out.stderr.contains("cannot be negative"), "\(arguments): \(out.stderr)")
+        }
+        for arguments in [["io", "ats-counter", lun, "--increments", "-1"], ["fs", "cp", "a", "\(lun):/a", "--wait", "-1"],
+                          ["vm", "create", lun, "x", "--disk", "-1G", "--image", "g"]] {
+            let out = try LunarProcess.run(arguments)
+            #expect(out.status == 64 && !out.stderr.contains("Missing value"), "\(arguments): \(out.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: lun))
+    }
 }
 
 private func parseISO8601(_ text: String) -> Date? {
