@@ -559,9 +559,10 @@ private final class LingerControl: Sendable {
     }
 }
 
+/// Whether `path` names a file (a dangling symbolic link does not: its target is yet to be made).
 private func fileExists(_ path: String) -> Bool {
     var st = stat()
-    return lstat(path, &st) == 0
+    return stat(path, &st) == 0
 }
 
 #if canImport(Glibc)

@@ -16,7 +16,7 @@ struct FSBenchCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file or block device holding the volume.")
+    @Argument(help: "Image file or block device holding the volume.", transform: hostPath)
     var lun: String
 
     @Option(help: "The benchmark file inside the volume.")

@@ -52,7 +52,7 @@ struct FSMkfsCommand: AsyncParsableCommand {
 
     static let defaultSize = ByteSize(bytes: 20 << 30)
 
-    @Argument(help: "Image file or block device.")
+    @Argument(help: "Image file or block device.", transform: hostPath)
     var lun: String
 
     @Option(parsing: .unconditional, help: "Volume size, for a new or resized image file (e.g. 20G). Default for a new file: 20G.",

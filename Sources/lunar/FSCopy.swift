@@ -123,7 +123,8 @@ func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool, wait: Double 
     var data: UInt64 = 0
     var destination = ref
     try withVolume(ref.lun, readOnly: false) { volume in
-        destination.path = try copyTarget(volume, ref, name: baseName(hostPath))
+        // The name as typed: hostPath may have made up one that reaches a name that is not UTF-8.
+        destination.path = try copyTarget(volume, ref, name: baseName(shownHostPaths(hostPath)))
         let existed = try volume.exists(destination.path)
         let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777, wait: wait)
         do {

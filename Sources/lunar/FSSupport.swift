@@ -50,7 +50,7 @@ struct VolumeRef {
     var isRoot: Bool { path == "/" }
 
     init(lun: String, path rawPath: String) {
-        self.lun = lun
+        self.lun = hostPath(lun)
         self.path = VolumeRef.normalize(rawPath)
         self.namesDirectory = rawPath.hasSuffix("/") || self.path == "/"
     }
@@ -105,10 +105,11 @@ enum Location {
     case volume(VolumeRef)
 
     init(_ argument: String) {
-        if let ref = VolumeRef.split(argument), BlockDevice.exists(ref.lun) || !BlockDevice.exists(argument) {
+        let host = hostPath(argument)
+        if let ref = VolumeRef.split(argument), BlockDevice.exists(ref.lun) || !BlockDevice.exists(host) {
             self = .volume(ref)
         } else {
-            self = .host(argument)
+            self = .host(host)
         }
     }
 }
@@ -116,8 +117,9 @@ enum Location {
 /// The LUN argument of commands about a whole volume (`df`, `fsck`, `info`); `LUN:/` is
 /// accepted too.
 func lunArgument(_ argument: String) -> String {
-    if !BlockDevice.exists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
-    return argument
+    let host = hostPath(argument)
+    if !BlockDevice.exists(host), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
+    return host
 }
 
 func joinPath(_ directory: String, _ name: String) -> String {

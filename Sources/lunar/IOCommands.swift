@@ -35,7 +35,7 @@ struct IOBenchCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Image file or block device to measure on. A missing file is created and laid out first.")
+    @Option(help: "Image file or block device to measure on. A missing file is created and laid out first.", transform: hostPath)
     var file: String?
 
     @Option(parsing: .unconditional, help: "Bytes the workloads span (and the temporary file's size).", transform: ByteSize.parse)
@@ -129,7 +129,7 @@ struct IOInfoCommand: AsyncParsableCommand {
         abstract: "Show a LUN's size, sector size, I/O engine and compare-and-write method."
     )
 
-    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).", transform: hostPath)
     var lun: String
 
     @OptionGroup var engineOption: EngineOption
@@ -199,7 +199,7 @@ struct IOCounterCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).", transform: hostPath)
     var lun: String
 
     @Option(parsing: .unconditional, help: "Byte offset of the counter sector (a multiple of the sector size).", transform: ByteSize.parse)

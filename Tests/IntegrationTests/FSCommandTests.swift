@@ -384,6 +384,40 @@ struct FSCommandTests {
         }
         #expect(!FileManager.default.fileExists(atPath: lun))
     }
+
+    @Test("host file names that are not UTF-8 work: mkfs, cp in and out, errors name them as typed")
+    func nonUTF8HostNames() throws {
+        let scratch = Scratch()
+        // Swift's Process takes arguments as Strings, which cannot hold these bytes: bash passes them.
+        let script = """
+            set -e
+            cd '\(scratch.path(""))'
+            L='\(LunarProcess.executable.path)'
+            printf 'latin-1 named\\n' > $'caf\\xe9.txt'
+            "$L" fs mkfs $'vol\\xe9.img' --size 400M > made.txt
+            "$L" fs mkdir $'vol\\xe9.img:/in'
+            "$L" fs cp $'caf\\xe9.txt' $'vol\\xe9.img:/in/' 2> copied.txt
+            "$L" fs ls $'vol\\xe9.img:/in' > listed.txt
+            "$L" fs cp $'vol\\xe9.img:/in/caf\\xef\\xbf\\xbd.txt' $'out\\xe9.txt' 2>> copied.txt
+            cmp $'caf\\xe9.txt' $'out\\xe9.txt'
+            if "$L" fs cp $'missing\\xe9.txt' $'vol\\xe9.img:/in/' 2> missing.txt; then exit 9; fi
+            """
+        let run = try system("/bin/bash", ["-c", script])
+        #expect(run.status == 0, "\(run.output)")
+        func read(_ name: String) -> String { (try? String(contentsOfFile: scratch.path(name), encoding: .utf8)) ?? "" }
+        // Messages name the files as Swift shows them (U+FFFD for the byte that is not UTF-8), never /proc/self/fd/N.
+        #expect(read("made.txt").hasPrefix("made a LunarFS volume on vol\u{FFFD}.img\n"), "\(read("made.txt"))")
+        #expect(read("listed.txt") == "caf\u{FFFD}.txt\n")
+        #expect(read("copied.txt").contains("copied caf\u{FFFD}.txt to vol\u{FFFD}.img:/in/caf\u{FFFD}.txt")
+                && read("copied.txt").contains("to out\u{FFFD}.txt"), "\(read("copied.txt"))")
+        #expect(read("missing.txt") == "lunar: missing\u{FFFD}.txt: No such file or directory\n", "\(read("missing.txt"))")
+        #expect(!read("copied.txt").contains("/proc/self/fd"))
+        // The files have their own bytes as names; no stand-in link is left behind.
+        let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path("")).sorted()
+        #expect(names.filter { $0.hasSuffix(".img") }.count == 1)
+        let temporary = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary).allSatisfy { !$0.hasPrefix("lunar-paths-") })
+    }
 }
 
 private func parseISO8601(_ text: String) -> Date? {
