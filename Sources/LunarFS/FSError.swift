@@ -71,7 +71,7 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         case .exists: return "\(subject)already exists"
         case .notDirectory: return "\(subject)not a directory"
         case .isDirectory: return "\(subject)is a directory"
-        case .directoryNotEmpty: return "\(subject)directory not empty (use -r to remove it with its contents)"
+        case .directoryNotEmpty: return "\(subject)directory not empty"
         case .nameTooLong: return "\(subject)name longer than 255 bytes"
         case .invalidName: return "\(subject)invalid name (empty, '.', '..', or containing '/' or NUL)"
         case .invalidArgument(let why): return "\(subject)\(why)"

@@ -71,4 +71,57 @@ extension Volume {
                                 liveness: liveness, runningHere: here, observedSeconds: watched)
         }
     }
+
+    /// The hosts alive on the volume at `path`, judged as a host opening it judges them
+    /// (`LivenessJudge`): a holder on this machine at once, by its presence token; any other by
+    /// watching its heartbeat until the counter moves (alive) or stands still for the lock-break
+    /// timeout (dead). Returns as soon as some host is judged alive (with every host alive by
+    /// then), or an empty list once every slot in use is judged dead; slots still unjudged after
+    /// 10 minutes (a damaged interval) are returned as unknown, the safe answer. `waiting` is
+    /// called once, with the slots still being judged and the most seconds that can take,
+    /// before waiting. A damaged slot is left out, as `readAllSlots` leaves it: its holder can
+    /// no longer renew it and fences itself.
+    public static func liveHosts(path: String, waiting: ([HostSlotInfo], Double) -> Void = { _, _ in }) throws(FSError) -> [HostSlotInfo] {
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.closeStorage() }
+        do throws(FSError) {
+            let (header, _, _) = try Formatter.readHeader(device)
+            let judge = LivenessJudge(storage: device, header: header, device: PresenceTokens(device: device.localDevice),
+                                      machine: LivenessJudge.thisMachine(), defaultInterval: OpenOptions.toolHeartbeatInterval)
+            let watch = SlotWatch()
+            let start = monotonicSeconds()
+            var announced = false
+            while true {
+                var alive: [HeartbeatSlot] = []
+                var pending: [HeartbeatSlot] = []
+                for slot in try VolumeCore.readAllSlots(device, header) where slot.state != .free {
+                    switch try judge.verdict(slot, watch: watch) {
+                    case .alive: alive.append(slot)
+                    case .unknown: pending.append(slot)
+                    case .dead: break
+                    }
+                }
+                let watched = monotonicSeconds() - start
+                func info(_ slot: HeartbeatSlot, _ liveness: HostSlotInfo.Liveness) -> HostSlotInfo {
+                    let here = slot.host == judge.machine && ((try? judge.device.heldElsewhere(slot.slot)) ?? nil) == true
+                    return HostSlotInfo(slot: slot.slot, state: "\(slot.state)", hostName: slot.hostName, pid: slot.pid,
+                                        claimGeneration: slot.claimGeneration, counter: slot.counter,
+                                        heartbeatInterval: slot.intervalMillis > 0 ? Double(slot.intervalMillis) / 1000 : nil,
+                                        liveness: liveness, runningHere: here, observedSeconds: watched)
+                }
+                if !alive.isEmpty || pending.isEmpty { return alive.map { info($0, .alive) } }
+                let longest = pending.map { OpenOptions.lockBreakTimeout(interval: judge.interval(of: $0)) }.max() ?? 0
+                guard watched < 600 else { return pending.map { info($0, .unknown) } }
+                if !announced {
+                    announced = true
+                    waiting(pending.map { info($0, .unknown) }, min(longest, 600))
+                }
+                let shortest = pending.map { judge.interval(of: $0) }.min() ?? 1
+                usleep(UInt32(min(max(shortest / 4, 0.02), 0.25) * 1_000_000))
+            }
+        } catch {
+            throw error.at(path)
+        }
+    }
 }

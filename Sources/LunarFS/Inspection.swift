@@ -86,3 +86,22 @@ extension Volume {
         }
     }
 }
+
+extension VolumeHeader {
+    /// What lies at byte `offset` of the volume, in words: "the volume header", "the journal
+    /// region", "the file blocks area", ...; nil past the volume's end.
+    public func region(at offset: UInt64) -> String? {
+        let s = UInt64(RecordHeader.sectorSize)
+        guard offset < volumeSize else { return nil }
+        if offset < s || offset >= backupOffset { return "the volume header" }
+        if (volumeLockOffset..<volumeLockOffset + s).contains(offset) { return "the volume lock record" }
+        if (heartbeatOffset..<heartbeatOffset + UInt64(hostSlots) * s).contains(offset) { return "the heartbeat region" }
+        if (journalOffset..<journalOffset + UInt64(hostSlots) * journalSize).contains(offset) { return "the journal region" }
+        for kind in ResourceKind.allCases {
+            let a = area(kind)
+            if (a.mapOffset..<a.mapEnd).contains(offset) { return "the cluster map of the \(kind)" }
+            if (a.dataOffset..<a.dataEnd).contains(offset) { return "the \(kind) area" }
+        }
+        return "unused space between the volume's regions"
+    }
+}

@@ -31,6 +31,25 @@ public struct DirectoryItem: Sendable, Equatable {
     public var type: FileType
 }
 
+/// What a LUN holds, by its volume header sectors (`Volume.probe`).
+public enum VolumeProbe: Sendable {
+    /// Neither the first nor the last sector holds a LunarFS volume header.
+    case none
+    /// A LunarFS volume, described by its header (the backup copy if the primary is unusable).
+    case volume(VolumeHeader)
+    /// A volume header is there, but no copy of it can be used: damaged, or a newer format.
+    case unreadable(FSError)
+
+    /// What would be lost, for a refusal: "LunarFS volume UUID (label 'L')", or nil.
+    public var summary: String? {
+        switch self {
+        case .none: nil
+        case .volume(let h): "LunarFS volume \(h.uuid)" + (h.label.isEmpty ? "" : " (label '\(h.label)')")
+        case .unreadable(let error): "damaged LunarFS volume (\(error))"
+        }
+    }
+}
+
 /// Space on a volume: what files could grow to, what they hold.
 public struct VolumeUsage: Sendable {
     public struct Resource: Sendable {
@@ -193,6 +212,10 @@ public final class Volume: @unchecked Sendable {
                               deviceOptions: BlockDevice.Options = BlockDevice.Options()) throws(FSError) -> VolumeHeader {
         let device: any BlockStorage
         let creating = size != nil && !ISCSILun.isURL(path) && !fileExists(path)
+        // A size no volume can have is refused before an image file is made for it.
+        if let size, creating {
+            do throws(FSError) { _ = try plan(size: size, options: options) } catch { throw error.at(path) }
+        }
         do {
             if let size, creating {
                 device = try BlockDevice.createImage(path, size: size, options: deviceOptions)
@@ -213,6 +236,28 @@ public final class Volume: @unchecked Sendable {
             if creating { unlink(path) }
             throw error.at(path)
         }
+    }
+
+    /// What `storage` holds as far as its volume header sectors tell (the first, and the backup
+    /// in the last): for commands that would destroy a volume to refuse without being forced.
+    public static func probe(_ storage: any BlockStorage) throws(FSError) -> VolumeProbe {
+        do {
+            return .volume(try Formatter.readHeader(storage).header)
+        } catch {
+            switch error.kind {
+            case .notLunarFS: return .none
+            case .io: throw error
+            default: return .unreadable(error)
+            }
+        }
+    }
+
+    /// `probe` of the image file, block device or iSCSI LUN at `path`, opened read-only.
+    public static func probe(path: String) throws(FSError) -> VolumeProbe {
+        let device: any BlockStorage
+        do { device = try openStorage(path, options: .init(readOnly: true)) } catch { throw FSError(.io(error), path: path) }
+        defer { device.closeStorage() }
+        do { return try probe(device) } catch { throw error.at(path) }
     }
 
     /// The layout mkfs would give a device of `size` bytes, without touching one.
@@ -514,9 +559,10 @@ private final class LingerControl: Sendable {
     }
 }
 
+/// Whether `path` names a file (a dangling symbolic link does not: its target is yet to be made).
 private func fileExists(_ path: String) -> Bool {
     var st = stat()
-    return lstat(path, &st) == 0
+    return stat(path, &st) == 0
 }
 
 #if canImport(Glibc)

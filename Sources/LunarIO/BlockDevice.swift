@@ -143,12 +143,20 @@ public final class BlockDevice: Sendable {
         }
     }
 
-    /// Creates a sparse image file of `size` bytes (it must not exist yet) and opens it.
+    /// Creates a sparse image file of `size` bytes (it must not exist yet) and opens it. A
+    /// dangling symbolic link at `path` is followed: the file it names is made.
     public static func createImage(_ path: String, size: UInt64, options: Options = Options()) throws(IOError) -> BlockDevice {
         try validate(options, path: path)
-        let fd = lunar_open(path, O_RDWR | O_CREAT | O_EXCL, 0o644)
+        guard let length = off_t(exactly: size) else {
+            throw IOError(.system, .open, path: path, length: Int(clamping: size), errno: EFBIG)
+        }
+        var fd = lunar_open(path, O_RDWR | O_CREAT | O_EXCL, 0o644)
+        var st = stat()
+        if fd == -EEXIST, lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFLNK, stat(path, &st) != 0 {
+            fd = lunar_open(path, O_RDWR | O_CREAT, 0o644)
+        }
         guard fd >= 0 else { throw IOError(.system, .open, path: path, errno: -fd) }
-        let r = ftruncate(fd, off_t(size))
+        let r = ftruncate(fd, length)
         let e = errno
         Glibc.close(fd)
         guard r == 0 else {

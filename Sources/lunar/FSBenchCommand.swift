@@ -16,22 +16,22 @@ struct FSBenchCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file or block device holding the volume.")
+    @Argument(help: "Image file or block device holding the volume.", transform: hostPath)
     var lun: String
 
     @Option(help: "The benchmark file inside the volume.")
     var path = "/bench/data"
 
-    @Option(help: "Write a new thin file of this size first (e.g. 1G).")
+    @Option(parsing: .unconditional, help: "Write a new thin file of this size first (e.g. 1G).", transform: ByteSize.parse)
     var layout: ByteSize?
 
     @Option(name: .customLong("workload"), help: "randread, randwrite, seqread, seqwrite (repeatable).")
     var workloads: [String] = []
 
-    @Option(help: "Seconds per workload.")
+    @Option(parsing: .unconditional, help: "Seconds per workload.")
     var runtime: Double = 5
 
-    @Option(help: "Create this many empty files in a new directory.")
+    @Option(parsing: .unconditional, help: "Create this many empty files in a new directory.")
     var create: Int?
 
     @Flag(help: "Print JSON.")

@@ -45,30 +45,32 @@ struct FSMkfsCommand: AsyncParsableCommand {
             (20G when --size is not given). An existing image file is resized to --size when it \
             is given, else used whole; a block device is always used whole. Everything on the \
             LUN is lost; a LUN that already holds a LunarFS volume needs --force, and one that \
-            another lunar process has open is refused even then.
+            a live host has open (its heartbeat moving, as `lunar fs hosts` judges it) is refused \
+            even then, naming the host.
             """
     )
 
     static let defaultSize = ByteSize(bytes: 20 << 30)
 
-    @Argument(help: "Image file or block device.")
+    @Argument(help: "Image file or block device.", transform: hostPath)
     var lun: String
 
-    @Option(help: "Volume size, for a new or resized image file (e.g. 20G). Default for a new file: 20G.",
+    @Option(parsing: .unconditional, help: "Volume size, for a new or resized image file (e.g. 20G). Default for a new file: 20G.",
             transform: ByteSize.parse)
     var size: ByteSize?
 
     @Option(help: "Volume label, up to 64 bytes.")
     var label = ""
 
-    @Option(help: "File block size: the allocation unit of large files, a power of two from 64K to 8M (default 1M).",
+    @Option(parsing: .unconditional, help: "File block size: the allocation unit of large files, a power of two from 64K to 8M (default 1M).",
             transform: ByteSize.parse)
     var blockSize = ByteSize(bytes: 1 << 20)
 
-    @Option(help: "Files and directories the volume can hold (default: one per MiB, 4096 to 4194304).")
+    @Option(parsing: .unconditional, help: "Files and directories the volume can hold (default: one per MiB, 4096 to 4194304).",
+            transform: { text in try parseCount(text, what: "a number of files") })
     var maxFiles: UInt64?
 
-    @Option(help: "Journal size per host slot, a multiple of 4K from 1M to 1G (default 1M; 4M from 64G, 16M from 1T).",
+    @Option(parsing: .unconditional, help: "Journal size per host slot, a multiple of 4K from 1M to 1G (default 1M; 4M from 64G, 16M from 1T).",
             transform: ByteSize.parse)
     var journalSize: ByteSize?
 
@@ -83,18 +85,25 @@ struct FSMkfsCommand: AsyncParsableCommand {
             guard let block = UInt32(exactly: blockSize.bytes) else {
                 throw CLIError("block size must be a power of two from 64K to 8M, not \(blockSize.bytes)")
             }
+            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes)
             let existed = BlockDevice.exists(lun)
             if existed {
+                // A size no volume can have is refused before the image is resized.
+                if let size {
+                    do throws(FSError) { _ = try Volume.plan(size: size.bytes, options: options) } catch { throw error.naming(lun) }
+                }
                 try refuseLiveVolume()
                 if let size { try resize(to: size.bytes) }
             }
-            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes)
             let header: VolumeHeader
             do throws(FSError) {
                 header = try Volume.format(path: lun, size: existed ? nil : (size ?? Self.defaultSize).bytes, options: options)
             } catch {
                 // Volume.format leaves the image it created behind when laying out fails.
                 if !existed && !Self.failedToCreate(error) { unlink(lun) }
+                if existed, size == nil, case .invalidArgument = error.kind, let bytes = Self.imageFileSize(lun) {
+                    throw CLIError("\(error.naming(lun)) (\(lun) is an image file of \(bytes) bytes: --size resizes it)")
+                }
                 throw error.naming(lun)
             }
             if json {
@@ -113,36 +122,48 @@ struct FSMkfsCommand: AsyncParsableCommand {
         }
     }
 
+    /// The size of `path` when it is a regular file.
+    private static func imageFileSize(_ path: String) -> UInt64? {
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        return UInt64(st.st_size)
+    }
+
     private static func failedToCreate(_ error: FSError) -> Bool {
         if case .io(let e) = error.kind, e.operation == .open { return true }
         return false
     }
 
-    /// mkfs destroys everything: make sure that is what the user meant, and that no other
-    /// process is working on the volume this very moment.
+    /// mkfs destroys everything: make sure that is what the user meant, and that no host is
+    /// working on the volume (its heartbeat alive) this very moment.
     private func refuseLiveVolume() throws {
         let found: String
         do throws(FSError) {
-            let volume = try Volume.open(path: lun, options: OpenOptions(readOnly: true))
-            let h = volume.header
-            try? volume.close()
-            found = "LunarFS volume \(h.uuid)" + (h.label.isEmpty ? "" : " (label '\(h.label)')")
+            guard let summary = try Volume.probe(path: lun).summary else { return }
+            found = summary
         } catch {
-            switch error.kind {
-            case .notLunarFS, .io: return
-            default: found = "damaged LunarFS volume (\(error))"
-            }
+            return
         }
         guard force else {
             throw CLIError("\(lun) already holds a \(found); pass --force to destroy it and make a new one")
         }
+        let live: [HostSlotInfo]
         do throws(FSError) {
-            let volume = try Volume.open(path: lun, options: OpenOptions(lockTimeout: 0))
-            try? volume.close()
-        } catch {
-            if case .busy = error.kind {
-                throw CLIError("\(lun) holds a \(found) that is in use: \(error)")
+            live = try Volume.liveHosts(path: lun) { pending, seconds in
+                let names = pending.map { "\($0.hostName) (pid \($0.pid), slot \($0.slot))" }.joined(separator: ", ")
+                print("lunar: watching the heartbeat of \(names) for up to \(Int(seconds.rounded(.up))) s to tell whether \(pending.count == 1 ? "it is" : "they are") alive",
+                      to: &standardError)
             }
+        } catch {
+            // A volume whose heartbeat region cannot be read has no host to ask: --force means go on.
+            if case .io = error.kind { throw error.naming(lun) }
+            return
+        }
+        guard live.isEmpty else {
+            let hosts = live.map { "host \($0.hostName) (pid \($0.pid), slot \($0.slot))" }.joined(separator: ", ")
+            throw CLIError("\(lun) holds a \(found) that \(hosts) \(live.count == 1 ? "has" : "have") open and \(live.count == 1 ? "is" : "are") alive; "
+                + "stop \(live.count == 1 ? "that host" : "those hosts") (close what has the volume open, e.g. `lunar vm run`), "
+                + "or wait until `lunar fs hosts \(lun)` judges \(live.count == 1 ? "it" : "them") dead, then run mkfs again")
         }
     }
 
@@ -466,7 +487,11 @@ struct FSRmCommand: AsyncParsableCommand {
                 if ref.isRoot {
                     throw CLIError("\(ref.display): refusing to remove the root directory (remove what is in it instead)")
                 }
-                try volume.remove(ref.path, recursive: recursive)
+                do {
+                    try volume.remove(ref.path, recursive: recursive)
+                } catch let error as FSError where error.kind == .directoryNotEmpty {
+                    throw CLIError("\(error.naming(ref.lun)) (use -r to remove it with its contents)")
+                }
             }
         }
     }
@@ -484,10 +509,12 @@ struct FSCpCommand: AsyncParsableCommand {
             existing file is replaced. Holes stay holes both ways: host holes and whole blocks of \
             zeros are not written into the volume, and a copy out writes only the volume file's \
             allocated data, then sets the size. A copy into a volume that fails removes the file \
-            if the copy created it. Files from 64 MiB show a progress bar when standard error is \
-            a terminal. A copy into a volume holds the file's exclusive lock while it writes: a \
-            file another host holds open (a running VM's disk) is refused, naming that host, \
-            unless --wait gives it time to let go.
+            if the copy created it. A host source that is a pipe or a device (/dev/stdin), or a \
+            file whose size reads 0 (procfs), is read to its end. Files from 64 MiB show a \
+            progress bar when standard error is a terminal; the closing "copied ..." line goes to \
+            standard error too, so that standard output can be the copy. A copy into a volume \
+            holds the file's exclusive lock while it writes: a file another host holds open (a \
+            running VM's disk) is refused, naming that host, unless --wait gives it time to let go.
             """
     )
 
@@ -497,7 +524,7 @@ struct FSCpCommand: AsyncParsableCommand {
     @Argument(help: "Host path or LUN:/path to copy to.")
     var destination: String
 
-    @Option(help: "Seconds to wait for another host to close the destination file.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for another host to close the destination file.")
     var wait: Double = 0
 
     @Flag(name: .shortAndLong, help: "Print nothing on success.")
@@ -520,7 +547,8 @@ struct FSCpCommand: AsyncParsableCommand {
             case (.volume, .volume):
                 throw CLIError("cp copies between the host and a volume; '\(source)' and '\(destination)' are both volume paths (copy out to the host and back in)")
             }
-            if !quiet { print(result.summary) }
+            // Standard output may be the copy itself (`cp vol.img:/f /dev/stdout`): status goes to standard error.
+            if !quiet { print(result.summary, to: &standardError) }
         }
     }
 }
@@ -587,7 +615,13 @@ struct FSMvCommand: AsyncParsableCommand {
             }
             if from.isRoot { throw CLIError("\(from.display): cannot move the root directory") }
             try withVolume(from.lun, readOnly: false) { volume in
-                try volume.rename(from.path, to: try moveTarget(volume, from: from, to: to))
+                let target = try moveTarget(volume, from: from, to: to)
+                do {
+                    try volume.rename(from.path, to: target)
+                } catch let error as FSError where error.kind == .directoryNotEmpty {
+                    throw CLIError("\(from.lun):\(target): destination directory is not empty; mv replaces only an empty directory "
+                        + "(move or remove what is in it first, or choose another destination)")
+                }
             }
         }
     }

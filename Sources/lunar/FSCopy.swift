@@ -57,11 +57,13 @@ final class HostFile {
         return st
     }
 
-    /// Reads until `buffer` is full or the file ends; returns the count.
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CLIError) -> Int {
+    /// Reads until `buffer` is full or the file ends; returns the count. With `offset` nil it
+    /// reads on from the file position (pipes, character devices).
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64?) throws(CLIError) -> Int {
         var done = 0
         while done < buffer.count, let base = buffer.baseAddress {
-            let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            let n = offset.map { pread(fd, base + done, buffer.count - done, off_t($0) + off_t(done)) }
+                ?? Glibc.read(fd, base + done, buffer.count - done)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw CLIError.system(path)
@@ -109,28 +111,31 @@ func writeStandardOutput(_ bytes: UnsafeRawBufferPointer) throws(CLIError) {
 func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool, wait: Double = 0) throws -> CopyResult {
     let source = try HostFile(path: hostPath, flags: O_RDONLY)
     let st = try source.status()
-    switch st.st_mode & S_IFMT {
-    case S_IFREG: break
-    case S_IFDIR: throw CLIError("\(hostPath): is a directory (cp copies one file at a time)")
-    default: throw CLIError("\(hostPath): not a regular file")
-    }
+    if st.st_mode & S_IFMT == S_IFDIR { throw CLIError("\(hostPath): is a directory (cp copies one file at a time)") }
+    // A pipe, a device or a procfs file says nothing true about its length: read it to the end.
+    let streamed = st.st_mode & S_IFMT != S_IFREG || st.st_size == 0
     // Its own image as the source would be read while being written: nothing good comes of it.
     if sameHostFile(hostPath, ref.lun) {
         throw CLIError("\(hostPath) is the LUN \(ref.lun) itself; a volume cannot be copied into itself")
     }
-    let size = UInt64(st.st_size)
+    var size = UInt64(st.st_size)
     let started = monotonicSeconds()
     var data: UInt64 = 0
     var destination = ref
     try withVolume(ref.lun, readOnly: false) { volume in
-        destination.path = try copyTarget(volume, ref, name: baseName(hostPath))
+        // The name as typed: hostPath may have made up one that reaches a name that is not UTF-8.
+        destination.path = try copyTarget(volume, ref, name: baseName(shownHostPaths(hostPath)))
         let existed = try volume.exists(destination.path)
         let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777, wait: wait)
         do {
             if existed, try file.size > 0 { try file.truncate(to: 0) }
-            data = try copyData(from: source, size: size, to: file, blockSize: UInt64(volume.header.blockSize),
-                                progress: Progress(label: "copying \(baseName(hostPath))", total: size,
-                                                   enabled: !quiet && size >= progressThreshold))
+            if streamed {
+                (size, data) = try copyStream(from: source, to: file, blockSize: UInt64(volume.header.blockSize))
+            } else {
+                data = try copyData(from: source, size: size, to: file, blockSize: UInt64(volume.header.blockSize),
+                                    progress: Progress(label: "copying \(baseName(hostPath))", total: size,
+                                                       enabled: !quiet && size >= progressThreshold))
+            }
             // Trailing holes were never written: the size says where the file ends.
             if try file.size != size { try file.truncate(to: size) }
         } catch {
@@ -188,9 +193,7 @@ private func copyData(from source: HostFile, size: UInt64, to file: File, blockS
             let got = try source.read(into: region, at: at)
             // A file that shrank under us reads as zeros past its new end.
             if got < count { buffer.slice(got..<count).initializeMemory(as: UInt8.self, repeating: 0) }
-            written += try writeNonZeroRuns(UnsafeRawBufferPointer(region), granule: Int(blockSize), at: at) { (piece, offset) throws(FSError) in
-                try file.write(piece, at: offset)
-            }
+            written += try writeBlocks(UnsafeRawBufferPointer(region), at: at, to: file, blockSize: blockSize)
             at += UInt64(count)
             progress.update(at)
         }
@@ -198,6 +201,28 @@ private func copyData(from source: HostFile, size: UInt64, to file: File, blockS
     }
     progress.update(size)
     return written
+}
+
+/// Reads `source` sequentially to its end (a pipe, a device, a file whose size says 0) into
+/// `file` in chunks as `copyData` writes them, skipping whole blocks of zeros; returns the
+/// bytes read and the bytes written.
+private func copyStream(from source: HostFile, to file: File, blockSize: UInt64) throws -> (size: UInt64, written: UInt64) {
+    let chunk = max(1 << 20, Int(blockSize))
+    let buffer = IOBuffer(count: chunk)
+    var size: UInt64 = 0
+    var written: UInt64 = 0
+    while true {
+        let got = try source.read(into: buffer.slice(0..<chunk), at: nil)
+        written += try writeBlocks(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: size, to: file, blockSize: blockSize)
+        size += UInt64(got)
+        if got < chunk { return (size, written) }
+    }
+}
+
+/// Writes the volume blocks of `region` (file bytes from `offset`) that are not all zeros into
+/// `file`; returns the bytes written.
+private func writeBlocks(_ region: UnsafeRawBufferPointer, at offset: UInt64, to file: File, blockSize: UInt64) throws(FSError) -> UInt64 {
+    try writeNonZeroRuns(region, granule: Int(blockSize), at: offset) { (piece, at) throws(FSError) in try file.write(piece, at: at) }
 }
 
 /// Splits `region` (file bytes from `offset`) into `granule`-sized pieces, skips the all-zero

@@ -19,7 +19,7 @@ struct FSHostsCommand: AsyncParsableCommand {
     @Argument(help: "Image file or block device holding the volume.")
     var lun: String
 
-    @Option(help: "Seconds to watch the heartbeats.")
+    @Option(parsing: .unconditional, help: "Seconds to watch the heartbeats.")
     var observe: Double?
 
     @Flag(help: "Print JSON.")

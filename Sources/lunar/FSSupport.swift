@@ -50,7 +50,7 @@ struct VolumeRef {
     var isRoot: Bool { path == "/" }
 
     init(lun: String, path rawPath: String) {
-        self.lun = lun
+        self.lun = hostPath(lun)
         self.path = VolumeRef.normalize(rawPath)
         self.namesDirectory = rawPath.hasSuffix("/") || self.path == "/"
     }
@@ -105,10 +105,11 @@ enum Location {
     case volume(VolumeRef)
 
     init(_ argument: String) {
-        if let ref = VolumeRef.split(argument), BlockDevice.exists(ref.lun) || !BlockDevice.exists(argument) {
+        let host = hostPath(argument)
+        if let ref = VolumeRef.split(argument), BlockDevice.exists(ref.lun) || !BlockDevice.exists(host) {
             self = .volume(ref)
         } else {
-            self = .host(argument)
+            self = .host(host)
         }
     }
 }
@@ -116,8 +117,9 @@ enum Location {
 /// The LUN argument of commands about a whole volume (`df`, `fsck`, `info`); `LUN:/` is
 /// accepted too.
 func lunArgument(_ argument: String) -> String {
-    if !BlockDevice.exists(argument), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
-    return argument
+    let host = hostPath(argument)
+    if !BlockDevice.exists(host), let ref = VolumeRef.split(argument), ref.isRoot { return ref.lun }
+    return host
 }
 
 func joinPath(_ directory: String, _ name: String) -> String {
@@ -215,10 +217,18 @@ extension ByteSize {
     /// `ExpressibleByArgument` failure only says the value is invalid).
     static func parse(_ text: String) throws -> ByteSize {
         guard let size = ByteSize(argument: text) else {
-            throw ValidationError("'\(text)' is not a size: give \(ByteSize.accepted)")
+            throw ValidationError("'\(text)' is not a size: \(text.hasPrefix("-") ? "a size cannot be negative; " : "")give \(ByteSize.accepted)")
         }
         return size
     }
+}
+
+/// Parses a count option (`--max-files`) with a message that says what is accepted.
+func parseCount(_ text: String, what: String) throws -> UInt64 {
+    guard let count = UInt64(text) else {
+        throw ValidationError("'\(text)' is not \(what): \(text.hasPrefix("-") ? "it cannot be negative; " : "")give a whole number, e.g. 100000")
+    }
+    return count
 }
 
 extension ResourceKind {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LunarFS
 import LunarIO
 
 struct IOCommand: AsyncParsableCommand {
@@ -34,10 +35,10 @@ struct IOBenchCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Image file or block device to measure on. A missing file is created and laid out first.")
+    @Option(help: "Image file or block device to measure on. A missing file is created and laid out first.", transform: hostPath)
     var file: String?
 
-    @Option(help: "Bytes the workloads span (and the temporary file's size).")
+    @Option(parsing: .unconditional, help: "Bytes the workloads span (and the temporary file's size).", transform: ByteSize.parse)
     var size = ByteSize(bytes: 1 << 30)
 
     @OptionGroup var engineOption: EngineOption
@@ -46,7 +47,7 @@ struct IOBenchCommand: AsyncParsableCommand {
             help: "Workloads to run: randread, randwrite, seqread, seqwrite (default: all four).")
     var workloads: [String] = []
 
-    @Option(help: "Seconds per workload.")
+    @Option(parsing: .unconditional, help: "Seconds per workload.")
     var runtime: Double = 5
 
     @Flag(help: "Print one JSON object instead of a table.")
@@ -128,7 +129,7 @@ struct IOInfoCommand: AsyncParsableCommand {
         abstract: "Show a LUN's size, sector size, I/O engine and compare-and-write method."
     )
 
-    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).", transform: hostPath)
     var lun: String
 
     @OptionGroup var engineOption: EngineOption
@@ -193,19 +194,22 @@ struct IOCounterCommand: AsyncParsableCommand {
         discussion: """
             Run it from several processes (or hosts sharing the LUN) at once against the same \
             sector: when compare-and-write is atomic the final value is the sum of all increments. \
-            The sector is overwritten: point --offset at scratch space, never at a LunarFS volume's \
-            metadata.
+            The sector is overwritten: point it at scratch space. A LUN that holds a LunarFS \
+            volume is refused (unless --force), since the counter would overwrite part of it.
             """
     )
 
-    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).")
+    @Argument(help: "Image file, block device or iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN).", transform: hostPath)
     var lun: String
 
-    @Option(help: "Byte offset of the counter sector (a multiple of the sector size).")
+    @Option(parsing: .unconditional, help: "Byte offset of the counter sector (a multiple of the sector size).", transform: ByteSize.parse)
     var offset = ByteSize(bytes: 0)
 
-    @Option(help: "Increments to make (0 only reads the counter).")
+    @Option(parsing: .unconditional, help: "Increments to make (0 only reads the counter).")
     var increments = 1000
+
+    @Flag(help: "Overwrite the counter sector even where it lies inside a LunarFS volume.")
+    var force = false
 
     @Flag(help: "Print JSON.")
     var json = false
@@ -215,15 +219,32 @@ struct IOCounterCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let device = try openStorage(lun, options: .init())
-        defer { device.closeStorage() }
-        let report = try device.incrementCounter(at: offset.bytes, times: increments)
-        let value = try device.readCounter(at: offset.bytes)
-        if json {
-            printJSON(["increments": report.increments, "lost_races": report.lostRaces,
-                       "last_written": report.lastValue, "value": value])
-        } else {
-            print("increments: \(report.increments), lost races (retried): \(report.lostRaces), counter now: \(value)")
+        try reportingErrors {
+            let device = try openStorage(lun, options: .init())
+            defer { device.closeStorage() }
+            if increments > 0 && !force { try refuseVolume(device) }
+            let report = try device.incrementCounter(at: offset.bytes, times: increments)
+            let value = try device.readCounter(at: offset.bytes)
+            if json {
+                printJSON(["increments": report.increments, "lost_races": report.lostRaces,
+                           "last_written": report.lastValue, "value": value])
+            } else {
+                print("increments: \(report.increments), lost races (retried): \(report.lostRaces), counter now: \(value)")
+            }
         }
+    }
+
+    /// The counter would overwrite a sector of a volume: say which, and refuse.
+    private func refuseVolume(_ device: any BlockStorage) throws {
+        let probe: VolumeProbe
+        do throws(FSError) { probe = try Volume.probe(device) } catch { throw CLIError("\(error.naming(lun))") }
+        guard let found = probe.summary else { return }
+        var what = "the sector at offset \(offset.bytes)"
+        if case .volume(let header) = probe {
+            guard let region = header.region(at: offset.bytes) else { return }
+            what += " (\(region))"
+        }
+        throw CLIError("\(lun) holds a \(found); the counter would overwrite \(what) of it. "
+            + "Point ats-counter at a scratch LUN, or pass --force to overwrite it anyway")
     }
 }

@@ -2,6 +2,18 @@ import Foundation
 
 nonisolated(unsafe) var standardError = FileHandleOutputStream(.standardError)
 
+// What lunar prints names host paths as the user typed them, never as the stand-ins `hostPath`
+// made for names that are not UTF-8 (/proc/self/fd/N): within this module these two shadow the
+// standard library's print.
+
+func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
+    Swift.print(shownHostPaths(items.map { "\($0)" }.joined(separator: separator)), terminator: terminator)
+}
+
+func print<Target: TextOutputStream>(_ items: Any..., separator: String = " ", terminator: String = "\n", to output: inout Target) {
+    Swift.print(shownHostPaths(items.map { "\($0)" }.joined(separator: separator)), terminator: terminator, to: &output)
+}
+
 struct FileHandleOutputStream: TextOutputStream {
     let handle: FileHandle
     init(_ handle: FileHandle) { self.handle = handle }

@@ -40,16 +40,16 @@ struct VMCreateCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file, block device or iSCSI URL holding the volume.")
+    @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
     @Argument(help: "VM name: letters, digits, '.', '_', '-' (up to 64).")
     var name: String
 
-    @Option(help: "Virtual CPUs, 1 to 16.")
+    @Option(parsing: .unconditional, help: "Virtual CPUs, 1 to 16.")
     var cpus = 1
 
-    @Option(help: "Guest memory (e.g. 512M, 2G).", transform: ByteSize.parse)
+    @Option(parsing: .unconditional, help: "Guest memory (e.g. 512M, 2G).", transform: ByteSize.parse)
     var memory = ByteSize(bytes: 512 << 20)
 
     @Option(help: """
@@ -58,19 +58,19 @@ struct VMCreateCommand: AsyncParsableCommand {
         """)
     var memoryBacking: GuestMemory.Backing = .hugePages
 
-    @Option(name: .customLong("disk"), help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
+    @Option(name: .customLong("disk"), parsing: .unconditionalSingleValue, help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
     var disks: [String] = []
 
-    @Option(help: "Linux kernel (bzImage) on this host, copied into the VM.")
+    @Option(help: "Linux kernel (bzImage) on this host, copied into the VM.", transform: hostPath)
     var kernel: String?
 
-    @Option(help: "initrd on this host, copied into the VM (with --kernel).")
+    @Option(help: "initrd on this host, copied into the VM (with --kernel).", transform: hostPath)
     var initrd: String?
 
     @Option(help: "Kernel command line (with --kernel).")
     var cmdline: String?
 
-    @Option(help: "Freestanding test guest on this host (flat image or ELF), copied into the VM.")
+    @Option(help: "Freestanding test guest on this host (flat image or ELF), copied into the VM.", transform: hostPath)
     var image: String?
 
     @Option(help: "Serial console: terminal, none, socket:PATH (a Unix socket this host's VMM listens on), or a host file path to append to.")
@@ -145,7 +145,7 @@ struct VMRunCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(help: "Image file, block device or iSCSI URL holding the volume.")
+    @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
     @Argument(help: "VM name.")
@@ -201,10 +201,10 @@ struct VMBootCommand: AsyncParsableCommand {
         commandName: "boot", abstract: "Run a freestanding guest image from a host file, without a volume (for benchmarks).",
         shouldDisplay: false)
 
-    @Argument(help: "Flat image linked at 1 MiB, or a static x86-64 ELF.")
+    @Argument(help: "Flat image linked at 1 MiB, or a static x86-64 ELF.", transform: hostPath)
     var image: String
 
-    @Option(help: "Guest memory.", transform: ByteSize.parse)
+    @Option(parsing: .unconditional, help: "Guest memory.", transform: ByteSize.parse)
     var memory = ByteSize(bytes: 64 << 20)
 
     func run() async throws {
@@ -217,7 +217,7 @@ struct VMBootCommand: AsyncParsableCommand {
 struct VMListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs on a volume.")
 
-    @Argument(help: "Image file, block device or iSCSI URL holding the volume.")
+    @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
     @Flag(help: "Print JSON.")
@@ -247,7 +247,7 @@ struct VMListCommand: AsyncParsableCommand {
 struct VMShowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM's config and disks.")
 
-    @Argument(help: "Image file, block device or iSCSI URL holding the volume.")
+    @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
     @Argument(help: "VM name.")
@@ -287,7 +287,7 @@ struct VMRmCommand: AsyncParsableCommand {
         commandName: "rm", abstract: "Remove a VM with its disks and images.",
         discussion: "A running VM holds its volume open read-write: rm waits for it (up to 30 s) like any other change.")
 
-    @Argument(help: "Image file, block device or iSCSI URL holding the volume.")
+    @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
     @Argument(help: "VM name.")

@@ -48,6 +48,35 @@ struct CLITests {
         #expect(misaligned.stderr.contains("not a multiple of the 4096-byte sector size"))
     }
 
+    @Test("ats-counter refuses a LUN holding a LunarFS volume, naming what it would overwrite, unless --force")
+    func counterOnVolume() throws {
+        let scratch = Scratch()
+        let lun = scratch.path("vol.img")
+        try #require(try LunarProcess.run(["fs", "mkfs", lun, "--size", "400M", "--label", "keep"]).status == 0)
+        for (offset, region) in [("0", "the volume header"), ("3M", "the journal region"), ("300M", "the file blocks area"), ("399M", "unused space")] {
+            let refused = try LunarProcess.run(["io", "ats-counter", lun, "--offset", offset, "--increments", "5"])
+            #expect(refused.status == 1, "\(offset): \(refused.stderr)")
+            #expect(refused.stderr.contains("holds a LunarFS volume") && refused.stderr.contains("label 'keep'")
+                    && refused.stderr.contains(region) && refused.stderr.contains("--force"), "\(offset): \(refused.stderr)")
+        }
+        #expect(try LunarProcess.run(["fs", "fsck", lun]).status == 0, "the refused counter wrote nothing")
+        // Only reading the counter destroys nothing.
+        #expect(try LunarProcess.run(["io", "ats-counter", lun, "--increments", "0"]).status == 0)
+
+        // With only the backup header left (the primary already overwritten), still refused.
+        let damaged = try LunarProcess.run(["io", "ats-counter", lun, "--increments", "1", "--force"])
+        #expect(damaged.status == 0, "\(damaged.stderr)")
+        let again = try LunarProcess.run(["io", "ats-counter", lun, "--increments", "1"])
+        #expect(again.status == 1 && again.stderr.contains("label 'keep'"), "\(again.stderr)")
+
+        // A LUN of zeros is scratch space: no --force needed.
+        let blank = scratch.path("blank.img")
+        _ = try BlockDevice.createImage(blank, size: 64 << 20)
+        let counted = try LunarProcess.run(["io", "ats-counter", blank, "--increments", "3", "--json"])
+        #expect(counted.status == 0, "\(counted.stderr)")
+        #expect(counted.json?["value"] as? Int == 3)
+    }
+
     @Test("bench runs every workload on every engine and reports JSON", arguments: IOEngineKind.allCases)
     func benchRuns(engine: IOEngineKind) throws {
         let scratch = Scratch()

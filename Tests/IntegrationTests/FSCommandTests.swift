@@ -94,7 +94,7 @@ struct FSCommandTests {
 
         try f.fs(["mkdir", "-p", f.path("/vms/web01")])
         let copied = try f.fs(["cp", source, f.path("/vms/web01/")])
-        #expect(copied.stdout.contains("5 MiB"))
+        #expect(copied.stderr.contains("5 MiB"))
 
         let listing = try f.fs(["ls", "-l", f.path("/vms/web01")])
         #expect(listing.stdout.contains("-rw-r--r--"))
@@ -271,6 +271,152 @@ struct FSCommandTests {
         #expect(tooSmall.status == 1)
         #expect(tooSmall.stderr.contains("needs at least"))
         #expect(!FileManager.default.fileExists(atPath: f.scratch.path("new.img")), "a failed mkfs leaves no image behind")
+    }
+
+    @Test("mkfs refuses sizes no volume can have, with the limit and what to do, and leaves no image behind")
+    func mkfsSizeLimits() throws {
+        let scratch = Scratch()
+        let new = scratch.path("new.img")
+        for size in ["0", "4095", "18446744073709551615", "16383P"] {
+            let out = try LunarProcess.run(["fs", "mkfs", new, "--size", size])
+            #expect(out.status == 1, "--size \(size): \(out.stderr)")
+            #expect(out.stderr.contains("too small") && out.stderr.contains("needs at least 312 MiB")
+                    || out.stderr.contains("too large") && out.stderr.contains("give it at most 4.0 PiB"), "--size \(size): \(out.stderr)")
+            #expect(!out.stderr.contains("Fatal error") && !out.stderr.contains("Backtrac"), "\(out.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: new), "--size \(size) left an image behind")
+        }
+        for (option, value) in [("--max-files", "18446744073709551615"), ("--journal-size", "18446744073709551615"),
+                                ("--block-size", "18446744073709551615"), ("--journal-size", "16383P")] {
+            let out = try LunarProcess.run(["fs", "mkfs", new, "--size", "1P", option, value])
+            #expect(out.status == 1 && out.stderr.hasPrefix("lunar: "), "\(option) \(value): \(out.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: new), "\(option) \(value) left an image behind")
+        }
+
+        // An existing empty image without --size: the same error, and how to give it a size.
+        let empty = scratch.path("empty.img")
+        #expect(FileManager.default.createFile(atPath: empty, contents: nil))
+        let out = try LunarProcess.run(["fs", "mkfs", empty])
+        #expect(out.status == 1 && out.stderr.contains("too small") && out.stderr.contains("--size resizes it"), "\(out.stderr)")
+        #expect(try LunarProcess.run(["fs", "mkfs", empty, "--size", "400M"]).status == 0)
+
+        // A refused size leaves an existing image as it was (not truncated first).
+        let kept = try LunarProcess.run(["fs", "mkfs", empty, "--force", "--size", "0"])
+        #expect(kept.status == 1 && kept.stderr.contains("too small"), "\(kept.stderr)")
+        #expect(Self.blocks(empty).size == 400 << 20)
+        #expect(try LunarProcess.run(["fs", "fsck", empty]).status == 0)
+    }
+
+    @Test("mkfs --force refuses a volume a live host holds, naming it; a dead host's slot does not block")
+    func mkfsLiveHost() throws {
+        let f = try Fixture()
+        // A host elsewhere (judged by its heartbeat) that has the volume open but lets the metadata lock go.
+        let (holder, _) = try StalledHostTests.holder(f.lun, path: "/disk", machine: "machine-a", keepMetadataLock: false)
+        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL); holder.waitUntilExit() } }
+        let refused = try LunarProcess.run(["fs", "mkfs", f.lun, "--force"])
+        #expect(refused.status == 1, "\(refused.stderr)")
+        #expect(refused.stderr.contains("pid \(holder.processIdentifier), slot ") && refused.stderr.contains("is alive")
+                && refused.stderr.contains("stop that host"), "\(refused.stderr)")
+        #expect(try f.fs(["ls", f.lun]).stdout == "disk\n", "the volume is untouched")
+
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        // Its heartbeat (0.2 s) stands still for the lock-break timeout: judged dead, mkfs goes ahead.
+        let made = try LunarProcess.run(["fs", "mkfs", f.lun, "--force"])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(try f.fs(["ls", f.lun]).stdout.isEmpty)
+    }
+
+    @Test("cp reads a host source whose size says nothing (procfs, a pipe) to its end; status goes to stderr")
+    func copyStreams() throws {
+        let f = try Fixture()
+        let status = try f.fs(["cp", "/proc/self/status", f.path("/status")])
+        #expect(status.stdout.isEmpty, "status line on stdout: \(status.stdout)")
+        #expect(status.stderr.contains("copied /proc/self/status"), "\(status.stderr)")
+        let copied = try f.fs(["cat", f.path("/status")]).stdout
+        #expect(copied.hasPrefix("Name:") && copied.contains("VmRSS:"), "\(copied.prefix(200))")
+
+        // A pipe of 3 MiB + 5 bytes with a zero MiB in the middle: every byte, the zeros as a hole.
+        let source = f.scratch.path("piped.bin")
+        let content = Data(pattern(1 << 20, seed: 7).array) + Data(count: 1 << 20) + Data(pattern((1 << 20) + 5, seed: 8).array)
+        #expect(FileManager.default.createFile(atPath: source, contents: content))
+        let piped = try system("/bin/sh", ["-c", "cat '\(source)' | '\(LunarProcess.executable.path)' fs cp /dev/stdin '\(f.path("/piped"))'"])
+        #expect(piped.status == 0, "\(piped.output)")
+        let stat = try #require(try f.json(["stat", "--json", f.path("/piped")]) as? [String: Any])
+        #expect((stat["size"] as? NSNumber)?.intValue == content.count)
+        #expect((stat["allocated"] as? NSNumber)?.intValue == 3 << 20, "the zero MiB is a hole: \(stat)")
+
+        // A copy out to standard output is the file's bytes and nothing else.
+        let out = try f.fs(["cp", f.path("/status"), "/dev/stdout"])
+        #expect(out.stdout == copied)
+        #expect(out.stderr.contains("copied \(f.path("/status")) to /dev/stdout"), "\(out.stderr)")
+    }
+
+    @Test("mv onto a non-empty directory says so (not rm's -r hint); rm keeps its hint")
+    func moveOntoNonEmptyDirectory() throws {
+        let f = try Fixture()
+        try f.fs(["mkdir", "-p", f.path("/a/d/inside"), f.path("/d/x")])
+        let moved = try LunarProcess.run(["fs", "mv", f.path("/d"), f.path("/a")])
+        #expect(moved.status == 1)
+        #expect(moved.stderr == "lunar: \(f.lun):/a/d: destination directory is not empty; mv replaces only an empty directory "
+                + "(move or remove what is in it first, or choose another destination)\n", "\(moved.stderr)")
+        #expect(!moved.stderr.contains("-r"))
+        let removed = try LunarProcess.run(["fs", "rm", f.path("/a")])
+        #expect(removed.status == 1)
+        #expect(removed.stderr == "lunar: \(f.lun):/a: directory not empty (use -r to remove it with its contents)\n", "\(removed.stderr)")
+    }
+
+    @Test("negative numbers for size and count options are named as such, not 'Missing value'")
+    func negativeNumbers() throws {
+        let scratch = Scratch()
+        let lun = scratch.path("new.img")
+        for arguments in [["fs", "mkfs", lun, "--size", "-1"], ["fs", "mkfs", lun, "--block-size", "-64K"],
+                          ["fs", "mkfs", lun, "--journal-size", "-1M"], ["fs", "mkfs", lun, "--max-files", "-1"],
+                          ["io", "bench", "--size", "-1G"], ["io", "ats-counter", lun, "--offset", "-4096"],
+                          ["fs", "bench", lun, "--layout", "-1G"], ["vm", "create", lun, "x", "--memory", "-512M", "--image", "g"]] {
+            let out = try LunarProcess.run(arguments)
+            #expect(out.status == 64, "\(arguments): \(out.stderr)")
+            #expect(!out.stderr.contains("Missing value") && out.stderr.contains("cannot be negative"), "\(arguments): \(out.stderr)")
+        }
+        for arguments in [["io", "ats-counter", lun, "--increments", "-1"], ["fs", "cp", "a", "\(lun):/a", "--wait", "-1"],
+                          ["vm", "create", lun, "x", "--disk", "-1G", "--image", "g"]] {
+            let out = try LunarProcess.run(arguments)
+            #expect(out.status == 64 && !out.stderr.contains("Missing value"), "\(arguments): \(out.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: lun))
+    }
+
+    @Test("host file names that are not UTF-8 work: mkfs, cp in and out, errors name them as typed")
+    func nonUTF8HostNames() throws {
+        let scratch = Scratch()
+        // Swift's Process takes arguments as Strings, which cannot hold these bytes: bash passes them.
+        let script = """
+            set -e
+            cd '\(scratch.path(""))'
+            L='\(LunarProcess.executable.path)'
+            printf 'latin-1 named\\n' > $'caf\\xe9.txt'
+            "$L" fs mkfs $'vol\\xe9.img' --size 400M > made.txt
+            "$L" fs mkdir $'vol\\xe9.img:/in'
+            "$L" fs cp $'caf\\xe9.txt' $'vol\\xe9.img:/in/' 2> copied.txt
+            "$L" fs ls $'vol\\xe9.img:/in' > listed.txt
+            "$L" fs cp $'vol\\xe9.img:/in/caf\\xef\\xbf\\xbd.txt' $'out\\xe9.txt' 2>> copied.txt
+            cmp $'caf\\xe9.txt' $'out\\xe9.txt'
+            if "$L" fs cp $'missing\\xe9.txt' $'vol\\xe9.img:/in/' 2> missing.txt; then exit 9; fi
+            """
+        let run = try system("/bin/bash", ["-c", script])
+        #expect(run.status == 0, "\(run.output)")
+        func read(_ name: String) -> String { (try? String(contentsOfFile: scratch.path(name), encoding: .utf8)) ?? "" }
+        // Messages name the files as Swift shows them (U+FFFD for the byte that is not UTF-8), never /proc/self/fd/N.
+        #expect(read("made.txt").hasPrefix("made a LunarFS volume on vol\u{FFFD}.img\n"), "\(read("made.txt"))")
+        #expect(read("listed.txt") == "caf\u{FFFD}.txt\n")
+        #expect(read("copied.txt").contains("copied caf\u{FFFD}.txt to vol\u{FFFD}.img:/in/caf\u{FFFD}.txt")
+                && read("copied.txt").contains("to out\u{FFFD}.txt"), "\(read("copied.txt"))")
+        #expect(read("missing.txt") == "lunar: missing\u{FFFD}.txt: No such file or directory\n", "\(read("missing.txt"))")
+        #expect(!read("copied.txt").contains("/proc/self/fd"))
+        // The files have their own bytes as names; no stand-in link is left behind.
+        let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path("")).sorted()
+        #expect(names.filter { $0.hasSuffix(".img") }.count == 1)
+        let temporary = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary).allSatisfy { !$0.hasPrefix("lunar-paths-") })
     }
 }
 

@@ -330,5 +330,17 @@ struct VMCommandTests {
         let show = try f.vm(["show", f.lun, "linux", "--json"])
         #expect(show.json?["name"] as? String == "linux")
         #expect((show.json?["boot"] as? [String: Any])?["command_line"] as? String == "console=ttyS0")
+
+        // A bad disk name in vm.json is reported as a bad disk name, naming the field.
+        #expect(try f.vm(["create", f.lun, "d", "--memory", "8M", "--image", image, "--disk", "1M"]).status == 0)
+        let config = f.scratch.path("vm.json")
+        #expect(try LunarProcess.run(["fs", "cp", "-q", "\(f.lun):/vms/d/vm.json", config]).status == 0)
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        #expect(text.contains("\"disk0\""))
+        try text.replacingOccurrences(of: "\"disk0\"", with: "\"bad/disk\"").write(toFile: config, atomically: false, encoding: .utf8)
+        #expect(try LunarProcess.run(["fs", "cp", "-q", config, "\(f.lun):/vms/d/vm.json"]).status == 0)
+        let badDisk = try f.vm(["show", f.lun, "d"])
+        #expect(badDisk.status == 1)
+        #expect(badDisk.stderr.contains("disk name (disks[0].name) 'bad/disk'") && !badDisk.stderr.contains("VM name"), "\(badDisk.stderr)")
     }
 }

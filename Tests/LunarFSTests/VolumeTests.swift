@@ -117,6 +117,52 @@ struct LimitTests {
         #expect(defaults.inodes.count - 1 >= 1_000_000)
     }
 
+    @Test("sizes too small or too large for a volume are refused with the limit named, never a trap",
+          arguments: [UInt32(64 << 10), 1 << 20, 8 << 20])
+    func sizeLimits(blockSize: UInt32) throws {
+        let options = FormatOptions(blockSize: blockSize)
+        for size: UInt64 in [0, 1, 4095, 4096, 64 << 10, 1 << 20] {
+            let error = fsError { _ = try Volume.plan(size: size, options: options) }
+            guard case .invalidArgument(let why)? = error?.kind else { Issue.record("\(size): \(String(describing: error))"); continue }
+            #expect(why.contains("too small") && why.contains("needs at least"), "\(why)")
+        }
+        // The minimum named is exact, to the MiB: that size lays out, one MiB less does not.
+        let why = fsError { _ = try Volume.plan(size: 0, options: options) }?.description ?? ""
+        let words = why.split(separator: " ")
+        let mib = try #require(words.firstIndex(of: "least").flatMap { UInt64(words[$0 + 1]) }, "\(why)")
+        #expect(throws: Never.self) { _ = try Volume.plan(size: mib << 20, options: options) }
+        #expect(fsError { _ = try Volume.plan(size: (mib - 1) << 20, options: options) } != nil)
+
+        // At most 2^32 − 1 file blocks: that much data fits, 2^64 − 1 bytes is refused saying so.
+        let largest = UInt64(UInt32.max) * UInt64(blockSize)
+        let h = try Volume.plan(size: largest, options: options)
+        #expect(h.fileBlocks.count <= UInt64(UInt32.max))
+        for size in [UInt64.max, UInt64.max / 2, largest * 2] {
+            let error = fsError { _ = try Volume.plan(size: size, options: options) }
+            guard case .invalidArgument(let why)? = error?.kind else { Issue.record("\(size): \(String(describing: error))"); continue }
+            #expect(why.contains("too large") && why.contains("\(largest) bytes"), "\(why)")
+        }
+        // Huge values of the other settings are refused too, not overflowed.
+        for huge in [FormatOptions(blockSize: blockSize, maxFiles: .max), FormatOptions(blockSize: blockSize, journalSize: .max),
+                     FormatOptions(blockSize: .max)] {
+            #expect(fsError { _ = try Volume.plan(size: .max, options: huge) } != nil)
+            #expect(fsError { _ = try Volume.plan(size: 0, options: huge) } != nil)
+        }
+    }
+
+    @Test("format of a new image file to a size no volume can have leaves no file behind")
+    func formatRefusedSize() throws {
+        let scratch = Scratch()
+        for size: UInt64 in [0, 4095, UInt64.max] {
+            let path = scratch.path("new-\(size).img")
+            #expect(fsError { try Volume.format(path: path, size: size) } != nil)
+            #expect(access(path, F_OK) != 0, "\(size): a refused format left \(path) behind")
+        }
+        // LunarIO refuses an image larger than a file offset can say, rather than trap.
+        #expect(throws: IOError.self) { _ = try BlockDevice.createImage(scratch.path("huge.img"), size: .max) }
+        #expect(access(scratch.path("huge.img"), F_OK) != 0)
+    }
+
     @Test("a 15 TiB sparse volume formats, opens, and holds a file written past 10 TiB")
     func largeSparseVolume() throws {
         let t = try TestVolume(size: 15 << 40)

@@ -179,6 +179,7 @@ struct VMConfigTests {
     @Test("validation names the problem", arguments: [
         ("bad name", "VM name"), ("cpus 0", "0 vCPUs"), ("cpus 17", "17 vCPUs"), ("memory", "memory of"),
         ("disk size", "disk disk0"), ("disk twice", "two disks"), ("boot file", "boot file"),
+        ("bad disk name", "disk name (disks[1].name) 'a/b': use 1 to 64 letters"),
     ])
     func validation(case: String, message: String) {
         var c = VMConfig(name: "ok", memory: 64 << 20, boot: .freestanding(image: "guest.img", format: .flat),
@@ -190,6 +191,7 @@ struct VMConfigTests {
         case "memory": c.memory = (64 << 20) + 512
         case "disk size": c.disks[0].size = 1000
         case "disk twice": c.disks.append(c.disks[0])
+        case "bad disk name": c.disks.append(.init(name: "a/b", size: 1 << 20))
         default: c.boot = .freestanding(image: "../x", format: .elf)
         }
         do {

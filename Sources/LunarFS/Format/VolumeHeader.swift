@@ -226,7 +226,32 @@ enum Geometry {
     static let heartbeatOffset: UInt64 = 64 << 10
     static let journalOffset: UInt64 = 2 << 20
 
+    /// The layout of a volume of `rawSize` bytes (rounded down to 4 KiB). A size too small or
+    /// too large is refused with the smallest or largest size these options allow.
     static func layout(volumeSize rawSize: UInt64, options: FormatOptions) throws(FSError) -> VolumeHeader {
+        try layout(volumeSize: rawSize, options: options, explainingSize: true)
+    }
+
+    /// The smallest size in whole MiB that lays out with `options`. Defaults (journal size,
+    /// small and pointer block counts) grow with the size, so sizes are tried by laying them
+    /// out: doubling from `guess`, then halving the gap.
+    static func minimumSize(options: FormatOptions, guess: UInt64) -> UInt64 {
+        func fits(_ mib: UInt64) -> Bool { (try? layout(volumeSize: mib << 20, options: options, explainingSize: false)) != nil }
+        var low: UInt64 = 0
+        var high = max(guess >> 20, 1)
+        while !fits(high) {
+            guard high < 1 << 40 else { return high << 20 }
+            low = high
+            high *= 2
+        }
+        while high - low > 1 {
+            let middle = low + (high - low) / 2
+            if fits(middle) { high = middle } else { low = middle }
+        }
+        return high << 20
+    }
+
+    private static func layout(volumeSize rawSize: UInt64, options: FormatOptions, explainingSize: Bool) throws(FSError) -> VolumeHeader {
         let s: UInt64 = 4096
         let size = rawSize / s * s
         let b = UInt64(options.blockSize)
@@ -260,23 +285,31 @@ enum Geometry {
         let small = area(.smallBlock, size: UInt64(smallBlockSize), perCluster: clusterSize(smallCount, limit: 1024), count: smallCount)
 
         // File blocks take the rest; their cluster map comes first, so solve for the count.
-        let end = size - s
+        // Block numbers are u32: a larger volume is refused before any sum can overflow.
+        let end = size > s ? size - s : 0
         let mapStart = align(cursor, s)
-        let perCluster = clusterSize(end > mapStart ? (end - mapStart) / b : 0, limit: 8192)
-        var count: UInt64 = 0
-        if end > mapStart {
-            count = (end - mapStart) / b
-            while count > 0 {
-                let clusters = (count + UInt64(perCluster) - 1) / UInt64(perCluster)
-                let data = align(mapStart + clusters * s, b)
-                if data + count * b <= end { break }
-                count -= 1
-            }
+        let fitting = end > mapStart ? (end - mapStart) / b : 0
+        guard fitting <= UInt64(UInt32.max) else {
+            let largest = UInt64(UInt32.max) * b
+            throw FSError(.invalidArgument("a volume of \(ByteSize.format(rawSize)) (\(rawSize) bytes) is too large for \(ByteSize.format(b)) file blocks: "
+                + "it holds at most \(UInt32.max) of them; give it at most \(ByteSize.format(largest)) (\(largest) bytes)"
+                + (b < 8 << 20 ? ", or choose larger file blocks (up to 8M)" : "")))
+        }
+        let perCluster = clusterSize(fitting, limit: 8192)
+        var count = fitting
+        while count > 0 {
+            let clusters = (count + UInt64(perCluster) - 1) / UInt64(perCluster)
+            let data = align(mapStart + clusters * s, b)
+            if data + count * b <= end { break }
+            count -= 1
         }
         let minimumBlocks: UInt64 = 16
         guard count >= minimumBlocks else {
-            let needed = mapStart + s + (minimumBlocks + 1) * b + s
-            throw FSError(.invalidArgument("a volume with these settings needs at least \(needed >> 20) MiB (metadata: 256 journals of \(journal >> 10) KiB, \(maxFiles) file descriptors)"))
+            guard explainingSize else { throw FSError(.invalidArgument("too small")) }
+            let needed = minimumSize(options: options, guess: align(mapStart + s, b) + minimumBlocks * b + s)
+            throw FSError(.invalidArgument("a volume of \(ByteSize.format(rawSize)) is too small: with these settings a volume needs at least "
+                + "\(needed >> 20) MiB\(needed >= 1 << 30 ? " (\(ByteSize.format(needed)))" : "") (metadata: 256 journals of \(ByteSize.format(journal)), "
+                + "\(maxFiles) file descriptors); give it at least that"))
         }
         let fileClusters = (count + UInt64(perCluster) - 1) / UInt64(perCluster)
         let files = ResourceArea(kind: .fileBlock, mapOffset: mapStart, dataOffset: align(mapStart + fileClusters * s, b),

@@ -115,14 +115,15 @@ public struct VMConfig: Sendable, Equatable {
     public func path(_ file: String) -> String { folder + "/" + file }
 
     /// A VM name: 1 to 64 of letters, digits, `.`, `_`, `-`, starting with a letter or digit
-    /// (it is a directory name on the volume and a word on command lines).
-    public static func checkName(_ name: String) throws(VMConfigError) {
+    /// (it is a directory name on the volume and a word on command lines). Disk names follow the
+    /// same rule (they name files in the VM's folder); `what` says which name the error is about.
+    public static func checkName(_ name: String, what: String = "VM name") throws(VMConfigError) {
         let bytes = Array(name.utf8)
         func allowed(_ c: UInt8) -> Bool {
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
         }
         guard (1...64).contains(bytes.count), bytes.allSatisfy(allowed), bytes[0] != 0x2E, bytes[0] != 0x5F, bytes[0] != 0x2D else {
-            throw VMConfigError(.invalid("VM name '\(name)': use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
+            throw VMConfigError(.invalid("\(what) '\(name)': use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
         }
     }
 
@@ -139,8 +140,8 @@ public struct VMConfig: Sendable, Equatable {
             throw VMConfigError(.invalid("memory of \(memory) bytes: give 2 MiB to 1 TiB, a multiple of 4 KiB"))
         }
         var names = Set<String>()
-        for disk in disks {
-            try Self.checkName(disk.name)
+        for (i, disk) in disks.enumerated() {
+            try Self.checkName(disk.name, what: "disk name (disks[\(i)].name)")
             guard names.insert(disk.name).inserted else { throw VMConfigError(.invalid("two disks named '\(disk.name)'")) }
             guard disk.size > 0, disk.size % 512 == 0 else {
                 throw VMConfigError(.invalid("disk \(disk.name) of \(disk.size) bytes: give a non-zero multiple of 512 bytes"))
