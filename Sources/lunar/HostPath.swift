@@ -127,7 +127,7 @@ final class HostPaths: Sendable {
                 let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
                 var template = Array("\(base)/lunar-paths-XXXXXX".utf8CString)
                 guard mkdtemp(&template) != nil else { return nil }
-                s.linkDirectory = String(cString: template)
+                s.linkDirectory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 atexit { HostPaths.shared.removeLinks() }
             }
             guard let directory = s.linkDirectory else { return nil }
