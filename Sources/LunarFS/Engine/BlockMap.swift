@@ -24,8 +24,25 @@ extension VolumeCore {
         storage == .small ? header.smallBlocks : header.fileBlocks
     }
 
+    /// The resource a map of this storage maps: small blocks or file blocks.
+    func unitKind(_ storage: InodeRecord.Storage) -> ResourceKind {
+        storage == .small ? .smallBlock : .fileBlock
+    }
+
     func unitSize(_ ino: InodeRecord) -> UInt64 {
         ino.storage == .small ? UInt64(header.smallBlockSize) : UInt64(header.blockSize)
+    }
+
+    /// Gives inode `n`, whose map holds no unit, an empty map of `storage` (an empty body,
+    /// for inline storage) and returns it, in the running transaction.
+    @discardableResult
+    func resetStorage(_ n: UInt32, to storage: InodeRecord.Storage) throws(FSError) -> InodeRecord {
+        let m = try modifyInode(n)
+        m.clearBody()
+        m.height = 0
+        m.allocatedUnits = 0
+        m.setStorage(storage)
+        return m
     }
 
     private func pointerOffset(_ p: UInt32) -> UInt64 { header.pointerBlocks.offset(of: UInt64(p)) }
@@ -263,7 +280,7 @@ extension VolumeCore {
     func freeUnits(_ n: UInt32, from: UInt64) throws(FSError) {
         let ino = try inode(n)
         guard let storage = ino.storage, storage != .inline else { return }
-        let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+        let kind = unitKind(storage)
         let h = ino.height
         let span = Self.span(height: h)
         for i in 0..<InodeRecord.rootEntries {

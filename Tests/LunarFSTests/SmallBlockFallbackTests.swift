@@ -1,0 +1,123 @@
+import LunarFS
+import LunarIO
+import LunarTesting
+import Testing
+
+/// Small blocks are 1/64 of a volume: once they are used up, files and directories that would
+/// have gone to them take file blocks instead, and read, list, look up, remove and check as
+/// any other.
+@Suite("Small blocks used up: files and directories fall back to file blocks")
+struct SmallBlockFallbackTests {
+    /// 512 MiB: the fewest small blocks mkfs makes (256, 255 usable) for every block size.
+    static let volumeSize: UInt64 = 512 << 20
+
+    static func free(_ v: Volume, _ kind: ResourceKind) throws -> UInt64 {
+        try #require(try v.usage().resources.first { $0.kind == kind }).free
+    }
+
+    /// Uses small blocks up to `leaving` free: hashed directories of 19 long names (each takes
+    /// two small blocks, for its header and its first leaf), then files of 3841 bytes (one
+    /// each, where files use small blocks at all).
+    static func fill(_ v: Volume, leaving: UInt64) throws {
+        let names = (0..<19).map { "\($0)-" + String(repeating: "n", count: 200) }
+        var k = 0
+        while try free(v, .smallBlock) >= leaving + 2 {
+            try v.mkdir("/fill-\(k)")
+            for name in names { _ = try v.create("/fill-\(k)/\(name)") }
+            #expect(try v.stat("/fill-\(k)").storage == "small blocks")
+            k += 1
+        }
+        guard v.header.blockSize > 64 << 10 else { return }
+        while try free(v, .smallBlock) > leaving {
+            try v.create("/fill-file-\(k)").write(bytes(3841, seed: UInt64(k)), at: 0)
+            k += 1
+        }
+        #expect(try free(v, .smallBlock) == leaving)
+    }
+
+    static func entryName(_ i: Int) -> String { "entry-\(i)-" + String(repeating: "x", count: 50) }
+
+    /// A directory of `count` entries, made where no small block can be had.
+    static func makeDirectory(_ v: Volume, _ path: String, count: Int) throws {
+        try v.mkdir(path)
+        for i in 0..<count { _ = try v.create("\(path)/\(entryName(i))") }
+    }
+
+    /// What the volume holds beside the fillers: the directories and files made on file blocks.
+    static func verify(_ v: Volume, directories: [String], count: Int, files: [String: [UInt8]]) throws {
+        for d in directories {
+            #expect(try v.stat(d).storage == "file blocks", "\(d)")
+            let listed = try v.list(d).map(\.name)
+            #expect(listed.count == count)
+            #expect(Set(listed) == Set((0..<count).map(entryName)))
+            for i in stride(from: 0, to: count, by: 7) { #expect(try v.stat("\(d)/\(entryName(i))").type == .file) }
+            #expect(fsError { _ = try v.stat("\(d)/\(entryName(count))") }?.kind == .notFound)
+        }
+        for (path, data) in files {
+            let info = try v.stat(path)
+            #expect(info.storage == "file blocks", "\(path)")
+            #expect(info.size == UInt64(data.count))
+            #expect(try v.openFile(path, lock: nil).read(at: 0, count: data.count + 100) == data, "\(path)")
+        }
+    }
+
+    @Test("a 30 KB file and directories of hundreds of entries take file blocks, read back, and go away; fsck clean throughout",
+          arguments: [UInt32(64 << 10), 1 << 20, 8 << 20])
+    func fallback(blockSize: UInt32) throws {
+        let t = try TestVolume(size: Self.volumeSize, options: FormatOptions(blockSize: blockSize))
+        let count = 600
+        var v = try t.open()
+        #expect(v.header.smallBlocks.count == 256)
+        try Self.fill(v, leaving: 1)
+        try v.sync()
+        let before = (small: try Self.free(v, .smallBlock), file: try Self.free(v, .fileBlock))
+
+        // One small block left, a directory needs two: the half-made small layout is undone
+        // and the directory goes to file blocks, the small block still free.
+        try Self.makeDirectory(v, "/half", count: count)
+        #expect(try Self.free(v, .smallBlock) == 1)
+        if blockSize > 64 << 10 {
+            try v.create("/last-small").write(bytes(3841, seed: 99), at: 0)
+            #expect(try v.stat("/last-small").storage == "small blocks")
+            #expect(try Self.free(v, .smallBlock) == 0)
+        }
+        // None left at all.
+        try Self.makeDirectory(v, "/none", count: count)
+        let thirty = bytes(30_000, seed: 30)
+        try v.create("/thirty").write(thirty, at: 0)
+        // A small file made by truncate holds no block yet; its first write falls back.
+        let sparse = try v.create("/sparse")
+        try sparse.truncate(to: 30_000)
+        try sparse.write(bytes(100, seed: 31), at: 20_000)
+        try sparse.close()
+        var sparseData = [UInt8](repeating: 0, count: 30_000)
+        sparseData.replaceSubrange(20_000..<20_100, with: bytes(100, seed: 31))
+        let files = ["/thirty": thirty, "/sparse": sparseData]
+        let directories = ["/half", "/none"]
+
+        try Self.verify(v, directories: directories, count: count, files: files)
+        var report = try v.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+        try v.close()
+
+        v = try t.open()
+        try Self.verify(v, directories: directories, count: count, files: files)
+        report = try v.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+        try v.remove("/half", recursive: true)
+        try v.remove("/none", recursive: true)
+        for path in files.keys { try v.remove(path) }
+        if blockSize > 64 << 10 { try v.remove("/last-small") }
+        try v.sync()
+        #expect(try Self.free(v, .smallBlock) == before.small)
+        #expect(try Self.free(v, .fileBlock) == before.file)
+        report = try v.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+        try v.close()
+
+        let r = try t.open(readOnly: true)
+        #expect(try r.list("/").allSatisfy { $0.name.hasPrefix("fill-") })
+        report = try r.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+    }
+}
