@@ -120,4 +120,31 @@ struct SmallBlockFallbackTests {
         report = try r.check()
         #expect(report.isClean, "\(report.problems.prefix(5))")
     }
+
+    @Test("under a shared hold the fallback stays shared: full small-block clusters nobody holds mean no space, not a conflict")
+    func sharedHold() throws {
+        let t = try TestVolume(size: Self.volumeSize)
+        do {
+            let v = try t.open()
+            try Self.fill(v, leaving: 0)
+            try v.close()
+        }
+        let v = try Volume.open(path: t.path, options: OpenOptions(lockTimeout: 5, heartbeatInterval: 0.2,
+                                                                   metadataLockLinger: 60, metadataLockMaxHold: 60))
+        let data = bytes(30_000, seed: 5)
+        try v.mkdir("/own")
+        let f = try v.create("/own/thirty")
+        try f.write(data, at: 0)
+        try Self.makeDirectory(v, "/own/dir", count: 200)
+        let statistics = try #require(v.metadataLockStatistics)
+        #expect(statistics.sharedAcquisitions >= 1)
+        #expect(statistics.retriedExclusive == 0)
+        #expect(try f.read(at: 0, count: 40_000) == data)
+        try f.close()
+        try Self.verify(v, directories: ["/own/dir"], count: 200, files: ["/own/thirty": data])
+        try v.close()
+        let r = try t.open(readOnly: true)
+        let report = try r.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+    }
 }
