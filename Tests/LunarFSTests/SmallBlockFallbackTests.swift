@@ -147,4 +147,42 @@ struct SmallBlockFallbackTests {
         let report = try r.check()
         #expect(report.isClean, "\(report.problems.prefix(5))")
     }
+
+    @Test("a directory's file block reused for data after the directory went: a crash and journal replay leave the data intact")
+    func replayAfterReuse() throws {
+        let t = try TestVolume(size: Self.volumeSize)
+        // One host that keeps the metadata lock (and so its journal) while it works, as a busy
+        // host does; a copy of its image taken while it runs is what a crash leaves.
+        let v = try Volume.open(path: t.path, options: OpenOptions(heartbeatInterval: 0.1, metadataLockLinger: 60, metadataLockMaxHold: 60))
+        try Self.fill(v, leaving: 0)
+        try v.sync()
+        // Few entries (a short transaction), long names (hashed all the same).
+        try v.mkdir("/d")
+        for i in 0..<25 { _ = try v.create("/d/\(i)-" + String(repeating: "n", count: 200)) }
+        #expect(try v.stat("/d").storage == "file blocks")
+        try v.sync()
+        try v.remove("/d", recursive: true)
+        try v.sync()
+        // Every free file block, the directory's among them, gets data.
+        let f = try v.create("/data")
+        var written: [UInt64] = []
+        var failure: FSError?
+        while failure == nil {
+            let at = UInt64(written.count) << 20
+            failure = fsError { try f.write(bytes(4096, seed: UInt64(written.count)), at: at) }
+            if failure == nil { written.append(at) }
+        }
+        #expect(failure?.kind == .noSpace(resource: "file blocks"))
+        try v.sync()
+        let (copy, _) = try RemoteHolderTests.crashCopy(t, v)
+        let r = try Volume.open(path: copy, options: OpenOptions(lockTimeout: 10, heartbeatInterval: 0.1))
+        let g = try r.openFile("/data", lock: nil)
+        for (i, at) in written.enumerated() {
+            #expect(try g.read(at: at, count: 4096) == bytes(4096, seed: UInt64(i)), "block at \(at)")
+        }
+        #expect(r.recoveredSlots.contains(0))
+        let report = try r.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+        try r.close()
+    }
 }

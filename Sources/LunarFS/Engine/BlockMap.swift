@@ -276,11 +276,12 @@ extension VolumeCore {
 
     /// Unmaps every unit at index `from` or beyond and frees it, and every pointer block left
     /// empty, committing along the way when the transaction grows large (each step leaves a
-    /// consistent file: a hole where data was).
+    /// consistent file: a hole where data was). A directory's units held records.
     func freeUnits(_ n: UInt32, from: UInt64) throws(FSError) {
         let ino = try inode(n)
         guard let storage = ino.storage, storage != .inline else { return }
         let kind = unitKind(storage)
+        let records = ino.type == .directory
         let h = ino.height
         let span = Self.span(height: h)
         for i in 0..<InodeRecord.rootEntries {
@@ -289,11 +290,11 @@ extension VolumeCore {
             let base = UInt64(i) * span
             if base + span <= from { continue }
             if h == 0 {
-                try freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e), heldRecords: records)
                 let m = try modifyInode(n)
                 m.setRootEntry(i, 0)
                 m.unitUnmapped()
-            } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind) {
+            } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind, records: records) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try modifyInode(n).setRootEntry(i, 0)
             }
@@ -303,7 +304,7 @@ extension VolumeCore {
 
     /// Returns whether the subtree is empty afterwards.
     private func freeSubtree(_ n: UInt32, _ p: UInt32, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
-                             kind: ResourceKind) throws(FSError) -> Bool {
+                             kind: ResourceKind, records: Bool) throws(FSError) -> Bool {
         let child = span / Self.fanout
         var empty = true
         for i in 0..<PointerBlock.entries {
@@ -314,10 +315,10 @@ extension VolumeCore {
             let lo = base + UInt64(i) * child
             if lo + child <= from { empty = false; continue }
             if level == 1 {
-                try freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e), heldRecords: records)
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
                 try modifyInode(n).unitUnmapped()
-            } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind) {
+            } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind, records: records) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
             } else {

@@ -34,6 +34,9 @@ final class MetadataStore {
     private(set) var pendingFrees: [(ResourceKind, UInt64)] = []
     /// The cluster header sectors those frees will change at commit.
     private var pendingFreeSectors: Set<UInt64> = []
+    /// Whether those frees include a block that held journaled records: the commit then
+    /// checkpoints (`freeAtCommit`).
+    private var freesRecordBlocks = false
     /// Where the bitmap bit of a resource lives; set by the volume.
     var clusterSector: ((ResourceKind, UInt64) -> UInt64)?
     /// Called at commit, before sealing, to turn `pendingFrees` into bitmap changes.
@@ -197,9 +200,15 @@ final class MetadataStore {
 
     /// Frees a resource when the running transaction commits (not before: until then the
     /// committed state still uses it, so nothing may reuse it).
-    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) {
+    ///
+    /// `heldRecords`: a small or file block that held records (a hashed directory's), whose
+    /// images the journal may still carry. Data written into the block once it is reused does
+    /// not go through the journal, so a replay of those images would write them over it: the
+    /// commit that frees the block also empties the journal, before anything can reuse it.
+    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64, heldRecords: Bool = false) {
         pendingFrees.append((kind, index))
         if let sector = clusterSector?(kind, index) { pendingFreeSectors.insert(sector) }
+        if heldRecords { freesRecordBlocks = true }
     }
 
     /// Sectors the running transaction will write if committed now (an upper bound).
@@ -314,6 +323,10 @@ final class MetadataStore {
         } catch {
             failure = error
             throw error
+        }
+        if freesRecordBlocks {
+            freesRecordBlocks = false
+            try checkpoint()
         }
     }
 
