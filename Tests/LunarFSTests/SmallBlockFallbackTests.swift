@@ -148,6 +148,28 @@ struct SmallBlockFallbackTests {
         #expect(report.isClean, "\(report.problems.prefix(5))")
     }
 
+    @Test("fsck --repair rebuilds a directory on file blocks whose header is damaged from its leaves, on file blocks again")
+    func repairOnFileBlocks() throws {
+        let t = try TestVolume(size: Self.volumeSize)
+        var v = try t.open()
+        try Self.fill(v, leaving: 0)
+        try Self.makeDirectory(v, "/d", count: 600)
+        let header = try #require(try v.records(of: "/d").first { $0.record == "directory header" })
+        try v.close()
+        try CorruptionTests.damage(t.path, at: header.offset, .garbage)
+
+        v = try t.open()
+        #expect(fsError { _ = try v.list("/d") }?.kind.isCorrupt == true)
+        let repair = try v.check(repair: true)
+        #expect(repair.exitCode == 1, "\(repair.problems.prefix(5))")
+        try Self.verify(v, directories: ["/d"], count: 600, files: [:])
+        try v.close()
+        v = try t.open()
+        let report = try v.check()
+        #expect(report.isClean, "\(report.problems.prefix(5))")
+        try v.close()
+    }
+
     @Test("a directory's file block reused for data after the directory went: a crash and journal replay leave the data intact")
     func replayAfterReuse() throws {
         let t = try TestVolume(size: Self.volumeSize)
