@@ -60,28 +60,12 @@ extension Volume {
             let n = try core.resolve(path)
             let ino = try core.inode(n)
             var out = [MetadataRecordLocation(record: RecordKind.inode.name, offset: core.inodeOffset(n))]
-            var units: [(UInt64, UInt32)] = []
             try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
                 out.append(MetadataRecordLocation(record: RecordKind.pointerBlock.name,
                                                   offset: core.header.pointerBlocks.offset(of: UInt64(p))))
-            }) { (u, unit) throws(FSError) -> Bool in
-                units.append((u, unit))
-                return true
-            }
-            guard ino.type == .directory, ino.storage == .small else { return out }
-            let perUnit = UInt64(core.header.smallBlockSize) / UInt64(RecordHeader.sectorSize)
-            let used = ino.size / UInt64(RecordHeader.sectorSize)
-            for (u, unit) in units {
-                for i in 0..<perUnit {
-                    let l = u * perUnit + i
-                    guard l < used else { break }
-                    let offset = core.header.smallBlocks.offset(of: UInt64(unit)) + i * UInt64(RecordHeader.sectorSize)
-                    let kind: RecordKind = l == 0 ? .directoryHeader : l < UInt64(DirectoryLayout.firstLeafSector) ? .directoryTable : .directoryLeaf
-                    // Table sectors past those in use are holes inside an allocated block.
-                    if kind == .directoryTable, (try? core.store.read(offset, .directoryTable)) == nil { continue }
-                    out.append(MetadataRecordLocation(record: kind.name, offset: offset))
-                }
-            }
+            }) { (_, _) throws(FSError) -> Bool in true }
+            guard ino.type == .directory, ino.storage != .inline else { return out }
+            for r in try core.directoryRecords(n) { out.append(MetadataRecordLocation(record: r.kind.name, offset: r.offset)) }
             return out
         }
     }

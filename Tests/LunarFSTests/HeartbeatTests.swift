@@ -83,6 +83,12 @@ struct RemoteHolderTests {
         try v.mkdir("/a")
         try v.sync()
         if !holdingLock { try v.relinquishMetadataLock() }
+        return try crashCopy(t, v)
+    }
+
+    /// A copy of the image `v` (slot 0) has open, taken now, as a crash of its machine would
+    /// leave it; then `v` is closed, and slot 0 of the copy claims to belong to another machine.
+    static func crashCopy(_ t: TestVolume, _ v: Volume) throws -> (copy: String, slotOffset: UInt64) {
         let copy = t.scratch.path("remote.img")
         try copySparse(from: t.path, to: copy)
         let slotOffset = try #require(v.fixedRecords().first { $0.record == "heartbeat slot" }).offset

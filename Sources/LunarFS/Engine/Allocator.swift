@@ -44,10 +44,11 @@ extension VolumeCore {
 
     /// Frees a resource when the running transaction commits. Under a shared hold its cluster
     /// must be this host's: the cluster's lock is taken first (`lockConflict` when another live
-    /// host holds it, and the call runs again exclusive).
-    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) throws(FSError) {
+    /// host holds it, and the call runs again exclusive). `heldRecords`: a data unit that held
+    /// journaled records (a hashed directory's), see `MetadataStore.freeAtCommit`.
+    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64, heldRecords: Bool = false) throws(FSError) {
         if holdsShared { try holdCluster(of: kind, index) }
-        store.freeAtCommit(kind, index)
+        store.freeAtCommit(kind, index, heldRecords: heldRecords)
     }
 
     /// Bitmap changes for resources freed by the transaction being committed.

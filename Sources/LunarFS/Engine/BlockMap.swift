@@ -24,8 +24,25 @@ extension VolumeCore {
         storage == .small ? header.smallBlocks : header.fileBlocks
     }
 
+    /// The resource a map of this storage maps: small blocks or file blocks.
+    func unitKind(_ storage: InodeRecord.Storage) -> ResourceKind {
+        storage == .small ? .smallBlock : .fileBlock
+    }
+
     func unitSize(_ ino: InodeRecord) -> UInt64 {
         ino.storage == .small ? UInt64(header.smallBlockSize) : UInt64(header.blockSize)
+    }
+
+    /// Gives inode `n`, whose map holds no unit, an empty map of `storage` (an empty body,
+    /// for inline storage) and returns it, in the running transaction.
+    @discardableResult
+    func resetStorage(_ n: UInt32, to storage: InodeRecord.Storage) throws(FSError) -> InodeRecord {
+        let m = try modifyInode(n)
+        m.clearBody()
+        m.height = 0
+        m.allocatedUnits = 0
+        m.setStorage(storage)
+        return m
     }
 
     private func pointerOffset(_ p: UInt32) -> UInt64 { header.pointerBlocks.offset(of: UInt64(p)) }
@@ -259,11 +276,12 @@ extension VolumeCore {
 
     /// Unmaps every unit at index `from` or beyond and frees it, and every pointer block left
     /// empty, committing along the way when the transaction grows large (each step leaves a
-    /// consistent file: a hole where data was).
+    /// consistent file: a hole where data was). A directory's units held records.
     func freeUnits(_ n: UInt32, from: UInt64) throws(FSError) {
         let ino = try inode(n)
         guard let storage = ino.storage, storage != .inline else { return }
-        let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+        let kind = unitKind(storage)
+        let records = ino.type == .directory
         let h = ino.height
         let span = Self.span(height: h)
         for i in 0..<InodeRecord.rootEntries {
@@ -272,11 +290,11 @@ extension VolumeCore {
             let base = UInt64(i) * span
             if base + span <= from { continue }
             if h == 0 {
-                try freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e), heldRecords: records)
                 let m = try modifyInode(n)
                 m.setRootEntry(i, 0)
                 m.unitUnmapped()
-            } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind) {
+            } else if try freeSubtree(n, e, level: h, base: base, span: span, from: from, kind: kind, records: records) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try modifyInode(n).setRootEntry(i, 0)
             }
@@ -286,7 +304,7 @@ extension VolumeCore {
 
     /// Returns whether the subtree is empty afterwards.
     private func freeSubtree(_ n: UInt32, _ p: UInt32, level: UInt8, base: UInt64, span: UInt64, from: UInt64,
-                             kind: ResourceKind) throws(FSError) -> Bool {
+                             kind: ResourceKind, records: Bool) throws(FSError) -> Bool {
         let child = span / Self.fanout
         var empty = true
         for i in 0..<PointerBlock.entries {
@@ -297,10 +315,10 @@ extension VolumeCore {
             let lo = base + UInt64(i) * child
             if lo + child <= from { empty = false; continue }
             if level == 1 {
-                try freeAtCommit(kind, UInt64(e))
+                try freeAtCommit(kind, UInt64(e), heldRecords: records)
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
                 try modifyInode(n).unitUnmapped()
-            } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind) {
+            } else if try freeSubtree(n, e, level: level - 1, base: lo, span: child, from: from, kind: kind, records: records) {
                 try freeAtCommit(.pointerBlock, UInt64(e))
                 try pointerBlock(p, owner: n, level: level, forWriting: true).setEntry(i, 0)
             } else {

@@ -1,30 +1,49 @@
 import LunarIO
 
 /// Directory content: entries inline in the inode while they fit (a few dozen names), then an
-/// extendible hash of 4 KiB leaves in the directory's small blocks (see `DirectoryLayout`).
+/// extendible hash of 4 KiB leaves (see `DirectoryLayout`) in the directory's small blocks, or
+/// in file blocks when the volume has no small block free as the directory becomes hashed.
 extension VolumeCore {
-    private static let sectorsPerUnit = UInt64(Geometry.smallBlockSize) / UInt64(RecordHeader.sectorSize)
-
     func nameHash(_ name: [UInt8]) -> UInt64 { SipHash24.hash(name, key: header.hashKey) }
 
-    /// The volume offset of logical sector `l` of directory `dir`, allocating its small block
-    /// when `allocate` is set; nil for a hole.
-    private func directorySector(_ dir: UInt32, _ l: UInt32, allocate: Bool) throws(FSError) -> UInt64? {
-        let ino = try inode(dir)
-        let u = UInt64(l) / Self.sectorsPerUnit
-        var unit = try lookupUnit(ino, u)
-        if unit == 0 {
-            guard allocate else { return nil }
-            unit = UInt32(try self.allocate(.smallBlock))
-            try setUnit(dir, u, unit)
+    /// Where logical sector `l` of hashed directory `ino` lies: the index of the map unit that
+    /// holds it, and the sector's volume offset (nil while that unit is a hole). Logical
+    /// sectors are numbered through the directory's map, `perUnit` = unit size / 4096 of them
+    /// to a unit (16 in small blocks, B / 4096 in file blocks): sector `l` is sector
+    /// `l % perUnit` of unit index `l / perUnit`. This is the one place that says so: every
+    /// reader and writer of directory records, fsck's walk and salvage, and `records(of:)` go
+    /// through it.
+    func directorySectorAddress(_ ino: InodeRecord, _ l: UInt64) throws(FSError) -> (unitIndex: UInt64, offset: UInt64?) {
+        guard let storage = ino.storage, storage != .inline else {
+            throw .corrupt(RecordKind.inode.name, at: inodeOffset(ino.number), "directory \(ino.number) is not hashed")
         }
-        return header.smallBlocks.offset(of: UInt64(unit)) + (UInt64(l) % Self.sectorsPerUnit) * sectorSize
+        let perUnit = unitSize(ino) / sectorSize
+        let u = l / perUnit
+        let unit = try lookupUnit(ino, u)
+        return (u, unit == 0 ? nil : unitArea(storage).offset(of: UInt64(unit)) + (l % perUnit) * sectorSize)
     }
 
-    private func directoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind, forWriting: Bool = false) throws(FSError) -> (IOBuffer, UInt64) {
+    /// The volume offset of logical sector `l` of hashed directory `dir`, allocating the unit
+    /// that holds it (small or file block, as the directory's storage) when `allocate` is set;
+    /// nil for a hole.
+    private func directorySector(_ dir: UInt32, _ l: UInt32, allocate: Bool) throws(FSError) -> UInt64? {
+        let ino = try inode(dir)
+        let place = try directorySectorAddress(ino, UInt64(l))
+        guard place.offset == nil, allocate, let storage = ino.storage else { return place.offset }
+        try setUnit(dir, place.unitIndex, UInt32(try self.allocate(unitKind(storage))))
+        return try directorySectorAddress(try inode(dir), UInt64(l)).offset
+    }
+
+    /// Where logical sector `l` of `dir`, which must hold a `kind` record, lies.
+    private func directoryRecordOffset(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind) throws(FSError) -> UInt64 {
         guard let offset = try directorySector(dir, l, allocate: false) else {
             throw .corrupt(RecordKind.inode.name, at: inodeOffset(dir), "directory \(dir) has no \(kind.name) at logical sector \(l)")
         }
+        return offset
+    }
+
+    private func directoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind, forWriting: Bool = false) throws(FSError) -> (IOBuffer, UInt64) {
+        let offset = try directoryRecordOffset(dir, l, kind)
         let b = forWriting ? try store.modify(offset, kind) : try store.read(offset, kind)
         guard b.load(32, as: UInt32.self) == dir else {
             throw .corrupt(kind.name, at: offset, "belongs to directory \(b.load(32, as: UInt32.self)), reached from directory \(dir)")
@@ -33,8 +52,20 @@ extension VolumeCore {
     }
 
     private func newDirectoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind) throws(FSError) -> IOBuffer {
-        guard let offset = try directorySector(dir, l, allocate: true) else { throw FSError(.noSpace(resource: "small-file blocks")) }
-        return try store.create(offset, kind)
+        // Allocating, the sector is always there (or the allocation threw).
+        try store.create(try directorySector(dir, l, allocate: true)!, kind)
+    }
+
+    /// The records of hashed directory `dir` and where they lie: its header, the table sectors
+    /// in use, the leaves.
+    func directoryRecords(_ dir: UInt32) throws(FSError) -> [(kind: RecordKind, offset: UInt64)] {
+        let h = try directoryHeader(dir)
+        var sectors: [(RecordKind, UInt32)] = [(.directoryHeader, DirectoryLayout.headerSector)]
+        for t in 0..<h.tableSectors { sectors.append((.directoryTable, DirectoryLayout.firstTableSector + t)) }
+        for l in DirectoryLayout.firstLeafSector..<h.nextFreeSector { sectors.append((.directoryLeaf, l)) }
+        var out: [(kind: RecordKind, offset: UInt64)] = []
+        for (kind, l) in sectors { out.append((kind, try directoryRecordOffset(dir, l, kind))) }
+        return out
     }
 
     private func inlineEntries(_ ino: InodeRecord) throws(FSError) -> [DirectoryEntry] {
@@ -92,7 +123,7 @@ extension VolumeCore {
     /// fsck's view of a hashed directory: header, every table sector and slot, every leaf, and
     /// each name in the leaf its hash leads to. Each problem names the record and its offset.
     func structuralProblems(_ dir: UInt32) -> [String] {
-        guard let ino = try? inode(dir), ino.storage == .small else { return [] }
+        guard let ino = try? inode(dir), ino.storage != .inline else { return [] }
         var problems: [String] = []
         let h: DirectoryHeader
         do throws(FSError) { h = try directoryHeader(dir) } catch { return ["directory inode \(dir): \(error)"] }
@@ -152,8 +183,7 @@ extension VolumeCore {
         var l = UInt64(DirectoryLayout.firstLeafSector)
         while l < sectors {
             defer { l += 1 }
-            guard let unit = try? lookupUnit(ino, l / Self.sectorsPerUnit), unit != 0 else { lost = true; continue }
-            let offset = header.smallBlocks.offset(of: UInt64(unit)) + (l % Self.sectorsPerUnit) * sectorSize
+            guard let offset = (try? directorySectorAddress(ino, l))?.offset else { lost = true; continue }
             guard let b = try? store.read(offset, .directoryLeaf), b.load(32, as: UInt32.self) == dir else { lost = true; continue }
             switch DirectoryEntry.decodeAll(UnsafeRawBufferPointer(DirectoryLeaf(buffer: b).usedEntries), count: nil) {
             case .success(let e): all += e
@@ -168,12 +198,7 @@ extension VolumeCore {
     /// rebuilt from the entries, whatever state they were in.
     func rewriteDirectory(_ dir: UInt32, _ entries: [DirectoryEntry]) throws(FSError) {
         try freeUnits(dir, from: 0)
-        let ino = try modifyInode(dir)
-        ino.clearBody()
-        ino.setStorage(.inline)
-        ino.height = 0
-        ino.size = 0
-        ino.allocatedUnits = 0
+        try resetStorage(dir, to: .inline).size = 0
         for e in entries {
             try insert(dir, e)
             try store.commitIfLarge()
@@ -239,13 +264,20 @@ extension VolumeCore {
         try hashedInsert(dir, entry)
     }
 
-    /// Moves inline entries into a fresh hashed layout: header, one table sector, one leaf.
+    /// Moves inline entries into a fresh hashed layout: header, one table sector, one leaf, in
+    /// small blocks while the volume has them free, else in file blocks. A layout half made
+    /// in small blocks (the header's block taken, the leaf's not there) is undone first.
     private func convertToHashed(_ dir: UInt32, _ list: [DirectoryEntry]) throws(FSError) {
-        let ino = try modifyInode(dir)
-        ino.clearBody()
-        ino.setStorage(.small)
-        ino.height = 0
-        ino.size = 0
+        do {
+            try store.attempt { () throws(FSError) in try layOutHashed(dir, list, in: .small) }
+        } catch {
+            guard case .noSpace = error.kind else { throw error }
+            try layOutHashed(dir, list, in: .blocks)
+        }
+    }
+
+    private func layOutHashed(_ dir: UInt32, _ list: [DirectoryEntry], in storage: InodeRecord.Storage) throws(FSError) {
+        try resetStorage(dir, to: storage).size = 0
         let hb = try newDirectoryRecord(dir, DirectoryLayout.headerSector, .directoryHeader)
         DirectoryHeader.initialize(hb, directory: dir)
         let h = DirectoryHeader(buffer: hb)

@@ -2,7 +2,8 @@ import Glibc
 import LunarIO
 
 /// Regular-file content. Small files live in the inode (up to 3 840 bytes), then in one 64 KiB
-/// small block (unless file blocks are 64 KiB themselves), then in file blocks. Data never goes through the journal: a new unit is zeroed
+/// small block (unless file blocks are 64 KiB themselves, or no small block is free), then in
+/// file blocks. Data never goes through the journal: a new unit is zeroed
 /// (or fully written) before the transaction that maps it commits, and commit flushes data
 /// first, so a crash never exposes stale bytes.
 extension VolumeCore {
@@ -107,7 +108,7 @@ extension VolumeCore {
         let unit = unitSize(ino)
         let storageKind = ino.storage ?? .blocks
         let area = unitArea(storageKind)
-        let kind: ResourceKind = storageKind == .small ? .smallBlock : .fileBlock
+        let kind = unitKind(storageKind)
         guard (end - 1) / unit < Self.capacity(height: InodeRecord.maxHeight) else { throw FSError(.fileTooLarge) }
         var done = 0
         var grew = false
@@ -119,7 +120,14 @@ extension VolumeCore {
             let piece = UnsafeRawBufferPointer(rebasing: data[done..<(done + count)])
             var mapped = try lookupUnit(try inode(n), u)
             if mapped == 0 {
-                mapped = UInt32(try allocate(kind))
+                guard let fresh = try newUnit(kind) else {
+                    // No small block is free: the small file, all hole so far, moves to file
+                    // blocks and the write starts again there.
+                    guard try inode(n).allocatedUnits == 0 else { throw FSError(.noSpace(resource: kind.description)) }
+                    try resetStorage(n, to: .blocks)
+                    return try write(n, at: offset, from: data)
+                }
+                mapped = fresh
                 let physical = area.offset(of: UInt64(mapped))
                 if UInt64(count) < unit {
                     // The rest of the unit must read as zeros, whatever it held before.
@@ -140,18 +148,27 @@ extension VolumeCore {
         }
     }
 
+    /// A new data unit of `kind`; nil when it is a small block and none is free, the failed
+    /// try undone, so that the file can go to file blocks instead.
+    private func newUnit(_ kind: ResourceKind) throws(FSError) -> UInt32? {
+        guard kind == .smallBlock else { return UInt32(try allocate(kind)) }
+        do {
+            return UInt32(try store.attempt { () throws(FSError) -> UInt64 in try allocate(kind) })
+        } catch {
+            guard case .noSpace = error.kind else { throw error }
+            return nil
+        }
+    }
+
     /// Moves a file to the storage its new size needs: inline → small block → file blocks.
     private func prepareStorage(_ n: UInt32, forSize size: UInt64) throws(FSError) {
         let ino = try inode(n)
         switch ino.storage {
         case .inline where size > UInt64(InodeRecord.inlineCapacity):
             let old = Array(ino.inlineBytes[0..<Int(ino.size)])
-            let m = try modifyInode(n)
-            m.clearBody()
-            m.height = 0
-            m.allocatedUnits = 0
+            // Small only as far as a small block is free: the first write into it falls back.
             let target: InodeRecord.Storage = size <= Self.smallFileLimit && header.blockSize > header.smallBlockSize ? .small : .blocks
-            m.setStorage(target)
+            try resetStorage(n, to: target)
             if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
         case .small where size > Self.smallFileLimit:
             let unit = try lookupUnit(ino, 0)
@@ -164,11 +181,7 @@ extension VolumeCore {
             } else if unit != 0 {
                 try freeAtCommit(.smallBlock, UInt64(unit))
             }
-            let m = try modifyInode(n)
-            m.clearBody()
-            m.height = 0
-            m.allocatedUnits = 0
-            m.setStorage(.blocks)
+            try resetStorage(n, to: .blocks)
             if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
         default:
             return
@@ -207,9 +220,7 @@ extension VolumeCore {
         m.mtime = wallClockNanoseconds()
         if size == 0 && m.allocatedUnits == 0 {
             // Emptied: start over inline, so that rewriting it small does not take a block.
-            m.clearBody()
-            m.height = 0
-            m.setStorage(.inline)
+            try resetStorage(n, to: .inline)
         }
     }
 
@@ -258,7 +269,7 @@ extension VolumeCore {
             return
         }
         let unit = unitSize(ino)
-        let kind: ResourceKind = ino.storage == .small ? .smallBlock : .fileBlock
+        let kind = unitKind(ino.storage ?? .blocks)
         let area = unitArea(ino.storage ?? .blocks)
         var at = offset
         while at < end {

@@ -29,9 +29,14 @@ final class MetadataStore {
     private var dirty: [UInt64: Dirty] = [:]
     private var undo: [(UInt64, Dirty?)]?
     private var undoSeen: Set<UInt64> = []
+    /// Attempts (`attempt`) running inside the operation.
+    private var attempts = 0
     private(set) var pendingFrees: [(ResourceKind, UInt64)] = []
     /// The cluster header sectors those frees will change at commit.
     private var pendingFreeSectors: Set<UInt64> = []
+    /// Whether those frees include a block that held journaled records: the commit then
+    /// checkpoints (`freeAtCommit`).
+    private var freesRecordBlocks = false
     /// Where the bitmap bit of a resource lives; set by the volume.
     var clusterSector: ((ResourceKind, UInt64) -> UInt64)?
     /// Called at commit, before sealing, to turn `pendingFrees` into bitmap changes.
@@ -195,9 +200,15 @@ final class MetadataStore {
 
     /// Frees a resource when the running transaction commits (not before: until then the
     /// committed state still uses it, so nothing may reuse it).
-    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64) {
+    ///
+    /// `heldRecords`: a small or file block that held records (a hashed directory's), whose
+    /// images the journal may still carry. Data written into the block once it is reused does
+    /// not go through the journal, so a replay of those images would write them over it: the
+    /// commit that frees the block also empties the journal, before anything can reuse it.
+    func freeAtCommit(_ kind: ResourceKind, _ index: UInt64, heldRecords: Bool = false) {
         pendingFrees.append((kind, index))
         if let sector = clusterSector?(kind, index) { pendingFreeSectors.insert(sector) }
+        if heldRecords { freesRecordBlocks = true }
     }
 
     /// Sectors the running transaction will write if committed now (an upper bound).
@@ -228,19 +239,53 @@ final class MetadataStore {
         do throws(FSError) {
             return try body()
         } catch {
-            for (offset, previous) in (undo ?? []).reversed() { dirty[offset] = previous }
-            if freesMark < pendingFrees.count {
-                pendingFrees.removeSubrange(freesMark...)
-                pendingFreeSectors = Set(pendingFrees.compactMap { clusterSector?($0.0, $0.1) })
-            }
+            rollBack(undo ?? [], frees: freesMark)
             throw error
         }
     }
 
+    /// Inside an operation: runs `body` as a step that may fail on its own. If it throws,
+    /// every sector it touched and every free it queued go back to what they were when it
+    /// started, and the error is passed on; the operation can then take another way (a small
+    /// block that is not there: file blocks instead) with nothing of the failed step left.
+    func attempt<T>(_ body: () throws(FSError) -> T) throws(FSError) -> T {
+        guard let outer = undo else { preconditionFailure("an attempt is part of an operation") }
+        let outerSeen = undoSeen
+        undo = []
+        undoSeen = []
+        attempts += 1
+        let freesMark = pendingFrees.count
+        defer { attempts -= 1 }
+        do throws(FSError) {
+            let result = try body()
+            // The operation keeps its own saved images; a sector first touched by the step
+            // was untouched by the operation before it, so the step's saved image is the
+            // operation's too.
+            undo = outer + (undo ?? []).filter { !outerSeen.contains($0.0) }
+            undoSeen.formUnion(outerSeen)
+            return result
+        } catch {
+            rollBack(undo ?? [], frees: freesMark)
+            undo = outer
+            undoSeen = outerSeen
+            throw error
+        }
+    }
+
+    /// Puts back the sectors `saved` before a change, and drops the frees queued after `frees`.
+    private func rollBack(_ saved: [(UInt64, Dirty?)], frees: Int) {
+        for (offset, previous) in saved.reversed() { dirty[offset] = previous }
+        if frees < pendingFrees.count {
+            pendingFrees.removeSubrange(frees...)
+            pendingFreeSectors = Set(pendingFrees.compactMap { clusterSector?($0.0, $0.1) })
+        }
+    }
+
     /// Inside a long operation (freeing a huge file): commits what is done so far when the
-    /// transaction grows large. Only call where the volume is consistent as it stands.
+    /// transaction grows large. Only call where the volume is consistent as it stands; never
+    /// inside an attempt, whose undo must reach back to its start.
     func commitIfLarge() throws(FSError) {
-        guard transactionSize >= commitThreshold else { return }
+        guard attempts == 0, transactionSize >= commitThreshold else { return }
         let saved = undo
         undo = nil
         defer { undo = saved.map { _ in [] }; undoSeen = [] }
@@ -278,6 +323,10 @@ final class MetadataStore {
         } catch {
             failure = error
             throw error
+        }
+        if freesRecordBlocks {
+            freesRecordBlocks = false
+            try checkpoint()
         }
     }
 

@@ -132,20 +132,29 @@ extension VolumeCore {
 
     /// Takes the lock of a cluster of `kind` with free resources that no live host holds,
     /// looking from where this host last allocated (its own corner of the area at first).
+    /// `noSpace` when every cluster is full and none is held (nobody can be freeing into one),
+    /// as the exclusive run would find: a caller with another way (file blocks for a small
+    /// file) takes it without the exclusive lock.
     private func takeCluster(_ kind: ResourceKind) throws(FSError) -> Int {
         let clusters = header.area(kind).clusterCount
         let start = cursors.cluster[kind] ?? (Int(slot) * 7919) % clusters
         let held = Set(heldClusters[kind] ?? [])
+        var allFull = true
         for i in 0..<clusters {
             let c = (start + i) % clusters
             if held.contains(c) { continue }
-            // A damaged cluster is skipped, not fatal: fsck rebuilds it from the maps.
+            // A damaged cluster is skipped, not fatal (the exclusive run skips it too): fsck
+            // rebuilds it from the maps.
             guard let take = try skippingDamage({ () throws(FSError) in try tryTakeCluster(kind, c, needsFree: true) }) else { continue }
-            if case .taken = take {
+            switch take {
+            case .taken:
                 cursors.cluster[kind] = c
                 return c
+            case .full(let unheld): allFull = allFull && unheld
+            case .held, .changing: allFull = false
             }
         }
+        if allFull { throw FSError(.noSpace(resource: kind.description)) }
         throw FSError(.lockConflict("no free \(kind) cluster that no other host holds"))
     }
 
@@ -167,7 +176,8 @@ extension VolumeCore {
         }
     }
 
-    private enum ClusterTake { case taken, held(LockHolder), full, changing }
+    /// `full(unheld:)`: no free resource, and whether its lock is free too.
+    private enum ClusterTake { case taken, held(LockHolder), full(unheld: Bool), changing }
 
     /// One try at cluster `c`'s lock: read from disk, judge its holder (recovering a dead
     /// one), compare-and-write it ours.
@@ -179,7 +189,9 @@ extension VolumeCore {
             let current = try store.readFresh(offset, .cluster)
             let cluster = ClusterHeader(buffer: current)
             if let problem = cluster.geometryProblem(area: area, cluster: c) { throw .corrupt(RecordKind.cluster.name, at: offset, problem) }
-            if needsFree && cluster.freeCount == 0 { return .full }
+            if needsFree && cluster.freeCount == 0 {
+                return .full(unheld: LockRecord.decode(current, at: ClusterHeader.lockOffset)?.mode == .free)
+            }
             guard let lock = LockRecord.decode(current, at: ClusterHeader.lockOffset) else {
                 throw .corrupt(RecordKind.cluster.name, at: offset, "unknown lock mode")
             }
