@@ -652,12 +652,20 @@ final class Checker {
 
     /// Each later claimer of a doubly used unit gets its own copy of the unit's bytes as they
     /// are now, so both files keep the data they read today and neither writes the other's.
+    /// A directory that is a later claimer gets no copy: its records would sit at offsets
+    /// other than their own and read as damaged. The unit becomes a hole in its map instead
+    /// (it stays the other owner's), and the directory is written anew from its entries.
     private func copyCrossLinks() {
         for link in crossLinks {
             let fixed = fix { () throws(FSError) in
                 let ino = try core.inode(link.inode)
                 let old = try core.lookupUnit(ino, link.unitIndex)
                 guard old != 0 else { return }
+                if ino.type == .directory {
+                    if rewrites[link.inode] == nil { rewrites[link.inode] = core.salvageEntries(ino).entries }
+                    try core.setUnit(link.inode, link.unitIndex, 0)
+                    return
+                }
                 let area = core.header.area(link.kind)
                 let copy = try core.allocate(link.kind)
                 let bytes = IOBuffer(count: Int(area.resourceSize))
@@ -666,7 +674,7 @@ final class Checker {
                 try core.setUnit(link.inode, link.unitIndex, UInt32(copy))
             }
             if let i = report.problems.lastIndex(where: { $0.message.contains("used twice (again by inode \(link.inode))") }), fixed {
-                report.problems[i].message += "; inode \(link.inode) given its own copy"
+                report.problems[i].message += rewrites[link.inode] != nil ? "; left to the other owner, directory \(link.inode) written anew" : "; inode \(link.inode) given its own copy"
                 report.problems[i].repaired = true
             }
         }

@@ -420,6 +420,30 @@ struct TreeDamageTests {
         #expect(try after.check().isClean)
     }
 
+    @Test("a block two directories map: the later one does not take a copy of the other's records; nothing is lost")
+    func crossLinkedDirectories() throws {
+        let t = try TestVolume()
+        let v = try t.open()
+        for d in ["/d1", "/d2"] {
+            try v.mkdir(d)
+            // Hashed: more names than an inode holds.
+            for i in 0..<300 { try v.create("\(d)/an-entry-with-a-longer-name-\(i)").write(bytes(20, seed: UInt64(i)), at: 0) }
+        }
+        let (d1, d2) = (try Self.inodeOffset(v, "/d1"), try Self.inodeOffset(v, "/d2"))
+        let children = try v.list("/d2").map(\.inode)
+        try v.close()
+        var s2 = Self.sector(t.path, d2)
+        DamageTests.store(Self.load(Self.sector(t.path, d1), 256, as: UInt32.self), at: 256, in: &s2)
+        Self.write(t.path, d2, s2)
+        let report = try Self.repairThenCheck(t.path)
+        let after = try t.open(readOnly: true)
+        #expect(try after.list("/d1").count == 300, "\(report.problems)")
+        // d2's own records are gone with its unit; its files are reconnected, none lost.
+        let found = Set(try after.list("/d2").map(\.inode) + ((try? after.list("/lost+found")) ?? []).map(\.inode))
+        #expect(report.problems.contains { $0.message.contains("used twice") && $0.repaired }, "\(report.problems)")
+        #expect(Set(children).isSubset(of: found))
+    }
+
     @Test("an inode or pointer block whose bitmap bit was lost is not handed out again")
     func lostBitmapBits() throws {
         let t = try TestVolume()
