@@ -74,7 +74,7 @@ print(r["iops"] if sys.argv[1].startswith("rand") else r["mb_per_s"])' "$1"
 
 printf '\nLunarFS file (%s, 1 MiB blocks) vs fio --ioengine=io_uring --direct=1 on a raw file, %s s x %s rounds\n' \
     "$size" "$runtime" "$rounds"
-printf '%-12s %-6s %14s %14s %7s\n' workload unit lunarfs fio ratio
+printf '%-12s %-6s %14s %14s %7s %11s\n' workload unit lunarfs fio ratio rounds
 printf '%-12s %-6s %14.0f %14.0f %7.2f\n' first-write MB/s "$lunar_first" "$fio_first" \
     "$(python3 -c "print($lunar_first / $fio_first)")"
 summary=""
@@ -83,7 +83,7 @@ for workload in randread randwrite seqread seqwrite; do
     l=$(median "${lunar_runs[@]}") f=$(median "${fio_runs[@]}")
     unit=IOPS; case $workload in seq*) unit=MB/s ;; esac
     ratio=$(python3 -c "print(f'{$l / $f:.2f}')")
-    printf '%-12s %-6s %14.0f %14.0f %7s\n' "$workload" "$unit" "$l" "$f" "$ratio"
+    printf '%-12s %-6s %14.0f %14.0f %7s %11s\n' "$workload" "$unit" "$l" "$f" "$ratio" "$(ratio_spread)"
     summary+="$workload=$ratio "
 done
 

@@ -3,7 +3,8 @@
 #
 # Workloads (O_DIRECT, identical parameters for both): randread and randwrite (4 KiB, QD 32),
 # seqread and seqwrite (1 MiB, QD 8). Each round runs both on one workload, taking turns at
-# going first; the figure kept for each side is its median over the rounds. Random workloads compare IOPS,
+# going first; the figure kept for each side is its median over the rounds, and "rounds" shows
+# the lowest and highest per-round ratio beside it. Random workloads compare IOPS,
 # sequential ones MB/s. The io_uring table compares with fio's io_uring engine (the target:
 # every ratio >= 0.95); the libaio table compares LunarIO's libaio engine with fio's libaio.
 #
@@ -76,14 +77,14 @@ summary=""
 for engine in $engines; do
     printf '\n%s: LunarIO vs fio --ioengine=%s --direct=1 on %s (%s), %s s x %s rounds\n' \
         "$engine" "$engine" "$file" "$size" "$runtime" "$rounds"
-    printf '%-10s %-6s %14s %14s %7s\n' workload unit lunar fio ratio
+    printf '%-10s %-6s %14s %14s %7s %11s\n' workload unit lunar fio ratio rounds
     for workload in randread randwrite seqread seqwrite; do
         alternate "$rounds" "$engine" "$workload"
         l=$(median "${lunar_runs[@]}")
         f=$(median "${fio_runs[@]}")
         ratio=$(python3 -c "print(f'{$l / $f:.2f}')")
         case $workload in rand*) unit=IOPS ;; *) unit=MB/s ;; esac
-        printf '%-10s %-6s %14.0f %14.0f %7s\n' "$workload" "$unit" "$l" "$f" "$ratio"
+        printf '%-10s %-6s %14.0f %14.0f %7s %11s\n' "$workload" "$unit" "$l" "$f" "$ratio" "$(ratio_spread)"
         [ "$engine" = io_uring ] && summary+=" $workload=$ratio"
     done
 done
