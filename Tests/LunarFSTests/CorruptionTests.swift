@@ -24,18 +24,14 @@ struct CorruptionTests {
     }
 
     static func damage(_ path: String, at offset: UInt64, _ how: Damage) throws {
-        let fd = open(path, O_RDWR)
-        #expect(fd >= 0)
-        defer { close(fd) }
-        var sector = [UInt8](repeating: 0, count: 4096)
-        _ = sector.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, off_t(offset)) }
-        switch how {
-        case .bitFlip: sector[100] ^= 0x10
-        case .garbage:
-            var g = SystemRandomNumberGenerator()
-            for i in sector.indices { sector[i] = UInt8.random(in: 0...255, using: &g) }
+        changeSector(path, at: offset) { sector in
+            switch how {
+            case .bitFlip: sector[100] ^= 0x10
+            case .garbage:
+                var g = SystemRandomNumberGenerator()
+                for i in sector.indices { sector[i] = UInt8.random(in: 0...255, using: &g) }
+            }
         }
-        _ = sector.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t(offset)) }
     }
 
     /// The description of what `body` threw, or nil when it did not throw.

@@ -79,14 +79,8 @@ struct DamageTests {
         store(CRC32C.checksum(sector), at: 24, in: &sector)
     }
 
-    static func damage(_ path: String, at offset: UInt64, _ how: Damage) throws {
-        let fd = open(path, O_RDWR)
-        #expect(fd >= 0)
-        defer { close(fd) }
-        var sector = [UInt8](repeating: 0, count: 4096)
-        _ = sector.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, off_t(offset)) }
-        how.apply(to: &sector)
-        _ = sector.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t(offset)) }
+    static func damage(_ path: String, at offset: UInt64, _ how: Damage) {
+        changeSector(path, at: offset) { how.apply(to: &$0) }
     }
 
     struct Target {
@@ -225,7 +219,7 @@ struct DamageTests {
                 let what = "\(target.record) at \(target.offset) (\(target.owners.sorted().joined(separator: ", "))), \(how)"
                 try? FileManager.default.removeItem(atPath: copy)
                 try copySparse(from: t.path, to: copy)
-                try Self.damage(copy, at: target.offset, how)
+                Self.damage(copy, at: target.offset, how)
                 Self.exercise(copy)
                 // Repair.
                 var options = OpenOptions(lockTimeout: 2, heartbeatInterval: 0.5)
@@ -295,20 +289,13 @@ struct DamageTests {
 struct TreeDamageTests {
     typealias Entry = (inode: UInt32, type: UInt8, name: [UInt8])
 
-    static func sector(_ path: String, _ offset: UInt64) -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        defer { close(fd) }
-        var s = [UInt8](repeating: 0, count: 4096)
-        _ = s.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, off_t(offset)) }
-        return s
-    }
+    static func sector(_ path: String, _ offset: UInt64) -> [UInt8] { readSector(path, at: offset) }
 
+    /// Writes a crafted record back under a valid checksum.
     static func write(_ path: String, _ offset: UInt64, _ s: [UInt8]) {
         var s = s
         DamageTests.reseal(&s)
-        let fd = open(path, O_RDWR)
-        defer { close(fd) }
-        _ = s.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t(offset)) }
+        writeSector(path, at: offset, s)
     }
 
     static func load<T: FixedWidthInteger>(_ s: [UInt8], _ at: Int, as: T.Type) -> T {

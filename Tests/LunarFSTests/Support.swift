@@ -1,3 +1,4 @@
+import Glibc
 import LunarFS
 import LunarIO
 import LunarTesting
@@ -38,3 +39,26 @@ extension FSError.Kind {
 }
 
 func bytes(_ count: Int, seed: UInt64) -> [UInt8] { pattern(count, seed: seed).array }
+
+/// The 4 KiB sector at `offset` of the image file at `path`.
+func readSector(_ path: String, at offset: UInt64) -> [UInt8] {
+    let fd = open(path, O_RDONLY)
+    defer { close(fd) }
+    var sector = [UInt8](repeating: 0, count: 4096)
+    _ = sector.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4096, off_t(offset)) }
+    return sector
+}
+
+/// Writes `sector` as the 4 KiB at `offset` of the image file at `path`, as it is.
+func writeSector(_ path: String, at offset: UInt64, _ sector: [UInt8]) {
+    let fd = open(path, O_RDWR)
+    defer { close(fd) }
+    _ = sector.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t(offset)) }
+}
+
+/// Reads one sector of an image, changes it, writes it back: damage made on purpose.
+func changeSector(_ path: String, at offset: UInt64, _ change: (inout [UInt8]) -> Void) {
+    var sector = readSector(path, at: offset)
+    change(&sector)
+    writeSector(path, at: offset, sector)
+}
