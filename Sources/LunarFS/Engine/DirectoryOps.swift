@@ -52,8 +52,10 @@ extension VolumeCore {
     }
 
     private func newDirectoryRecord(_ dir: UInt32, _ l: UInt32, _ kind: RecordKind) throws(FSError) -> IOBuffer {
-        // Allocating, the sector is always there (or the allocation threw).
-        try store.create(try directorySector(dir, l, allocate: true)!, kind)
+        guard let offset = try directorySector(dir, l, allocate: true) else {
+            throw .corrupt(RecordKind.inode.name, at: inodeOffset(dir), "directory \(dir) maps no unit for logical sector \(l) just allocated")
+        }
+        return try store.create(offset, kind)
     }
 
     /// The records of hashed directory `dir` and where they lie: its header, the table sectors
