@@ -112,6 +112,12 @@ extension VolumeCore {
 
     /// The leaf that holds (or would hold) `name`.
     private func leafFor(_ dir: UInt32, hash: UInt64) throws(FSError) -> (leafSector: UInt32, entries: [DirectoryEntry], depth: UInt8) {
+        let (l, leaf, offset) = try leafRecord(dir, hash: hash)
+        return (l, try leaf.entries(at: offset), leaf.localDepth)
+    }
+
+    /// The leaf that holds (or would hold) a name of this hash, as it is (not decoded).
+    private func leafRecord(_ dir: UInt32, hash: UInt64) throws(FSError) -> (leafSector: UInt32, leaf: DirectoryLeaf, offset: UInt64) {
         let h = try directoryHeader(dir)
         let l = try tableSlot(dir, slotIndex(hash, depth: h.depth), limit: h.nextFreeSector)
         let (b, offset) = try directoryRecord(dir, l, .directoryLeaf)
@@ -119,7 +125,7 @@ extension VolumeCore {
         guard leaf.localDepth <= h.depth else {
             throw .corrupt(RecordKind.directoryLeaf.name, at: offset, "local depth \(leaf.localDepth) above global depth \(h.depth)")
         }
-        return (l, try leaf.entries(at: offset), leaf.localDepth)
+        return (l, leaf, offset)
     }
 
     /// fsck's view of a hashed directory: header, every table sector and slot, every leaf, and
@@ -214,7 +220,8 @@ extension VolumeCore {
         let ino = try inode(dir)
         guard ino.type == .directory else { throw FSError(.notDirectory) }
         if ino.storage == .inline { return try inlineEntries(ino).first { $0.name == name } }
-        return try leafFor(dir, hash: nameHash(name)).entries.first { $0.name == name }
+        let (_, leaf, offset) = try leafRecord(dir, hash: nameHash(name))
+        return try leaf.find(name, at: offset)
     }
 
     func entries(_ dir: UInt32) throws(FSError) -> [DirectoryEntry] {
@@ -301,13 +308,14 @@ extension VolumeCore {
     private func hashedInsert(_ dir: UInt32, _ entry: DirectoryEntry) throws(FSError) {
         let hash = nameHash(entry.name)
         while true {
-            let found = try leafFor(dir, hash: hash)
-            if found.entries.contains(where: { $0.name == entry.name }) { throw FSError(.exists) }
-            let (b, _) = try directoryRecord(dir, found.leafSector, .directoryLeaf, forWriting: true)
-            if DirectoryLeaf(buffer: b).setEntries(found.entries + [entry]) {
+            let (l, leaf, offset) = try leafRecord(dir, hash: hash)
+            if try leaf.find(entry.name, at: offset) != nil { throw FSError(.exists) }
+            let (b, _) = try directoryRecord(dir, l, .directoryLeaf, forWriting: true)
+            if DirectoryLeaf(buffer: b).append(entry) {
                 try directoryHeader(dir, forWriting: true).entryCount += 1
                 return
             }
+            let found = try leafFor(dir, hash: hash)
             try split(dir, leafSector: found.leafSector, entries: found.entries, localDepth: found.depth, hash: hash)
         }
     }

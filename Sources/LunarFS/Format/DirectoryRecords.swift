@@ -1,3 +1,4 @@
+import Glibc
 import LunarIO
 
 /// One directory entry, as stored in a leaf or inline in a small directory's inode:
@@ -204,6 +205,45 @@ struct DirectoryLeaf {
         case .success(let e): return e
         case .failure(let damage): throw .corrupt(RecordKind.directoryLeaf.name, at: offset, damage.reason)
         }
+    }
+
+    /// The entry named `name`, found by scanning the packed entries in place (no arrays are
+    /// built: lookups and inserts run once per create); nil when the leaf holds no such name.
+    /// Entries that do not parse are the full decode's to report, so a damaged leaf throws as
+    /// `entries(at:)` would.
+    func find(_ name: [UInt8], at offset: UInt64) throws(FSError) -> DirectoryEntry? {
+        let used = Int(bytesUsed)
+        guard used <= DirectoryLayout.leafCapacity else { return try entries(at: offset).first { $0.name == name } }
+        let base = buffer.baseAddress + DirectoryLayout.leafEntriesOffset
+        var at = 0
+        var count = 0
+        while at + 6 <= used {
+            let length = Int(base.load(fromByteOffset: at + 5, as: UInt8.self))
+            guard length > 0, at + 6 + length <= used else { break }
+            if length == name.count, name.withUnsafeBytes({ wanted in
+                wanted.elementsEqual(UnsafeRawBufferPointer(start: base + at + 6, count: length))
+            }) {
+                // The full checks of this one entry before it is returned.
+                let region = UnsafeRawBufferPointer(start: base + at, count: 6 + length)
+                guard case .success(let one) = DirectoryEntry.decodeAll(region, count: 1) else { break }
+                return one[0]
+            }
+            at += 6 + length
+            count += 1
+        }
+        guard at == used, count == Int(entryCount) else { return try entries(at: offset).first { $0.name == name } }
+        return nil
+    }
+
+    /// Adds one entry after the others; false (and nothing changed) when it does not fit.
+    func append(_ entry: DirectoryEntry) -> Bool {
+        let used = Int(bytesUsed)
+        guard used + entry.encodedSize <= DirectoryLayout.leafCapacity else { return false }
+        let start = DirectoryLayout.leafEntriesOffset + used
+        _ = DirectoryEntry.encodeAll([entry], into: buffer.slice(start..<(start + entry.encodedSize)))
+        buffer.store(entryCount + 1, at: 38)
+        buffer.store(UInt16(used + entry.encodedSize), at: 40)
+        return true
     }
 
     /// Replaces the entries; false (and nothing changed) when they do not fit.
