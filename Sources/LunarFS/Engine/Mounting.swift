@@ -57,8 +57,6 @@ public struct MountReport: Sendable {
     /// Host slots whose holder had died, whose journals this open replayed.
     public var recoveredSlots: [UInt32] = []
     public var replayedTransactions = 0
-    /// Host slots whose journal a read-only open could not replay (damaged).
-    public var unreadableJournals: [UInt32] = []
     /// Why the volume lock sector was rebuilt by a repairing open, if it was.
     public var rebuiltLockSector: String?
 }
@@ -92,7 +90,7 @@ extension VolumeCore {
                         try store.applyReplayed(offset, image, inPlace: false)
                     }
                 }
-                if let r { report.replayedTransactions += r.transactions } else { report.unreadableJournals.append(s) }
+                report.replayedTransactions += r?.transactions ?? 0
             }
             return (VolumeCore(storage: storage, header: header, store: store, slot: LockRecord.noOwner, isReadOnly: true), report)
         }
