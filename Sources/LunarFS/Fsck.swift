@@ -456,8 +456,9 @@ final class Checker {
     @discardableResult
     private func checkInode(_ n: UInt32, parent: UInt32) -> InodeRecord? {
         report.inodesChecked += 1
-        guard case .sound(let ino, let fields) = state(of: n) else {
-            if case .damaged(let why) = state(of: n) { problem("inode \(n): \(why)") } else { problem("inode \(n) is free") }
+        let found = state(of: n)
+        guard case .sound(let ino, let fields) = found else {
+            if case .damaged(let why) = found { problem("inode \(n): \(why)") } else { problem("inode \(n) is free") }
             damagedInodes.insert(n)
             return nil
         }
@@ -486,7 +487,7 @@ final class Checker {
         var units: UInt64 = 0
         var lastUnit: UInt64?
         if storage != .inline {
-            let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+            let kind = core.unitKind(storage)
             var damaged: [(VolumeCore.MapEntry, FSError)] = []
             do throws(FSError) {
                 try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
@@ -604,7 +605,7 @@ final class Checker {
     /// Counts a kept inode's blocks as referenced, so they are not freed as leaked.
     private func markMap(_ ino: InodeRecord, _ n: UInt32) {
         guard let storage = ino.storage, storage != .inline else { return }
-        let kind: ResourceKind = storage == .small ? .smallBlock : .fileBlock
+        let kind = core.unitKind(storage)
         try? core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
             self.reference(.pointerBlock, UInt64(p), by: n, unitIndex: nil)
         }, damaged: { _, _ in }) { (u, unitNumber) throws(FSError) -> Bool in

@@ -44,7 +44,7 @@ extension Volume {
                 offsets.insert(area.clusterOffset(area.cluster(of: index)))
             }
             add(.inode, UInt64(n))
-            let units: ResourceKind = ino.storage == .small ? .smallBlock : .fileBlock
+            let units = core.unitKind(ino.storage ?? .blocks)
             try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in add(.pointerBlock, UInt64(p)) }) { (_, unit) throws(FSError) -> Bool in
                 add(units, UInt64(unit))
                 return true
