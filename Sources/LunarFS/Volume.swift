@@ -119,11 +119,17 @@ public final class Volume: @unchecked Sendable {
 
     /// The thread that hands the metadata lock back once this host stops using it.
     private func startLinger(_ linger: Double) {
-        let step = UInt32(max(0.001, min(linger / 2, 0.05)) * 1_000_000)
+        let step = UInt32(MetadataLock.lookEvery(linger: linger) * 1_000_000)
         let started = startThread { [weak self, linger = self.linger] in
             linger.thread.store(UInt(pthread_self()), ordering: .relaxed)
             defer { linger.done.signal() }
             while !linger.stop.load(ordering: .relaxed) {
+                // While calls keep coming, each looks on its way out (`locked`), and the thread
+                // stays off the volume's lock, which would only make the next call wait.
+                if linger.callEnded(within: Double(step) / 1e6) {
+                    usleep(step)
+                    continue
+                }
                 // Holding the lock, it looks every step (for the linger's end and for hosts
                 // that knock); not holding it, only the sweep for dead hosts is due, and it
                 // sleeps until then unless the lock is taken meanwhile.
@@ -157,17 +163,25 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func releaseIfIdle() {
+        if let metadataLock = core.metadataLock, linger.callEnded(within: metadataLock.lookEvery) { return }
         lock.withLock { (closed: inout Bool) -> Void in
             guard !closed, let metadataLock = core.metadataLock else { return }
-            let now = monotonicSeconds()
-            do throws(FSError) {
-                if metadataLock.sweepDue(now: now) { try core.sweepDeadHosts() }
-                guard metadataLock.releaseDue(now: now) else { return }
-                try core.leaveMetadata()
-                lastCommit.withLock { $0 = monotonicSeconds() }
-            } catch {
-                backgroundFailure.withLock { $0 = error }
-            }
+            look(metadataLock, now: monotonicSeconds())
+        }
+    }
+
+    /// Under the volume's lock, between calls: sweeps for dead hosts when that is due, and
+    /// hands the metadata lock back when this host has been idle long enough, held it long
+    /// enough, or another host asks for it. A failure is reported by the next call.
+    private func look(_ metadataLock: MetadataLock, now: Double) {
+        metadataLock.lastLook = now
+        do throws(FSError) {
+            if metadataLock.sweepDue(now: now) { try core.sweepDeadHosts() }
+            guard metadataLock.releaseDue(now: now) else { return }
+            try core.leaveMetadata()
+            lastCommit.withLock { $0 = monotonicSeconds() }
+        } catch {
+            backgroundFailure.withLock { $0 = error }
         }
     }
 
@@ -336,13 +350,22 @@ public final class Volume: @unchecked Sendable {
                 try core.enterMetadata(access)
                 linger.rouse()
                 // Idle time counts from the end of a call: a call that took long (a commit) is
-                // no sign that the host stopped working on metadata.
-                defer { core.metadataLock?.lastUse = monotonicSeconds() }
+                // no sign that the host stopped working on metadata. A busy host looks for
+                // hosts waiting on its way out of a call, every `lookEvery`.
+                defer {
+                    let now = monotonicSeconds()
+                    linger.lastCallEnd.store(now.bitPattern, ordering: .relaxed)
+                    if let metadataLock = core.metadataLock {
+                        metadataLock.lastUse = now
+                        if now - metadataLock.lastLook >= metadataLock.lookEvery { look(metadataLock, now: now) }
+                    }
+                }
                 do throws(FSError) {
                     let result = try body(core)
                     try core.validateReads()
                     return result
                 } catch {
+                    core.knownNames.forgetAll()
                     guard access == .shared, case .lockConflict = error.kind else { throw error }
                     core.metadataLock?.noteRetriedExclusive()
                     try core.enterMetadata(.exclusive)
@@ -542,6 +565,12 @@ private final class LingerControl: Sendable {
     /// Set by the thread before it looks whether the lock is held; whoever then takes the
     /// lock (or stops the thread) wakes it, so a long sleep never outlasts a hold.
     let dozing = Atomic<Bool>(false)
+    /// When the last call into the volume ended: `monotonicSeconds()`'s bit pattern.
+    let lastCallEnd = Atomic<UInt64>(0)
+
+    func callEnded(within seconds: Double) -> Bool {
+        monotonicSeconds() - Double(bitPattern: lastCallEnd.load(ordering: .relaxed)) < seconds
+    }
     private let wake = DispatchSemaphore(value: 0)
 
     /// Sleeps `seconds` if given and longer than a step (woken early by `rouse`), else a step.

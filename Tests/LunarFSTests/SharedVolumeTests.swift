@@ -127,6 +127,38 @@ struct SharedVolumeTests {
         try v.close()
     }
 
+    @Test("a name a host walked through is not read again, yet a rename or remove by another host or by itself is seen at once")
+    func knownNames() throws {
+        let t = try TestVolume()
+        let a = try Self.host(t), b = try Self.host(t)
+        try a.mkdir("/d")
+        let before = try a.create("/d/f", exclusive: true, lock: nil).inode
+        try a.relinquishMetadataLock()
+        // b walks /d under a shared hold, then a moves it aside and makes another /d.
+        #expect(try b.stat("/d/f").inode == before)
+        try a.rename("/d", to: "/e")
+        try a.mkdir("/d")
+        let after = try a.create("/d/f", exclusive: true, lock: nil).inode
+        try a.relinquishMetadataLock()
+        #expect(try b.stat("/d/f").inode == after)
+        #expect(try b.stat("/e/f").inode == before)
+        // Another host's remove, and this host's own.
+        try a.remove("/e/f")
+        try a.relinquishMetadataLock()
+        #expect(throws: FSError.self) { try b.stat("/e/f") }
+        try b.remove("/d/f")
+        #expect(throws: FSError.self) { try b.stat("/d/f") }
+        try b.mkdir("/d/f")
+        #expect(try b.stat("/d/f").type == .directory)
+        try b.relinquishMetadataLock()
+        #expect(try a.stat("/d/f").type == .directory)
+        try a.close()
+        try b.close()
+        let v = try t.open()
+        #expect(try v.check().isClean)
+        try v.close()
+    }
+
     @Test("an exclusive holder keeps others out; the error names it; --wait gets it once it is closed")
     func exclusiveLock() throws {
         let t = try TestVolume()

@@ -205,6 +205,7 @@ extension VolumeCore {
     /// starts again inline and grows as inserts need, so header, table and leaves are all
     /// rebuilt from the entries, whatever state they were in.
     func rewriteDirectory(_ dir: UInt32, _ entries: [DirectoryEntry]) throws(FSError) {
+        knownNames.forgetAll()
         try freeUnits(dir, from: 0)
         try resetStorage(dir, to: .inline).size = 0
         for e in entries {
@@ -371,6 +372,7 @@ extension VolumeCore {
 
     @discardableResult
     func removeEntry(_ dir: UInt32, _ name: [UInt8]) throws(FSError) -> DirectoryEntry {
+        knownNames.forgetAll()
         let ino = try changingDirectory(dir)
         if ino.storage == .inline {
             var list = try inlineEntries(ino)

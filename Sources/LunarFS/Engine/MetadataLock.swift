@@ -40,6 +40,12 @@ final class MetadataLock {
     private(set) var held: MetadataAccess?
     private(set) var heldSince = 0.0
     var lastUse = 0.0
+    /// When this host last looked whether to hand the lock back (`releaseDue`).
+    var lastLook = 0.0
+    /// How often a holder looks: often enough that a waiting host is not kept long, the
+    /// lock sector read each time being a small cost beside the calls in between.
+    let lookEvery: Double
+    static func lookEvery(linger: Double) -> Double { max(0.001, min(linger / 2, 0.05)) }
     private var courtesyUntil = 0.0
     /// The lock generation this host last wrote.
     private var lastWritten: UInt64?
@@ -58,6 +64,7 @@ final class MetadataLock {
         timeout = options.lockTimeout
         linger = options.metadataLockLinger
         maxHold = options.metadataLockMaxHold
+        lookEvery = Self.lookEvery(linger: linger)
     }
 
     var me: LockOwner { LockOwner(slot: recovery.me.index, claim: recovery.me.claim) }
@@ -462,9 +469,10 @@ extension VolumeCore {
         directoryReads.removeAll()
     }
 
-    /// Forgets every cached sector (the running transaction stays). The known lock stamps
-    /// stay: they vouch only for what is cached, and nothing is now.
+    /// Forgets every cached sector and name (the running transaction stays). The known lock
+    /// stamps stay: they vouch only for what is cached, and nothing is now.
     func dropCache() {
+        knownNames.forgetAll()
         let had = store.dropCache()
         metadataLock?.cacheDropped(counted: had)
     }

@@ -17,6 +17,10 @@ extension VolumeCore {
     func resolve(_ path: String) throws(FSError) -> UInt32 {
         var current = root
         for name in Self.components(path) {
+            if holdsShared, let known = knownNames.inode(of: name, in: current) {
+                current = known
+                continue
+            }
             try lockDirectory(current, forWriting: false)
             if name == [0x2E, 0x2E] {
                 current = try inode(current).parent
@@ -26,6 +30,7 @@ extension VolumeCore {
             guard ino.type == .directory else { throw FSError(.notDirectory) }
             guard let entry = try lookup(current, name) else { throw FSError(.notFound) }
             try checkInodeNumber(entry.inode, referencedFrom: RecordKind.directoryLeaf.name, at: inodeOffset(current))
+            if holdsShared { knownNames.learn(name, in: current, is: entry.inode) }
             current = entry.inode
         }
         return current
@@ -106,5 +111,33 @@ extension VolumeCore {
         let m = try modifyInode(entry.inode)
         m.parent = targetDir
         m.ctime = wallClockNanoseconds()
+    }
+}
+
+/// Names this host found in directories it walked through under shared holds, so that a
+/// path's directories need not be read (and checked again at the end of the call) each time.
+///
+/// A name found once stays true while the cache does: under shared holds other hosts only
+/// add entries (a remove or a rename takes the metadata lock exclusive), and whenever
+/// another host may have held it exclusive since, the cache is dropped (`dropCache`). What
+/// can still make a known name wrong is on this host, and forgets them all: removing an
+/// entry or rewriting a directory, and a call that fails (its changes were rolled back,
+/// entries it made included).
+struct KnownNames {
+    private var names: [UInt32: [[UInt8]: UInt32]] = [:]
+    private var count = 0
+    /// Enough for every directory on the paths of a busy host; past it, start again.
+    static let capacity = 16_384
+
+    func inode(of name: [UInt8], in dir: UInt32) -> UInt32? { names[dir]?[name] }
+
+    mutating func learn(_ name: [UInt8], in dir: UInt32, is inode: UInt32) {
+        if count >= Self.capacity { forgetAll() }
+        if names[dir, default: [:]].updateValue(inode, forKey: name) == nil { count += 1 }
+    }
+
+    mutating func forgetAll() {
+        names.removeAll()
+        count = 0
     }
 }

@@ -29,6 +29,7 @@ final class VolumeCore {
     /// current (the one it wrote when it let go of the lock, or saw when it read the
     /// directory): finding it unchanged under a shared hold means nobody else changed it since.
     var knownStamps: [UInt32: LockStamp] = [:]
+    var knownNames = KnownNames()
     var heartbeat: Heartbeat?
     var fence: FencedStorage?
 
