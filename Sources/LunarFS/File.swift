@@ -103,11 +103,13 @@ public final class File: Sendable {
     }
 
     /// Where `range` lives on the volume's device: pieces of the file range with their device
-    /// offset, nil for holes. Valid until the file's map changes (a write into a hole,
+    /// offset, nil for holes, and whether another file (a snapshot, a clone) shares the piece:
+    /// such a piece may be read in place but is written only through `write`, which copies it
+    /// first. Valid until the file's map changes (a write into a hole or a shared piece,
     /// truncate, discard): for hot paths that drive their own `IOQueue`.
-    public func extents(_ range: Range<UInt64>) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?)] {
-        try volume.locked(path, access: access) { (core) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?)] in
-            try core.extents(try checked(core), range).map { (range: $0.0, deviceOffset: $0.1) }
+    public func extents(_ range: Range<UInt64>) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?, shared: Bool)] {
+        try volume.locked(path, access: access) { (core) throws(FSError) -> [(range: Range<UInt64>, deviceOffset: UInt64?, shared: Bool)] in
+            try core.extents(try checked(core), range).map { (range: $0.0, deviceOffset: $0.1, shared: $0.2) }
         }
     }
 }
@@ -121,7 +123,7 @@ extension VolumeCore {
             inode: n, type: ino.type == .directory ? .directory : .file, size: ino.size,
             allocatedBytes: ino.allocatedUnits * unit, mode: ino.mode, linkCount: ino.linkCount,
             created: ino.btime, modified: ino.mtime, changed: ino.ctime, accessed: ino.atime,
-            storage: storage == .inline ? "inline" : storage == .small ? "small blocks" : "file blocks", unitSize: unit)
+            storage: storage.name, unitSize: unit)
     }
 
     func usage() throws(FSError) -> VolumeUsage {

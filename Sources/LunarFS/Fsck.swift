@@ -63,6 +63,13 @@ final class Checker {
     private var rewrites: [UInt32: [DirectoryEntry]] = [:]
     /// Data units a later owner maps that an earlier one holds: the later one gets a copy.
     private var crossLinks: [(inode: UInt32, unitIndex: UInt64, kind: ResourceKind)] = []
+    /// Format 2: map entries naming each pointer block and each grain of a grain map, counted
+    /// once per entry however many maps share the block holding it (format.md §9.3).
+    private var pointerReferences: [UInt32: Int] = [:]
+    private var grainReferences: [UInt32: Int] = [:]
+    /// Grain-map pointer blocks already walked: grains below, and the last grain index below
+    /// relative to the block's first.
+    private var walkedPointerBlocks: [UInt32: (grains: UInt64, last: UInt64?)] = [:]
     /// Whether another host than this one is (or may be) alive: locks it could hold are then
     /// left alone.
     private lazy var otherHostsLive: Bool = computeOtherHostsLive()
@@ -104,6 +111,7 @@ final class Checker {
         checkClusters()
         walk(root: core.header.rootInode)
         let unreached = findUnreached()
+        checkReferenceCounts()
         rebuildDamagedClusters()
         checkBitmaps()
         // From here on repairs may allocate: every bitmap now agrees with the maps.
@@ -486,7 +494,22 @@ final class Checker {
         guard let storage = ino.storage else { return nil }
         var units: UInt64 = 0
         var lastUnit: UInt64?
-        if storage != .inline {
+        if storage == .grains {
+            var damaged: [(VolumeCore.MapEntry, FSError)] = []
+            do throws(FSError) {
+                (units, lastUnit) = try walkGrainMap(ino) { entry, error in damaged.append((entry, error)) }
+            } catch {
+                problem("inode \(n): grain map: \(error.withoutAdvice)")
+                damagedInodes.insert(n)
+                return nil
+            }
+            // A hole where a damaged block was; in a block other maps share, it is a hole in
+            // each of them (the counts are set from what the maps hold afterwards).
+            for (entry, error) in damaged {
+                let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
+                problem("inode \(n): grain map: \(error.withoutAdvice)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
+            }
+        } else if storage != .inline {
             let kind = core.unitKind(storage)
             var damaged: [(VolumeCore.MapEntry, FSError)] = []
             do throws(FSError) {
@@ -534,6 +557,106 @@ final class Checker {
         if lastUnit >= end {
             let fixed = fix { () throws(FSError) in try core.freeUnits(n, from: end) }
             problem("inode \(n) maps blocks past its size \(size)\(fixed ? "; freed" : "")", repaired: fixed)
+        }
+    }
+
+    /// Counts the entries of a grain map (format.md §9.6): a pointer block other maps share is
+    /// walked once, and only its reference counted again. Returns the grains the map names and
+    /// the last grain index.
+    /// An entry naming a grain outside the area or a damaged pointer block goes to `damaged`
+    /// (once, from the first map that reaches it) and counts as a hole.
+    private func walkGrainMap(_ ino: InodeRecord, damaged: (VolumeCore.MapEntry, FSError) -> Void) throws(FSError) -> (UInt64, UInt64?) {
+        let h = ino.height
+        let span = VolumeCore.span(height: h)
+        var grains: UInt64 = 0
+        var last: UInt64?
+        for i in 0..<InodeRecord.rootEntries {
+            let e = ino.rootEntry(i)
+            if e == 0 { continue }
+            let base = UInt64(i) * span
+            let entry = VolumeCore.MapEntry(pointerBlock: nil, level: h, index: i)
+            let (g, l) = try walkGrainEntry(e, at: entry, level: h, owner: ino.family, damaged: damaged)
+            grains += g
+            if let l { last = base + l }
+        }
+        return (grains, last)
+    }
+
+    private func walkGrainEntry(_ e: UInt32, at entry: VolumeCore.MapEntry, level: UInt8, owner: UInt32,
+                                damaged: (VolumeCore.MapEntry, FSError) -> Void) throws(FSError) -> (UInt64, UInt64?) {
+        if level == 0 {
+            guard core.isValidGrain(e) else {
+                damaged(entry, .corrupt(RecordKind.pointerBlock.name, at: core.header.fileBlocks.dataOffset, "names grain \(e), outside the file-block area"))
+                return (0, nil)
+            }
+            grainReferences[e, default: 0] += 1
+            return (1, 0)
+        }
+        if let seen = walkedPointerBlocks[e] {
+            pointerReferences[e, default: 0] += 1
+            return seen
+        }
+        let pb: PointerBlock
+        do throws(FSError) {
+            pb = try core.pointerBlock(e, owner: owner, level: level)
+        } catch {
+            guard case .corrupt = error.kind else { throw error }
+            damaged(entry, error)
+            return (0, nil)
+        }
+        pointerReferences[e, default: 0] += 1
+        let entries = (0..<PointerBlock.entries).map { pb.entry($0) }
+        let span = VolumeCore.span(height: level - 1)
+        var grains: UInt64 = 0
+        var last: UInt64?
+        for (i, child) in entries.enumerated() where child != 0 {
+            let inner = VolumeCore.MapEntry(pointerBlock: e, level: level, index: i)
+            let (g, l) = try walkGrainEntry(child, at: inner, level: level - 1, owner: owner, damaged: damaged)
+            grains += g
+            if let l { last = UInt64(i) * span + l }
+        }
+        walkedPointerBlocks[e] = (grains, last)
+        return (grains, last)
+    }
+
+    /// Format 2: every count against the entries the walk found, and the bits of pointer
+    /// blocks and of file blocks holding named grains marked referenced.
+    private func checkReferenceCounts() {
+        guard core.header.sharedBlocks else { return }
+        for p in pointerReferences.keys.sorted() where referenced[.pointerBlock]!.mark(UInt64(p)) {
+            problem("pointer block \(p) belongs to a grain map and to another map too")
+        }
+        let g = core.grainsPerBlock
+        for block in Set(grainReferences.keys.map { UInt64($0) / g }).sorted() {
+            if referenced[.fileBlock]!.mark(block) {
+                problem("file block \(block) holds grains of grain maps and is a whole unit of another map too")
+            }
+        }
+        for kind in [ResourceKind.pointerBlock, .fileBlock] {
+            let area = core.header.area(kind)
+            let perResource = UInt64(area.countsPerResource)
+            var wrong: [(UInt32, UInt16, Int)] = []
+            for c in 0..<area.clusterCount {
+                for r in area.resources(inCluster: c) where r > 0 {
+                    for k in 0..<perResource {
+                        let e = UInt32(r * perResource + k)
+                        let expected = kind == .pointerBlock ? pointerReferences[UInt32(r)] ?? 0 : grainReferences[e] ?? 0
+                        let key = kind == .pointerBlock ? UInt32(r) : e
+                        guard let stored = try? core.referenceCount(kind, key) else {
+                            problem("\(kind) \(r): its reference count sector cannot be read")
+                            continue
+                        }
+                        if Int(stored) != expected { wrong.append((key, stored, expected)) }
+                    }
+                }
+            }
+            guard !wrong.isEmpty else { continue }
+            let fixed = fix { () throws(FSError) in
+                for (key, _, expected) in wrong { try core.setReferenceCount(kind, key, UInt16(clamping: expected)) }
+            }
+            let (key, stored, expected) = wrong[0]
+            let what = kind == .pointerBlock ? "pointer block" : "grain"
+            problem("\(wrong.count) \(what) reference counts differ from the maps, e.g. \(what) \(key) counts \(stored), \(expected) entries name it\(fixed ? "; set from the maps" : "")", repaired: fixed)
         }
     }
 
@@ -605,6 +728,10 @@ final class Checker {
     /// Counts a kept inode's blocks as referenced, so they are not freed as leaked.
     private func markMap(_ ino: InodeRecord, _ n: UInt32) {
         guard let storage = ino.storage, storage != .inline else { return }
+        if storage == .grains {
+            _ = try? walkGrainMap(ino) { _, _ in }
+            return
+        }
         let kind = core.unitKind(storage)
         try? core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
             self.reference(.pointerBlock, UInt64(p), by: n, unitIndex: nil)

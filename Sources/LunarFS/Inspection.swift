@@ -45,8 +45,10 @@ extension Volume {
             }
             add(.inode, UInt64(n))
             let units = core.unitKind(ino.storage ?? .blocks)
+            // A grain map names grains: their file block's cluster holds the bit (and the counts).
+            let perUnit = ino.storage == .grains ? core.grainsPerBlock : 1
             try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in add(.pointerBlock, UInt64(p)) }) { (_, unit) throws(FSError) -> Bool in
-                add(units, UInt64(unit))
+                add(units, UInt64(unit) / perUnit)
                 return true
             }
             return offsets.sorted().map { MetadataRecordLocation(record: RecordKind.cluster.name, offset: $0) }

@@ -74,6 +74,9 @@ struct FSMkfsCommand: AsyncParsableCommand {
             transform: ByteSize.parse)
     var journalSize: ByteSize?
 
+    @Option(help: "On-disk format: 2 (default) keeps reference counts, so files can share blocks (snapshots, clones); 1 is readable by releases before shared blocks.")
+    var format = 2
+
     @Flag(help: "Overwrite a LUN that already holds a LunarFS volume.")
     var force = false
 
@@ -85,7 +88,9 @@ struct FSMkfsCommand: AsyncParsableCommand {
             guard let block = UInt32(exactly: blockSize.bytes) else {
                 throw CLIError("block size must be a power of two from 64K to 8M, not \(blockSize.bytes)")
             }
-            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes)
+            guard format == 1 || format == 2 else { throw CLIError("--format must be 1 or 2, not \(format)") }
+            let options = FormatOptions(label: label, blockSize: block, maxFiles: maxFiles, journalSize: journalSize?.bytes,
+                                        sharedBlocks: format == 2)
             let existed = BlockDevice.exists(lun)
             if existed {
                 // A size no volume can have is refused before the image is resized.
@@ -115,6 +120,7 @@ struct FSMkfsCommand: AsyncParsableCommand {
             print("  uuid:          \(header.uuid)")
             if !header.label.isEmpty { print("  label:         \(header.label)") }
             print("  size:          \(ByteSize.format(header.volumeSize)) (\(header.volumeSize) bytes)")
+            print("  format:        \(header.formatGeneration)\(header.sharedBlocks ? " (shared blocks)" : "")")
             print("  block size:    \(ByteSize.format(UInt64(header.blockSize)))")
             print("  file capacity: \(fileCapacity(header)) files and directories")
             print("  data capacity: \(ByteSize.format(dataCapacity(header)))")
@@ -216,7 +222,8 @@ func headerJSON(_ h: VolumeHeader) -> [String: Any] {
         ] as [String: Any]
     }
     return [
-        "uuid": h.uuid.description, "label": h.label, "size_bytes": h.volumeSize, "block_size": h.blockSize,
+        "uuid": h.uuid.description, "label": h.label, "format": h.formatGeneration, "shared_blocks": h.sharedBlocks,
+        "size_bytes": h.volumeSize, "block_size": h.blockSize,
         "small_block_size": h.smallBlockSize, "host_slots": h.hostSlots, "root_inode": h.rootInode,
         "heartbeat_offset": h.heartbeatOffset, "volume_lock_offset": h.volumeLockOffset,
         "journal_offset": h.journalOffset, "journal_size": h.journalSize, "created": isoTime(h.created),
@@ -252,6 +259,7 @@ struct FSInfoCommand: AsyncParsableCommand {
             print("uuid:            \(h.uuid)")
             print("label:           \(h.label.isEmpty ? "(none)" : h.label)")
             print("size:            \(ByteSize.format(h.volumeSize)) (\(h.volumeSize) bytes)")
+            print("format:          \(h.formatGeneration)\(h.sharedBlocks ? " (shared blocks: snapshots and clones)" : " (no shared blocks)")")
             print("block size:      \(ByteSize.format(UInt64(h.blockSize))) (small blocks \(ByteSize.format(UInt64(h.smallBlockSize))))")
             print("file capacity:   \(fileCapacity(h)) files and directories")
             print("data capacity:   \(ByteSize.format(dataCapacity(h)))")

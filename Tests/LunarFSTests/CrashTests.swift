@@ -44,7 +44,7 @@ struct CrashTests {
                 var touched: Set<String> = []
                 let dirs = directories.sorted()
                 let paths = files.keys.sorted()
-                switch rng.next() % 10 {
+                switch rng.next() % 12 {
                 case 0:
                     let d = (dirs.randomElement(using: &rng) ?? "/") + (dirs.count > 1 ? "/" : "") + "d\(i)"
                     let path = d.replacingOccurrences(of: "//", with: "/")
@@ -91,6 +91,15 @@ struct CrashTests {
                     try volume.remove(path)
                     files[path] = nil
                     touched.insert(path)
+                case 9, 10:
+                    // A clone shares every block: later writes to either copy, truncates and
+                    // removes drop references (format.md §9).
+                    guard let path = paths.randomElement(using: &rng) else { continue }
+                    let dir = dirs.randomElement(using: &rng) ?? "/"
+                    let target = (dir == "/" ? "" : dir) + "/c\(i)"
+                    try volume.clone(path, to: target)
+                    files[target] = files[path]
+                    touched.insert(target)
                 default:
                     try volume.sync()
                     checkpoints.append(Checkpoint(position: recorder.position, files: files, directories: directories))

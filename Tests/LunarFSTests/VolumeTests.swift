@@ -133,14 +133,19 @@ struct LimitTests {
         #expect(throws: Never.self) { _ = try Volume.plan(size: mib << 20, options: options) }
         #expect(fsError { _ = try Volume.plan(size: (mib - 1) << 20, options: options) } != nil)
 
-        // At most 2^32 − 1 file blocks: that much data fits, 2^64 − 1 bytes is refused saying so.
-        let largest = UInt64(UInt32.max) * UInt64(blockSize)
-        let h = try Volume.plan(size: largest, options: options)
-        #expect(h.fileBlocks.count <= UInt64(UInt32.max))
-        for size in [UInt64.max, UInt64.max / 2, largest * 2] {
-            let error = fsError { _ = try Volume.plan(size: size, options: options) }
-            guard case .invalidArgument(let why)? = error?.kind else { Issue.record("\(size): \(String(describing: error))"); continue }
-            #expect(why.contains("too large") && why.contains("\(largest) bytes"), "\(why)")
+        // At most 2^32 − 1 file blocks (format 1), or 2^32 grains of 64 KiB in them (format 2):
+        // that much data fits, 2^64 − 1 bytes is refused saying so.
+        for shared in [false, true] {
+            let options = FormatOptions(blockSize: blockSize, sharedBlocks: shared)
+            let grains = UInt64(blockSize >> 16)
+            let largest = shared ? UInt64(UInt32.max) / grains * UInt64(blockSize) : UInt64(UInt32.max) * UInt64(blockSize)
+            let h = try Volume.plan(size: largest, options: options)
+            #expect(h.fileBlocks.count * (shared ? grains : 1) <= UInt64(UInt32.max))
+            for size in [UInt64.max, UInt64.max / 2, largest * 2] {
+                let error = fsError { _ = try Volume.plan(size: size, options: options) }
+                guard case .invalidArgument(let why)? = error?.kind else { Issue.record("\(size): \(String(describing: error))"); continue }
+                #expect(why.contains("too large") && why.contains("\(largest) bytes"), "\(why)")
+            }
         }
         // Huge values of the other settings are refused too, not overflowed.
         for huge in [FormatOptions(blockSize: blockSize, maxFiles: .max), FormatOptions(blockSize: blockSize, journalSize: .max),

@@ -39,18 +39,21 @@ struct VirtioBlockIOThreadTests {
 
     @Test("the extent map answers lookups and splices in re-read pieces")
     func extentMap() {
-        var map = ExtentMap([(0..<4096, 100_000), (4096..<12288, nil), (12288..<16384, 200_000)])
+        var map = ExtentMap([(0..<4096, 100_000, false), (4096..<12288, nil, false), (12288..<16384, 200_000, true)])
         var seen: [(Range<UInt64>, UInt64?)] = []
-        #expect(map.visit(1024..<14336) { seen.append(($0, $1)); return true })
+        #expect(map.visit(1024..<14336) { range, device, _ in seen.append((range, device)); return true })
         #expect(seen.map(\.0) == [1024..<4096, 4096..<12288, 12288..<14336])
         #expect(seen.map(\.1) == [101_024, nil, 200_000])
-        #expect(!map.visit(16000..<20000) { _, _ in true }, "past the map: unknown")
+        #expect(!map.visit(16000..<20000) { _, _, _ in true }, "past the map: unknown")
+        var shared: [Bool] = []
+        _ = map.visit(0..<16384) { _, _, s in shared.append(s); return true }
+        #expect(shared == [false, false, true], "a shared piece says so")
         // A write allocated 8192..<12288 of the hole.
-        map.replace(8192..<12288, with: [(8192..<12288, 300_000)])
+        map.replace(8192..<12288, with: [(8192..<12288, 300_000, false)])
         #expect(map.extents == [.init(lower: 0, upper: 4096, device: 100_000), .init(lower: 4096, upper: 8192, device: nil),
-                                .init(lower: 8192, upper: 12288, device: 300_000), .init(lower: 12288, upper: 16384, device: 200_000)])
+                                .init(lower: 8192, upper: 12288, device: 300_000), .init(lower: 12288, upper: 16384, device: 200_000, shared: true)])
         // A discard inside one extent splits it in three.
-        map.replace(1024..<2048, with: [(1024..<2048, nil)])
+        map.replace(1024..<2048, with: [(1024..<2048, nil, false)])
         #expect(map.extents.prefix(3) == [.init(lower: 0, upper: 1024, device: 100_000), .init(lower: 1024, upper: 2048, device: nil),
                                           .init(lower: 2048, upper: 4096, device: 102_048)])
     }
@@ -90,6 +93,41 @@ struct VirtioBlockIOThreadTests {
         for slot in 0..<32 {
             #expect(try disk.file.read(at: UInt64(slot * 2 * (64 << 10)), count: 64 << 10) == pattern(64 << 10, seed: UInt64(100 + slot)).array)
         }
+        try volume.close()
+    }
+
+    @Test("a disk whose blocks a snapshot shares: reads go direct, writes copy first and leave the snapshot as it was")
+    func sharedDisk() throws {
+        let (volume, disk, content, _) = try Self.disk(preallocated: true)
+        try volume.clone("/disk.raw", to: "/snap.raw")
+        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 16, bytesPerSlot: 64 << 10)
+        for slot in 0..<16 {
+            d.enqueue(slot: slot, type: 0, sector: UInt64(slot * (1 << 20) / 512), length: 64 << 10)
+        }
+        d.publish()
+        #expect(Self.drain(d).allSatisfy { $0.status == 0 })
+        #expect(d.device.requestsServedDirectly == 16, "shared pieces are read in place")
+        var expected = content
+        for slot in 0..<16 {
+            let fill = pattern(4096, seed: UInt64(300 + slot)).array
+            d.data(slot).copyBytes(from: fill)
+            let offset = slot * (1 << 20) + 8192
+            expected.replaceSubrange(offset..<(offset + 4096), with: fill)
+            d.enqueue(slot: slot, type: 1, sector: UInt64(offset / 512), length: 4096)
+        }
+        d.publish()
+        #expect(Self.drain(d).allSatisfy { $0.status == 0 })
+        #expect(try disk.file.read(at: 0, count: 32 << 20) == expected)
+        #expect(try volume.openFile("/snap.raw", lock: nil).read(at: 0, count: 32 << 20) == content)
+        // Copied once, a piece is the disk's own again: the next write to it goes direct.
+        let before = d.device.requestsServedDirectly
+        d.data(0).copyBytes(from: pattern(4096, seed: 400).array)
+        d.enqueue(slot: 0, type: 1, sector: UInt64(8192 / 512), length: 4096)
+        d.publish()
+        #expect(Self.drain(d).allSatisfy { $0.status == 0 })
+        #expect(d.device.requestsServedDirectly == before + 1)
+        #expect(try volume.openFile("/snap.raw", lock: nil).read(at: 0, count: 64 << 10) == Array(content[0..<(64 << 10)]))
+        #expect(try volume.check().isClean)
         try volume.close()
     }
 

@@ -5,6 +5,8 @@ import LunarIO
 struct AllocationCursors {
     var cluster: [ResourceKind: Int] = [:]
     var bit: [ResourceKind: Int] = [:]
+    /// The file block this host takes single grains from (format 2), while it has free ones.
+    var grainBlock: UInt64?
 }
 
 extension VolumeCore {

@@ -24,13 +24,23 @@ extension VolumeCore {
         storage == .small ? header.smallBlocks : header.fileBlocks
     }
 
-    /// The resource a map of this storage maps: small blocks or file blocks.
+    /// The resource a map of this storage maps: small blocks or file blocks (whose grains a
+    /// grain map names).
     func unitKind(_ storage: InodeRecord.Storage) -> ResourceKind {
         storage == .small ? .smallBlock : .fileBlock
     }
 
     func unitSize(_ ino: InodeRecord) -> UInt64 {
-        ino.storage == .small ? UInt64(header.smallBlockSize) : UInt64(header.blockSize)
+        switch ino.storage {
+        case .small: UInt64(header.smallBlockSize)
+        case .grains: Self.grainSize
+        default: UInt64(header.blockSize)
+        }
+    }
+
+    /// Where the data unit a map entry names begins on the device.
+    func unitOffset(_ storage: InodeRecord.Storage, _ unit: UInt32) -> UInt64 {
+        storage == .grains ? grainOffset(unit) : unitArea(storage).offset(of: UInt64(unit))
     }
 
     /// Gives inode `n`, whose map holds no unit, an empty map of `storage` (an empty body,
@@ -42,6 +52,8 @@ extension VolumeCore {
         m.height = 0
         m.allocatedUnits = 0
         m.setStorage(storage)
+        // A new grain map begins a family of its own (format.md §9.2).
+        m.family = storage == .grains ? n : 0
         return m
     }
 
@@ -63,7 +75,7 @@ extension VolumeCore {
     }
 
     private func checkUnit(_ unit: UInt32, _ ino: InodeRecord, from offset: UInt64, _ what: RecordKind) throws(FSError) {
-        guard let storage = ino.storage, UInt64(unit) < unitArea(storage).count else {
+        guard let storage = ino.storage, storage == .grains ? isValidGrain(unit) : UInt64(unit) < unitArea(storage).count else {
             throw .corrupt(what.name, at: offset, "maps a data unit \(unit) outside its area")
         }
     }
@@ -79,7 +91,7 @@ extension VolumeCore {
         var from = inodeOffset(ino.number), fromKind = RecordKind.inode
         while level > 0 {
             if entry == 0 { return 0 }
-            let pb = try pointerBlock(entry, owner: ino.number, level: level)
+            let pb = try pointerBlock(entry, owner: mapOwner(ino), level: level)
             from = pointerOffset(entry); fromKind = .pointerBlock
             span /= Self.fanout
             entry = pb.entry(Int(rem / span))
@@ -92,9 +104,13 @@ extension VolumeCore {
 
     /// Points unit index `u` of inode `n` at `unit` (0 makes it a hole), building pointer
     /// blocks and height as needed. Returns the unit it pointed at before.
+    /// In a grain map, every pointer block on the way that other maps share is first made
+    /// this map's own (`unshare`); what the entry named keeps its count (the caller's).
     @discardableResult
     func setUnit(_ n: UInt32, _ u: UInt64, _ unit: UInt32) throws(FSError) -> UInt32 {
         var ino = try modifyInode(n)
+        let owner = mapOwner(ino)
+        let shared = ino.storage == .grains
         guard u < Self.capacity(height: InodeRecord.maxHeight) else { throw FSError(.fileTooLarge) }
         while u >= Self.capacity(height: ino.height) {
             if unit == 0 { return 0 }
@@ -114,15 +130,21 @@ extension VolumeCore {
         var pbNumber = ino.rootEntry(rootIndex)
         if pbNumber == 0 {
             if unit == 0 { return 0 }
-            pbNumber = try newPointerBlock(owner: n, level: h)
+            pbNumber = try newPointerBlock(owner: owner, level: h, counted: shared)
             try modifyInode(n).setRootEntry(rootIndex, pbNumber)
+        } else if shared {
+            let own = try unshare(pbNumber, level: h, owner: owner)
+            if own != pbNumber {
+                pbNumber = own
+                try modifyInode(n).setRootEntry(rootIndex, own)
+            }
         }
         var level = h
         while true {
             span /= Self.fanout
             let index = Int(rem / span)
             rem %= span
-            let pb = try pointerBlock(pbNumber, owner: n, level: level, forWriting: true)
+            let pb = try pointerBlock(pbNumber, owner: owner, level: level, forWriting: true)
             if level == 1 {
                 let old = pb.entry(index)
                 pb.setEntry(index, unit)
@@ -132,8 +154,14 @@ extension VolumeCore {
             var child = pb.entry(index)
             if child == 0 {
                 if unit == 0 { return 0 }
-                child = try newPointerBlock(owner: n, level: level - 1)
-                try pointerBlock(pbNumber, owner: n, level: level, forWriting: true).setEntry(index, child)
+                child = try newPointerBlock(owner: owner, level: level - 1, counted: shared)
+                try pointerBlock(pbNumber, owner: owner, level: level, forWriting: true).setEntry(index, child)
+            } else if shared {
+                let own = try unshare(child, level: level - 1, owner: owner)
+                if own != child {
+                    child = own
+                    try pointerBlock(pbNumber, owner: owner, level: level, forWriting: true).setEntry(index, child)
+                }
             }
             pbNumber = child
             level -= 1
@@ -145,10 +173,13 @@ extension VolumeCore {
         if old != 0 && new == 0 { ino.unitUnmapped() }
     }
 
-    private func newPointerBlock(owner: UInt32, level: UInt8) throws(FSError) -> UInt32 {
+    /// A new pointer block of a map whose blocks carry `owner`; `counted` (a grain map's):
+    /// its reference count set to 1.
+    func newPointerBlock(owner: UInt32, level: UInt8, counted: Bool) throws(FSError) -> UInt32 {
         var p: UInt32
         repeat { p = UInt32(try allocate(.pointerBlock)) } while try pointerBlockInUse(p)
         PointerBlock.initialize(try store.create(pointerOffset(p), .pointerBlock), owner: owner, level: level)
+        if counted { try setReferenceCount(.pointerBlock, p, 1) }
         return p
     }
 
@@ -157,6 +188,8 @@ extension VolumeCore {
     /// keeps its bit (as it should have had) and is not handed out, so no live map is
     /// overwritten. A freed pointer block keeps its stale record, so the owner's map decides.
     private func pointerBlockInUse(_ p: UInt32) throws(FSError) -> Bool {
+        // A shared volume counts the references to every pointer block of a grain map.
+        if header.sharedBlocks, try referenceCount(.pointerBlock, p) > 0 { return true }
         let offset = pointerOffset(p)
         let raw = try store.readRaw(offset)
         guard raw.problem(as: .pointerBlock, at: offset) == nil,
@@ -177,8 +210,9 @@ extension VolumeCore {
             ino.height = h + 1
             return
         }
-        let p = try newPointerBlock(owner: n, level: h + 1)
-        let pb = try pointerBlock(p, owner: n, level: h + 1, forWriting: true)
+        let owner = mapOwner(ino)
+        let p = try newPointerBlock(owner: owner, level: h + 1, counted: ino.storage == .grains)
+        let pb = try pointerBlock(p, owner: owner, level: h + 1, forWriting: true)
         let ino2 = try modifyInode(n)
         for i in 0..<InodeRecord.rootEntries {
             pb.setEntry(i, ino2.rootEntry(i))
@@ -244,7 +278,7 @@ extension VolumeCore {
                              _ damaged: ((MapEntry, FSError) -> Void)?,
                              _ body: (UInt64, UInt32) throws(FSError) -> Bool) throws(FSError) -> Bool {
         var found: PointerBlock?
-        guard try checked(entry, damaged, { () throws(FSError) in found = try pointerBlock(p, owner: ino.number, level: level) }),
+        guard try checked(entry, damaged, { () throws(FSError) in found = try pointerBlock(p, owner: mapOwner(ino), level: level) }),
               let pb = found else { return true }
         try visit?(p, level)
         let child = span / Self.fanout
@@ -271,7 +305,7 @@ extension VolumeCore {
             try modifyInode(n).setRootEntry(entry.index, 0)
             return
         }
-        try pointerBlock(p, owner: n, level: entry.level, forWriting: true).setEntry(entry.index, 0)
+        try pointerBlock(p, owner: mapOwner(try inode(n)), level: entry.level, forWriting: true).setEntry(entry.index, 0)
     }
 
     /// Unmaps every unit at index `from` or beyond and frees it, and every pointer block left
@@ -280,6 +314,7 @@ extension VolumeCore {
     func freeUnits(_ n: UInt32, from: UInt64) throws(FSError) {
         let ino = try inode(n)
         guard let storage = ino.storage, storage != .inline else { return }
+        if storage == .grains { return try releaseGrains(n, from: from) }
         let kind = unitKind(storage)
         let records = ino.type == .directory
         let h = ino.height

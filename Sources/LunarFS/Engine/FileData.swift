@@ -25,19 +25,27 @@ extension VolumeCore {
             return length
         }
         let unit = unitSize(ino)
-        let area = unitArea(ino.storage ?? .blocks)
+        let storageKind = ino.storage ?? .blocks
         var done = 0
         while done < length {
             let at = offset + UInt64(done)
             let u = at / unit
             let within = at % unit
-            let count = Int(min(UInt64(length - done), unit - within))
-            let piece = UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + count)])
+            var count = Int(min(UInt64(length - done), unit - within))
             let mapped = try lookupUnit(ino, u)
             if mapped == 0 {
-                piece.initializeMemory(as: UInt8.self, repeating: 0)
+                UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + count)]).initializeMemory(as: UInt8.self, repeating: 0)
             } else {
-                try readData(at: area.offset(of: UInt64(mapped)) + within, into: piece)
+                // Units that lie one after the other on the device are read in one request.
+                let physical = unitOffset(storageKind, mapped)
+                var k: UInt64 = 1
+                while done + count < length {
+                    let next = try lookupUnit(ino, u + k)
+                    guard next != 0, unitOffset(storageKind, next) == physical + k * unit else { break }
+                    count += Int(min(UInt64(length - done - count), unit))
+                    k += 1
+                }
+                try readData(at: physical + within, into: UnsafeMutableRawBufferPointer(rebasing: target[done..<(done + count)]))
             }
             done += count
         }
@@ -107,7 +115,6 @@ extension VolumeCore {
         }
         let unit = unitSize(ino)
         let storageKind = ino.storage ?? .blocks
-        let area = unitArea(storageKind)
         let kind = unitKind(storageKind)
         guard (end - 1) / unit < Self.capacity(height: InodeRecord.maxHeight) else { throw FSError(.fileTooLarge) }
         var done = 0
@@ -118,17 +125,23 @@ extension VolumeCore {
             let within = at % unit
             let count = Int(min(UInt64(data.count - done), unit - within))
             let piece = UnsafeRawBufferPointer(rebasing: data[done..<(done + count)])
+            if storageKind == .grains {
+                let (written, allocated) = try writeGrains(n, at: at, from: UnsafeRawBufferPointer(rebasing: data[done...]))
+                done += written
+                grew = grew || allocated
+                continue
+            }
             var mapped = try lookupUnit(try inode(n), u)
             if mapped == 0 {
                 guard let fresh = try newUnit(kind) else {
                     // No small block is free: the small file, all hole so far, moves to file
                     // blocks and the write starts again there.
                     guard try inode(n).allocatedUnits == 0 else { throw FSError(.noSpace(resource: kind.description)) }
-                    try resetStorage(n, to: .blocks)
+                    try resetStorage(n, to: largeStorage)
                     return try write(n, at: offset, from: data)
                 }
                 mapped = fresh
-                let physical = area.offset(of: UInt64(mapped))
+                let physical = unitOffset(storageKind, mapped)
                 if UInt64(count) < unit {
                     // The rest of the unit must read as zeros, whatever it held before.
                     try io { () throws(IOError) in try storage.discardBlocking(at: physical, length: unit) }
@@ -137,7 +150,7 @@ extension VolumeCore {
                 try setUnit(n, u, mapped)
                 grew = true
             } else {
-                try writeData(at: area.offset(of: UInt64(mapped)) + within, from: piece)
+                try writeData(at: unitOffset(storageKind, mapped) + within, from: piece)
             }
             done += count
         }
@@ -146,6 +159,80 @@ extension VolumeCore {
             if end > m.size { m.size = end }
             m.mtime = wallClockNanoseconds()
         }
+    }
+
+    /// Writes into grain map `n` at `at`, up to the end of the grain there, or, at the start
+    /// of a run of holes as long as a file block, a whole new file block's worth of grains (so
+    /// that data written in order lies in order). A grain another map shares is copied first:
+    /// 64 KiB at most, the bytes the write does not cover. Returns the bytes written and
+    /// whether grains were mapped.
+    func writeGrains(_ n: UInt32, at: UInt64, from data: UnsafeRawBufferPointer) throws(FSError) -> (written: Int, mapped: Bool) {
+        let grain = Self.grainSize
+        let u = at / grain
+        let within = at % grain
+        let ino = try inode(n)
+        let count = Int(min(UInt64(data.count), grain - within))
+        let piece = UnsafeRawBufferPointer(rebasing: data[0..<count])
+        let mapped = try lookupUnit(ino, u)
+        if mapped == 0 {
+            let run = grainsPerBlock
+            if within == 0, u % run == 0, UInt64(data.count) >= run * grain, try holes(ino, u + 1, count: run - 1) {
+                let first = try allocateGrainBlock(grains: Int(run))
+                try writeData(at: grainOffset(first), from: UnsafeRawBufferPointer(rebasing: data[0..<Int(run * grain)]))
+                for k in 0..<run { try setUnit(n, u + k, first + UInt32(k)) }
+                return (Int(run * grain), true)
+            }
+            let fresh = try allocateGrain()
+            let physical = grainOffset(fresh)
+            if UInt64(count) < grain {
+                // The rest of the grain must read as zeros, whatever it held before.
+                try io { () throws(IOError) in try storage.discardBlocking(at: physical, length: grain) }
+            }
+            try writeData(at: physical + within, from: piece)
+            try setUnit(n, u, fresh)
+            return (count, true)
+        }
+        // A shared path is copied first; the grain is then named by this map's copy too.
+        if try pathIsShared(ino, u) { try setUnit(n, u, mapped) }
+        guard try referenceCount(.fileBlock, mapped) > 1 else {
+            // In place, with the grains after it that are this map's own and lie right after
+            // it on the device: one request.
+            var length = count
+            let physical = grainOffset(mapped)
+            var k: UInt64 = 1
+            while length < data.count, within + UInt64(length) == k * grain, try ownGrain(n, u + k, at: physical + k * grain) {
+                length += Int(min(UInt64(data.count - length), grain))
+                k += 1
+            }
+            try writeData(at: physical + within, from: UnsafeRawBufferPointer(rebasing: data[0..<length]))
+            return (length, false)
+        }
+        let fresh = try allocateGrain()
+        let copy = IOBuffer(count: Int(grain))
+        if UInt64(count) < grain {
+            try io { () throws(IOError) in try storage.readBlocking(into: copy, at: grainOffset(mapped)) }
+        }
+        copy.slice(Int(within)..<(Int(within) + count)).copyMemory(from: piece)
+        try io { () throws(IOError) in try storage.writeBlocking(from: copy, at: grainOffset(fresh)) }
+        try setUnit(n, u, fresh)
+        try dropReference(mapped, level: 0, owner: mapOwner(ino))
+        return (count, false)
+    }
+
+    /// Whether grain index `u` of map `n` is mapped at device offset `physical`, to this map
+    /// alone (written in place).
+    private func ownGrain(_ n: UInt32, _ u: UInt64, at physical: UInt64) throws(FSError) -> Bool {
+        let ino = try inode(n)
+        let g = try lookupUnit(ino, u)
+        guard g != 0, grainOffset(g) == physical else { return false }
+        if try pathIsShared(ino, u) { return false }
+        return try referenceCount(.fileBlock, g) == 1
+    }
+
+    /// Whether the `count` grain indices from `u` are all holes in `ino`'s map.
+    private func holes(_ ino: InodeRecord, _ u: UInt64, count: UInt64) throws(FSError) -> Bool {
+        for k in 0..<count where try lookupUnit(ino, u + k) != 0 { return false }
+        return true
     }
 
     /// A new data unit of `kind`; nil when it is a small block and none is free, the failed
@@ -160,6 +247,10 @@ extension VolumeCore {
         }
     }
 
+    /// What a regular file past one small block is stored as: grains where blocks can be
+    /// shared (format 2), so that it can be cloned and snapshotted; else file blocks.
+    var largeStorage: InodeRecord.Storage { header.sharedBlocks ? .grains : .blocks }
+
     /// Moves a file to the storage its new size needs: inline → small block → file blocks.
     private func prepareStorage(_ n: UInt32, forSize size: UInt64) throws(FSError) {
         let ino = try inode(n)
@@ -167,7 +258,7 @@ extension VolumeCore {
         case .inline where size > UInt64(InodeRecord.inlineCapacity):
             let old = Array(ino.inlineBytes[0..<Int(ino.size)])
             // Small only as far as a small block is free: the first write into it falls back.
-            let target: InodeRecord.Storage = size <= Self.smallFileLimit && header.blockSize > header.smallBlockSize ? .small : .blocks
+            let target: InodeRecord.Storage = size <= Self.smallFileLimit && header.blockSize > header.smallBlockSize ? .small : largeStorage
             try resetStorage(n, to: target)
             if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
         case .small where size > Self.smallFileLimit:
@@ -181,7 +272,7 @@ extension VolumeCore {
             } else if unit != 0 {
                 try freeAtCommit(.smallBlock, UInt64(unit))
             }
-            try resetStorage(n, to: .blocks)
+            try resetStorage(n, to: largeStorage)
             if !old.isEmpty { try withBytes(old) { (b) throws(FSError) in try write(n, at: 0, from: b) } }
         default:
             return
@@ -231,7 +322,13 @@ extension VolumeCore {
         guard from % unit != 0 else { return }
         let mapped = try lookupUnit(ino, from / unit)
         guard mapped != 0 else { return }
-        let physical = unitArea(ino.storage ?? .blocks).offset(of: UInt64(mapped)) + from % unit
+        if ino.storage == .grains {
+            // A grain other maps share is copied before it changes: through the write path.
+            let zeros = [UInt8](repeating: 0, count: Int(unit - from % unit))
+            try withBytes(zeros) { (b) throws(FSError) in try write(n, at: from, from: b) }
+            return
+        }
+        let physical = unitOffset(ino.storage ?? .blocks, mapped) + from % unit
         try zeroBytes(at: physical, count: unit - from % unit)
     }
 
@@ -269,8 +366,8 @@ extension VolumeCore {
             return
         }
         let unit = unitSize(ino)
-        let kind = unitKind(ino.storage ?? .blocks)
-        let area = unitArea(ino.storage ?? .blocks)
+        let storageKind = ino.storage ?? .blocks
+        let kind = unitKind(storageKind)
         var at = offset
         while at < end {
             let u = at / unit
@@ -280,10 +377,17 @@ extension VolumeCore {
             if mapped != 0 {
                 if count == unit {
                     try setUnit(n, u, 0)
-                    try freeAtCommit(kind, UInt64(mapped))
+                    if storageKind == .grains {
+                        try dropReference(mapped, level: 0, owner: mapOwner(try inode(n)))
+                    } else {
+                        try freeAtCommit(kind, UInt64(mapped))
+                    }
                     try store.commitIfLarge()
+                } else if storageKind == .grains {
+                    let zeros = [UInt8](repeating: 0, count: Int(count))
+                    try withBytes(zeros) { (b) throws(FSError) in try write(n, at: at, from: b) }
                 } else {
-                    try zeroBytes(at: area.offset(of: UInt64(mapped)) + within, count: count)
+                    try zeroBytes(at: unitOffset(storageKind, mapped) + within, count: count)
                 }
             }
             at += count
@@ -312,27 +416,33 @@ extension VolumeCore {
     }
 
     /// Where the bytes of `range` live on the device: (file range, device offset or nil for
-    /// a hole). For hot paths that drive their own I/O queue.
-    func extents(_ n: UInt32, _ range: Range<UInt64>) throws(FSError) -> [(Range<UInt64>, UInt64?)] {
+    /// a hole, whether other maps share it). For hot paths that drive their own I/O queue: a
+    /// shared piece may be read there but not written (a write must copy it first).
+    func extents(_ n: UInt32, _ range: Range<UInt64>) throws(FSError) -> [(Range<UInt64>, UInt64?, Bool)] {
         let ino = try inode(n)
         guard ino.type == .regular else { throw FSError(.isDirectory) }
         guard ino.storage != .inline else {
             throw FSError(.invalidArgument("file is stored inline in its inode; read it through the file API"))
         }
         let unit = unitSize(ino)
-        let area = unitArea(ino.storage ?? .blocks)
-        var out: [(Range<UInt64>, UInt64?)] = []
+        let storageKind = ino.storage ?? .blocks
+        var out: [(Range<UInt64>, UInt64?, Bool)] = []
         var at = range.lowerBound
         while at < range.upperBound {
             let within = at % unit
             let end = min(range.upperBound, at - within + unit)
             let mapped = try lookupUnit(ino, at / unit)
-            let physical: UInt64? = mapped == 0 ? nil : area.offset(of: UInt64(mapped)) + within
-            if let last = out.last, last.0.upperBound == at,
+            let physical: UInt64? = mapped == 0 ? nil : unitOffset(storageKind, mapped) + within
+            var shared = false
+            if mapped != 0 && storageKind == .grains {
+                shared = try pathIsShared(ino, at / unit)
+                if !shared { shared = try referenceCount(.fileBlock, mapped) > 1 }
+            }
+            if let last = out.last, last.0.upperBound == at, last.2 == shared,
                (last.1 == nil && physical == nil) || (last.1.map { $0 + UInt64(last.0.count) } == physical && physical != nil) {
-                out[out.count - 1] = (last.0.lowerBound..<end, last.1)
+                out[out.count - 1] = (last.0.lowerBound..<end, last.1, shared)
             } else {
-                out.append((at..<end, physical))
+                out.append((at..<end, physical, shared))
             }
             at = end
         }

@@ -85,7 +85,21 @@ enum Formatter {
                 one.seal(.cluster, at: area.clusterOffset(c + i), generation: 1)
                 batch.slice((i * s)..<((i + 1) * s)).copyMemory(from: UnsafeRawBufferPointer(one.bytes))
             }
-            try write(storage, batch, at: area.clusterOffset(c))
+            if area.countSectors == 0 {
+                try write(storage, batch, at: area.clusterOffset(c))
+            } else {
+                // Each header is followed by its count sectors, every count zero.
+                let run = IOBuffer(count: Int(area.countSectors + 1) * s)
+                for i in 0..<n {
+                    run.slice(0..<s).copyMemory(from: UnsafeRawBufferPointer(batch.slice((i * s)..<((i + 1) * s))))
+                    for k in 0..<Int(area.countSectors) {
+                        ReferenceCountSector.initialize(one, kind: kind, cluster: c + i, sector: k)
+                        one.seal(.referenceCounts, at: area.countSectorOffset(c + i, k), generation: 1)
+                        run.slice(((k + 1) * s)..<((k + 2) * s)).copyMemory(from: UnsafeRawBufferPointer(one.bytes))
+                    }
+                    try write(storage, run, at: area.clusterOffset(c + i))
+                }
+            }
             c += n
         }
     }

@@ -210,6 +210,9 @@ extension VolumeCore {
             next.seal(.cluster, at: offset, generation: current.recordGeneration &+ 1)
             if try io({ () throws(IOError) in try storage.compareAndWriteBlocking(expected: current, new: next, at: offset) }).isWritten {
                 store.installWritten(offset, next)
+                // Its reference counts go with its lock: whatever is cached of them may be
+                // older than the last holder's changes.
+                for k in 0..<Int(area.countSectors) { store.forget(area.countSectorOffset(c, k)) }
                 heldClusters[kind, default: []].append(c)
                 return .taken
             }

@@ -45,6 +45,7 @@ final class VolumeCore {
             guard kind == .inode, offset >= header.inodes.dataOffset else { return nil }
             let ino = InodeRecord(buffer: b)
             let n = UInt32(truncatingIfNeeded: (offset - header.inodes.dataOffset) / UInt64(RecordHeader.sectorSize))
+            if ino.type != .free, ino.storage == .grains, !header.sharedBlocks { return "grain map on a volume without shared blocks (format 1)" }
             return ino.problem(expectedNumber: n) ?? ino.fieldProblems(on: header).first?.reason
         }
         store.clusterSector = { [header] kind, index in

@@ -8,7 +8,8 @@ import LunarIO
 ///  32   64 lock record
 ///  96    4 inode number
 /// 100    1 type            0 free, 1 regular file, 2 directory
-/// 101    1 storage         0 inline, 1 small blocks (64 KiB), 2 file blocks
+/// 101    1 storage         0 inline, 1 small blocks (64 KiB), 2 file blocks, 3 grains (64 KiB
+///                          pieces of file blocks, which may be shared: format 2 only)
 /// 102    1 map height      0: the map root holds unit numbers; h: each root entry points to a
 ///                          pointer-block tree of height h
 /// 103    1 flags           bit 0 orphan: unlinked, its blocks being freed
@@ -27,13 +28,26 @@ import LunarIO
 /// 176    4 shared holder count (lock modes shared read-only and multi-writer; at most 6)
 /// 180   72 shared holders: 6 × (host slot u32, claim generation u64); the lock record's owner
 ///          is the first of them
-/// 252    4 reserved
+/// 252    4 map family (storage 3): the inode number of the file whose map the tree began
+///          as, kept by its snapshots and clones; their pointer blocks carry it as owner
 /// 256 3840 inline data (storage 0), or the map root: 960 little-endian u32 unit numbers
-///          (0 = hole)
+///          (grain numbers for storage 3; 0 = hole)
 /// ```
 struct InodeRecord {
     enum FileType: UInt8, Sendable { case free = 0, regular = 1, directory = 2 }
-    enum Storage: UInt8, Sendable { case inline = 0, small = 1, blocks = 2 }
+    enum Storage: UInt8, Sendable {
+        case inline = 0, small = 1, blocks = 2, grains = 3
+
+        /// As `lunar fs stat` shows it.
+        var name: String {
+            switch self {
+            case .inline: "inline"
+            case .small: "small blocks"
+            case .blocks: "file blocks"
+            case .grains: "grains (shareable)"
+            }
+        }
+    }
 
     static let lockOffset = 32
     static let bodyOffset = 256
@@ -65,6 +79,7 @@ struct InodeRecord {
     var btime: Int64 { get { buffer.load(160) } nonmutating set { buffer.store(newValue, at: 160) } }
     var parent: UInt32 { get { buffer.load(168) } nonmutating set { buffer.store(newValue, at: 168) } }
     var reuseGeneration: UInt32 { get { buffer.load(172) } nonmutating set { buffer.store(newValue, at: 172) } }
+    var family: UInt32 { get { buffer.load(252) } nonmutating set { buffer.store(newValue, at: 252) } }
 
     /// One unit fewer mapped. A count already at zero was wrong (fsck recounts it); it stays
     /// at zero rather than wrapping.
@@ -111,6 +126,7 @@ struct InodeRecord {
         case (.directory, _): UInt64(DirectoryLayout.maxLogicalSectors) * UInt64(RecordHeader.sectorSize)
         case (_, .small): UInt64(volume.smallBlockSize)
         case (_, .blocks): mapCapacity(height: maxHeight) * UInt64(volume.blockSize)
+        case (_, .grains): mapCapacity(height: maxHeight) * UInt64(Geometry.grainSize)
         }
     }
 
@@ -123,6 +139,7 @@ struct InodeRecord {
         if height > Self.maxHeight { return "map height \(height) exceeds \(Self.maxHeight)" }
         if storage == .inline && size > UInt64(Self.inlineCapacity) { return "inline size \(size) exceeds \(Self.inlineCapacity)" }
         if storage == .inline && height != 0 { return "inline data with a map height" }
+        if storage == .grains && (type != .regular || family == 0) { return "grain map on a directory or without a family" }
         return nil
     }
 
@@ -156,7 +173,8 @@ struct InodeRecord {
             }
         }
         let area = storage == .small ? volume.smallBlocks : volume.fileBlocks
-        let unitLimit = storage == .inline ? 0 : min(Self.mapCapacity(height: height), area.count - 1)
+        let units = storage == .grains ? (area.count - 1) * UInt64(volume.grainsPerBlock) : area.count - 1
+        let unitLimit = storage == .inline ? 0 : min(Self.mapCapacity(height: height), units)
         if allocatedUnits > unitLimit {
             found.append(.allocatedUnits("counts \(allocatedUnits) allocated units, more than its map can hold (\(unitLimit))"))
         }

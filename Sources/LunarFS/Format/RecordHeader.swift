@@ -40,6 +40,7 @@ enum RecordKind: UInt32, CaseIterable, Sendable {
     case directoryHeader = 0x4448_444C   // "LDHD"
     case directoryTable = 0x4254_444C    // "LDTB"
     case directoryLeaf = 0x464C_444C     // "LDLF"
+    case referenceCounts = 0x4346_524C   // "LRFC"
 
     var name: String {
         switch self {
@@ -55,6 +56,7 @@ enum RecordKind: UInt32, CaseIterable, Sendable {
         case .directoryHeader: "directory header"
         case .directoryTable: "directory hash table"
         case .directoryLeaf: "directory leaf"
+        case .referenceCounts: "reference count sector"
         }
     }
 }

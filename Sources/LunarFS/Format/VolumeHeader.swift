@@ -22,9 +22,9 @@ public enum ResourceKind: UInt16, CaseIterable, Sendable, CustomStringConvertibl
 }
 
 /// Where one resource area lies. Resource `i` is at `dataOffset + i * resourceSize`; cluster
-/// `c` (one header sector at `mapOffset + c * 4096`) owns resources
-/// `c * perCluster ..< (c + 1) * perCluster`. Resource 0 of every area is reserved, so that 0
-/// can mean "none" in maps and directory entries.
+/// `c` (a header sector at `mapOffset + c * clusterStride`, then its `countSectors` reference
+/// count sectors) owns resources `c * perCluster ..< (c + 1) * perCluster`. Resource 0 of every
+/// area is reserved, so that 0 can mean "none" in maps and directory entries.
 ///
 /// On disk, 32 bytes:
 /// ```
@@ -41,13 +41,35 @@ public struct ResourceArea: Sendable, Equatable {
     public var resourceSize: UInt32
     public var perCluster: UInt32
     public var count: UInt64
+    /// Format 2: reference count sectors after each cluster header (0: the area keeps none).
+    /// Kept in the volume header beside the 32-byte descriptor.
+    public var countSectors: UInt32 = 0
+    /// Counts per resource: 1 for a pointer block, one per 64 KiB grain for a file block.
+    public var countsPerResource: UInt32 = 0
 
     public var clusterCount: Int { Int((count + UInt64(perCluster) - 1) / UInt64(perCluster)) }
     public var dataEnd: UInt64 { dataOffset + count * UInt64(resourceSize) }
-    public var mapEnd: UInt64 { mapOffset + UInt64(clusterCount) * UInt64(RecordHeader.sectorSize) }
+    var clusterStride: UInt64 { UInt64(1 + countSectors) * UInt64(RecordHeader.sectorSize) }
+    public var mapEnd: UInt64 { mapOffset + UInt64(clusterCount) * clusterStride }
 
     func offset(of index: UInt64) -> UInt64 { dataOffset + index * UInt64(resourceSize) }
-    func clusterOffset(_ cluster: Int) -> UInt64 { mapOffset + UInt64(cluster) * UInt64(RecordHeader.sectorSize) }
+    func clusterOffset(_ cluster: Int) -> UInt64 { mapOffset + UInt64(cluster) * clusterStride }
+    /// Count sector `k` of cluster `c`.
+    func countSectorOffset(_ cluster: Int, _ k: Int) -> UInt64 {
+        clusterOffset(cluster) + UInt64(1 + k) * UInt64(RecordHeader.sectorSize)
+    }
+    /// Where the count of `grain` of resource `index` lies: its sector and its place there.
+    func countLocation(_ index: UInt64, grain: Int = 0) -> (cluster: Int, sector: Int, offset: UInt64, slot: Int) {
+        let c = cluster(of: index)
+        let i = Int(index - UInt64(c) * UInt64(perCluster)) * Int(countsPerResource) + grain
+        let k = i / ReferenceCountSector.perSector
+        return (c, k, countSectorOffset(c, k), i % ReferenceCountSector.perSector)
+    }
+    /// Count sectors a cluster of `perCluster` resources with `countsPerResource` counts each needs.
+    static func countSectors(perCluster: UInt32, countsPerResource: UInt32) -> UInt32 {
+        let counts = Int(perCluster) * Int(countsPerResource)
+        return UInt32((counts + ReferenceCountSector.perSector - 1) / ReferenceCountSector.perSector)
+    }
     func cluster(of index: UInt64) -> Int { Int(index / UInt64(perCluster)) }
     /// The resources cluster `c` owns.
     func resources(inCluster c: Int) -> Range<UInt64> {
@@ -90,7 +112,10 @@ public struct ResourceArea: Sendable, Equatable {
 ///    168    8 created, nanoseconds since the Unix epoch
 ///    176   16 directory hash key (SipHash-2-4), random per volume
 ///    192  128 resource areas: inode, pointer block, small block, file block (32 bytes each)
-///    320    4 incompatible feature flags (none defined; a set bit means "do not open")
+///    320    4 incompatible feature flags (a bit not known means "do not open"):
+///               bit 0 shared blocks (format 2): the fields below, storage 3 (grain maps)
+///    324    4 pointer-block count sectors per cluster (format 2; else 0)
+///    328    4 file-block count sectors per cluster (format 2; else 0)
 /// ```
 public struct VolumeHeader: Sendable, Equatable {
     public var uuid: VolumeID
@@ -111,6 +136,20 @@ public struct VolumeHeader: Sendable, Equatable {
     public var smallBlocks: ResourceArea
     public var fileBlocks: ResourceArea
     public var incompatibleFeatures: UInt32
+
+    /// Incompatible feature bits.
+    public enum Feature {
+        /// Format 2: blocks shared by several maps, with reference counts (snapshots, clones).
+        public static let sharedBlocks: UInt32 = 1
+        static let known: UInt32 = sharedBlocks
+    }
+
+    /// Whether blocks may be shared: reference counts kept, grain maps allowed (format 2).
+    public var sharedBlocks: Bool { incompatibleFeatures & Feature.sharedBlocks != 0 }
+    /// The format generation: 2 with shared blocks, else 1.
+    public var formatGeneration: Int { sharedBlocks ? 2 : 1 }
+    /// 64 KiB grains in one file block: the unit a shared block is copied by.
+    public var grainsPerBlock: UInt32 { blockSize / Geometry.grainSize }
 
     static let primaryOffset: UInt64 = 0
     var backupOffset: UInt64 { volumeSize - UInt64(RecordHeader.sectorSize) }
@@ -145,13 +184,15 @@ public struct VolumeHeader: Sendable, Equatable {
             area.encode(into: b, at: 192 + i * ResourceArea.encodedSize)
         }
         b.store(incompatibleFeatures, at: 320)
+        b.store(pointerBlocks.countSectors, at: 324)
+        b.store(fileBlocks.countSectors, at: 328)
     }
 
     /// Decodes a verified header sector and checks that its geometry is self-consistent, so that
     /// nothing later computes an offset outside the volume from a damaged but well-checksummed
     /// header.
     static func decode(_ b: IOBuffer, at offset: UInt64) throws(FSError) -> VolumeHeader {
-        let h = VolumeHeader(
+        var h = VolumeHeader(
             uuid: VolumeID(bytes: b.loadBytes(32, count: 16)), label: b.loadString(48, width: 64),
             volumeSize: b.load(112), blockSize: b.load(120), smallBlockSize: b.load(124), hostSlots: b.load(128),
             rootInode: b.load(132), heartbeatOffset: b.load(136), volumeLockOffset: b.load(144),
@@ -160,6 +201,12 @@ public struct VolumeHeader: Sendable, Equatable {
             inodes: .decode(.inode, from: b, at: 192), pointerBlocks: .decode(.pointerBlock, from: b, at: 224),
             smallBlocks: .decode(.smallBlock, from: b, at: 256), fileBlocks: .decode(.fileBlock, from: b, at: 288),
             incompatibleFeatures: b.load(320))
+        if h.sharedBlocks {
+            h.pointerBlocks.countSectors = b.load(324)
+            h.pointerBlocks.countsPerResource = 1
+            h.fileBlocks.countSectors = b.load(328)
+            h.fileBlocks.countsPerResource = h.blockSize / Geometry.grainSize
+        }
         if let problem = h.geometryProblem() { throw .corrupt(RecordKind.volumeHeader.name, at: offset, problem) }
         return h
     }
@@ -171,7 +218,9 @@ public struct VolumeHeader: Sendable, Equatable {
         guard smallBlockSize == Geometry.smallBlockSize else { return "small block size \(smallBlockSize) is not 64 KiB" }
         guard hostSlots >= 1, hostSlots <= 4096 else { return "host slot count \(hostSlots) out of range" }
         guard journalSize % s == 0, journalSize >= Geometry.minimumJournalSize else { return "journal size \(journalSize) out of range" }
-        guard incompatibleFeatures == 0 else { return "unknown incompatible features 0x\(String(incompatibleFeatures, radix: 16))" }
+        guard incompatibleFeatures & ~Feature.known == 0 else {
+            return "unknown incompatible features 0x\(String(incompatibleFeatures & ~Feature.known, radix: 16)) (made by a newer release?)"
+        }
         var regions: [(String, UInt64, UInt64)] = [
             ("volume lock", volumeLockOffset, volumeLockOffset + s),
             ("heartbeat region", heartbeatOffset, heartbeatOffset + UInt64(hostSlots) * s),
@@ -184,6 +233,13 @@ public struct VolumeHeader: Sendable, Equatable {
                   a.count >= 2, a.count <= UInt64(UInt32.max) else { return "\(kind) area geometry is inconsistent" }
             guard a.dataOffset % UInt64(a.resourceSize) == 0 || kind == .inode || kind == .pointerBlock,
                   a.mapOffset % s == 0, a.dataOffset % s == 0 else { return "\(kind) area is misaligned" }
+            let counted = sharedBlocks && (kind == .pointerBlock || kind == .fileBlock)
+            if counted && kind == .fileBlock && a.count * UInt64(grainsPerBlock) > UInt64(UInt32.max) {
+                return "file-block area holds more grains than u32 grain numbers address"
+            }
+            guard a.countSectors == (counted ? ResourceArea.countSectors(perCluster: a.perCluster, countsPerResource: a.countsPerResource) : 0) else {
+                return "\(kind) area has \(a.countSectors) reference count sectors per cluster, which its clusters do not need"
+            }
             regions.append(("\(kind) map", a.mapOffset, a.mapEnd))
             regions.append(("\(kind)", a.dataOffset, a.dataEnd))
         }
@@ -209,18 +265,24 @@ public struct FormatOptions: Sendable {
     public var maxFiles: UInt64?
     /// Journal bytes per host slot; default 1 MiB (4 MiB from 64 GiB, 16 MiB from 1 TiB).
     public var journalSize: UInt64?
+    /// Format 2: reference counts, so that blocks can be shared by snapshots and clones.
+    public var sharedBlocks: Bool
 
-    public init(label: String = "", blockSize: UInt32 = 1 << 20, maxFiles: UInt64? = nil, journalSize: UInt64? = nil) {
+    public init(label: String = "", blockSize: UInt32 = 1 << 20, maxFiles: UInt64? = nil, journalSize: UInt64? = nil,
+                sharedBlocks: Bool = true) {
         self.label = label
         self.blockSize = blockSize
         self.maxFiles = maxFiles
         self.journalSize = journalSize
+        self.sharedBlocks = sharedBlocks
     }
 }
 
 enum Geometry {
     static let hostSlots: UInt32 = 256
     static let smallBlockSize: UInt32 = 64 << 10
+    /// The unit a shared file block is copied by (format 2).
+    static let grainSize: UInt32 = 64 << 10
     static let minimumJournalSize: UInt64 = 1 << 20
     static let volumeLockOffset: UInt64 = 4096
     static let heartbeatOffset: UInt64 = 64 << 10
@@ -270,15 +332,31 @@ enum Geometry {
         let smallCount = min(max(size / 64 / UInt64(smallBlockSize), 256), 1 << 24)
         let pointerCount = min(max(size / b / 256 + maxFiles / 8, 1024), UInt64(UInt32.max) - 4096)
 
+        let shared = options.sharedBlocks
+        // Format 2 counts references to pointer blocks (one each) and to file blocks (one per grain).
+        func counts(_ kind: ResourceKind) -> UInt32 {
+            guard shared else { return 0 }
+            switch kind {
+            case .pointerBlock: return 1
+            case .fileBlock: return options.blockSize / grainSize
+            case .inode, .smallBlock: return 0
+            }
+        }
+        func stride(_ kind: ResourceKind, _ perCluster: UInt32) -> UInt64 {
+            UInt64(1 + ResourceArea.countSectors(perCluster: perCluster, countsPerResource: counts(kind))) * s
+        }
         var cursor = journalOffset + UInt64(hostSlots) * journal
         func area(_ kind: ResourceKind, size resource: UInt64, perCluster: UInt32, count: UInt64) -> ResourceArea {
             let roundedCount = (count + UInt64(perCluster) - 1) / UInt64(perCluster) * UInt64(perCluster)
             let clusters = roundedCount / UInt64(perCluster)
             let map = align(cursor, s)
-            let data = align(map + clusters * s, max(resource, s))
+            let data = align(map + clusters * stride(kind, perCluster), max(resource, s))
             cursor = data + roundedCount * resource
+            let perResource = counts(kind)
             return ResourceArea(kind: kind, mapOffset: map, dataOffset: data, resourceSize: UInt32(resource),
-                                perCluster: perCluster, count: roundedCount)
+                                perCluster: perCluster, count: roundedCount,
+                                countSectors: ResourceArea.countSectors(perCluster: perCluster, countsPerResource: perResource),
+                                countsPerResource: perResource)
         }
         let inodes = area(.inode, size: s, perCluster: clusterSize(maxFiles + 1, limit: 1024), count: maxFiles + 1)
         let pointers = area(.pointerBlock, size: s, perCluster: clusterSize(pointerCount, limit: 4096), count: pointerCount)
@@ -289,6 +367,13 @@ enum Geometry {
         let end = size > s ? size - s : 0
         let mapStart = align(cursor, s)
         let fitting = end > mapStart ? (end - mapStart) / b : 0
+        // Grain numbers are u32 too: format 2 addresses at most 2^32 − 1 grains of 64 KiB.
+        let grainsPerBlock = UInt64(options.blockSize / grainSize)
+        guard !shared || fitting <= UInt64(UInt32.max) / grainsPerBlock else {
+            let largest = UInt64(UInt32.max) / grainsPerBlock * b
+            throw FSError(.invalidArgument("a volume of \(ByteSize.format(rawSize)) (\(rawSize) bytes) is too large for shared blocks (format 2), "
+                + "which address at most 2^32 − 1 grains of 64 KiB: give it at most \(ByteSize.format(largest)) (\(largest) bytes), or make it format 1"))
+        }
         guard fitting <= UInt64(UInt32.max) else {
             let largest = UInt64(UInt32.max) * b
             throw FSError(.invalidArgument("a volume of \(ByteSize.format(rawSize)) (\(rawSize) bytes) is too large for \(ByteSize.format(b)) file blocks: "
@@ -299,7 +384,7 @@ enum Geometry {
         var count = fitting
         while count > 0 {
             let clusters = (count + UInt64(perCluster) - 1) / UInt64(perCluster)
-            let data = align(mapStart + clusters * s, b)
+            let data = align(mapStart + clusters * stride(.fileBlock, perCluster), b)
             if data + count * b <= end { break }
             count -= 1
         }
@@ -312,8 +397,10 @@ enum Geometry {
                 + "\(maxFiles) file descriptors); give it at least that"))
         }
         let fileClusters = (count + UInt64(perCluster) - 1) / UInt64(perCluster)
-        let files = ResourceArea(kind: .fileBlock, mapOffset: mapStart, dataOffset: align(mapStart + fileClusters * s, b),
-                                 resourceSize: UInt32(b), perCluster: perCluster, count: count)
+        let files = ResourceArea(kind: .fileBlock, mapOffset: mapStart, dataOffset: align(mapStart + fileClusters * stride(.fileBlock, perCluster), b),
+                                 resourceSize: UInt32(b), perCluster: perCluster, count: count,
+                                 countSectors: ResourceArea.countSectors(perCluster: perCluster, countsPerResource: counts(.fileBlock)),
+                                 countsPerResource: counts(.fileBlock))
 
         var key = [UInt8](repeating: 0, count: 16)
         var g = SystemRandomNumberGenerator()
@@ -323,7 +410,7 @@ enum Geometry {
             smallBlockSize: smallBlockSize, hostSlots: hostSlots, rootInode: 1, heartbeatOffset: heartbeatOffset,
             volumeLockOffset: volumeLockOffset, journalOffset: journalOffset, journalSize: journal,
             created: wallClockNanoseconds(), hashKey: key, inodes: inodes, pointerBlocks: pointers,
-            smallBlocks: small, fileBlocks: files, incompatibleFeatures: 0)
+            smallBlocks: small, fileBlocks: files, incompatibleFeatures: shared ? VolumeHeader.Feature.sharedBlocks : 0)
         if let problem = header.geometryProblem() { throw FSError(.invalidArgument("cannot lay out the volume: \(problem)")) }
         return header
     }

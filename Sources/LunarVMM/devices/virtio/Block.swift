@@ -17,8 +17,10 @@ public protocol VirtioBlockBackend: AnyObject {
     var lun: BlockDevice? { get }
     /// Where `range` of the disk lies on `lun`: pieces covering it in order, each with its
     /// device offset, or nil for a hole (reads as zeros; written only through `write`, which
-    /// allocates). May throw when the disk has no such map (then the blocking calls serve).
-    func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)]
+    /// allocates), and whether the piece is shared with another disk (read in place, written
+    /// only through `write`, which copies it). May throw when the disk has no such map (then
+    /// the blocking calls serve).
+    func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?, shared: Bool)]
     /// Why writes on the direct path must be refused now (the host was fenced off the volume),
     /// or nil. Asked before every direct write: they bypass the volume's own fence.
     var writeRefusal: String? { get }
@@ -27,7 +29,7 @@ public protocol VirtioBlockBackend: AnyObject {
 extension VirtioBlockBackend {
     public var lun: BlockDevice? { nil }
     public var writeRefusal: String? { nil }
-    public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)] { [] }
+    public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?, shared: Bool)] { [] }
 }
 
 /// A disk that is a file on a LunarFS volume.
@@ -59,7 +61,7 @@ public final class LunarFSDisk: VirtioBlockBackend {
     public var lun: BlockDevice? { file.volume.device }
     public var writeRefusal: String? { file.volume.writeRefusal }
 
-    public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?)] {
+    public func extents(_ range: Range<UInt64>) throws -> [(range: Range<UInt64>, deviceOffset: UInt64?, shared: Bool)] {
         try file.extents(range)
     }
 }

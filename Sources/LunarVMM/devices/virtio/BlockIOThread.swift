@@ -515,7 +515,7 @@ struct BlockIOThread {
             let n = UInt64(b.region.count)
             guard n % sector == 0, let base = b.region.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 else { return false }
             let start = at
-            let mapped = map.visit(at..<(at + n)) { range, device in
+            let mapped = map.visit(at..<(at + n)) { range, device, shared in
                 let within = Int(range.lowerBound - start)
                 var piece = UnsafeMutableRawBufferPointer(rebasing: b.region[within..<(within + range.count)])
                 guard let device else {
@@ -523,6 +523,8 @@ struct BlockIOThread {
                     zeroFills.append(piece)
                     return true
                 }
+                // A piece a snapshot or clone shares is copied by the blocking write first.
+                guard reading || !shared else { return false }
                 guard device % sector == 0 else { return false }
                 var deviceOffset = device
                 while piece.count > 0 {
