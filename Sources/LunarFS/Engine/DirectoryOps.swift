@@ -30,7 +30,7 @@ extension VolumeCore {
         let ino = try inode(dir)
         let place = try directorySectorAddress(ino, UInt64(l))
         guard place.offset == nil, allocate, let storage = ino.storage else { return place.offset }
-        try setUnit(dir, place.unitIndex, UInt32(try self.allocate(unitKind(storage))))
+        try setUnit(dir, place.unitIndex, UInt32(try allocateDataUnit(unitKind(storage))))
         return try directorySectorAddress(try inode(dir), UInt64(l)).offset
     }
 

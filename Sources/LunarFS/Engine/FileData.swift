@@ -238,9 +238,9 @@ extension VolumeCore {
     /// A new data unit of `kind`; nil when it is a small block and none is free, the failed
     /// try undone, so that the file can go to file blocks instead.
     private func newUnit(_ kind: ResourceKind) throws(FSError) -> UInt32? {
-        guard kind == .smallBlock else { return UInt32(try allocate(kind)) }
+        guard kind == .smallBlock else { return UInt32(try allocateDataUnit(kind)) }
         do {
-            return UInt32(try store.attempt { () throws(FSError) -> UInt64 in try allocate(kind) })
+            return UInt32(try store.attempt { () throws(FSError) -> UInt64 in try allocateDataUnit(kind) })
         } catch {
             guard case .noSpace = error.kind else { throw error }
             return nil

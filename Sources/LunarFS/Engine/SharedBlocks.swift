@@ -127,12 +127,19 @@ extension VolumeCore {
     /// A new file block whose first `grains` grains are taken (count 1); returns its first.
     /// A run of a whole block's grains lies contiguous, as a file block would.
     func allocateGrainBlock(grains: Int) throws(FSError) -> UInt32 {
-        var block: UInt64
-        // A block whose bit was lost while grains of it are still named keeps its bit.
-        repeat { block = try allocate(.fileBlock) } while try grainsInUse(block)
+        let block = try allocateDataUnit(.fileBlock)
         let first = UInt32(block * grainsPerBlock)
         for k in 0..<UInt32(grains) { try setReferenceCount(.fileBlock, first + k, 1) }
         return first
+    }
+
+    /// A data unit (small block or file block) for a map. On a shared volume a file block
+    /// whose bit was lost while grains of it are still named keeps its bit and is passed over.
+    func allocateDataUnit(_ kind: ResourceKind) throws(FSError) -> UInt64 {
+        while true {
+            let unit = try allocate(kind)
+            guard kind == .fileBlock, header.sharedBlocks, try grainsInUse(unit) else { return unit }
+        }
     }
 
     private func grainsInUse(_ block: UInt64) throws(FSError) -> Bool {
