@@ -553,6 +553,16 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// Where `newer` differs from `older` (a disk and its snapshot, two snapshots, a clone):
+    /// byte ranges, in 64 KiB grains, found from the block maps alone — the cost follows what
+    /// changed, and the answer holds after any crash, as the maps do.
+    public func changedRanges(from older: String, to newer: String) throws(FSError) -> [Range<UInt64>] {
+        // Exclusive: another host writing one of them has its map in place before it is read.
+        try locked(newer) { (core) throws(FSError) -> [Range<UInt64>] in
+            try core.changedRanges(from: try core.resolve(older), to: try core.resolve(newer))
+        }
+    }
+
     /// Removes a file or an empty directory; `recursive` removes a directory with its content,
     /// one entry per transaction.
     public func remove(_ path: String, recursive: Bool = false) throws(FSError) {

@@ -340,3 +340,77 @@ extension VolumeCore {
         return false
     }
 }
+
+// MARK: changed blocks
+
+extension VolumeCore {
+    /// The byte ranges where grain map `newer` differs from `older` (two maps of one family: a
+    /// disk and its snapshot, two snapshots, a clone), from the maps alone: a subtree both
+    /// name by the same pointer block is the same and is not read, so the cost follows what
+    /// changed, not the size. A range that became a hole counts as changed (it reads zeros now).
+    func changedRanges(from older: UInt32, to newer: UInt32) throws(FSError) -> [Range<UInt64>] {
+        let a = try inode(older), b = try inode(newer)
+        guard a.storage == .grains, b.storage == .grains, a.family == b.family else {
+            throw FSError(.invalidArgument("the two files are not a disk and its snapshot or clone (they share no blocks); changes are known only within one tree"))
+        }
+        let owner = a.family
+        var ranges: [Range<UInt64>] = []
+        func emit(_ first: UInt64, _ count: UInt64) {
+            let range = (first * Self.grainSize)..<((first + count) * Self.grainSize)
+            if let last = ranges.last, last.upperBound == range.lowerBound {
+                ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
+            } else {
+                ranges.append(range)
+            }
+        }
+        func entries(_ p: UInt32, level: UInt8) throws(FSError) -> [UInt32] {
+            guard p != 0 else { return [] }
+            let pb = try pointerBlock(p, owner: owner, level: level)
+            return (0..<PointerBlock.entries).map { pb.entry($0) }
+        }
+        /// Entries at `level` (0: grains), entry i covering `span` grains from `base + i × span`.
+        func compare(_ x: [UInt32], _ y: [UInt32], level: UInt8, base: UInt64, span: UInt64) throws(FSError) {
+            for i in 0..<max(x.count, y.count) {
+                let p = i < x.count ? x[i] : 0, q = i < y.count ? y[i] : 0
+                if p == q { continue }
+                let start = base + UInt64(i) * span
+                if level == 0 {
+                    emit(start, 1)
+                } else {
+                    try compare(try entries(p, level: level), try entries(q, level: level), level: level - 1, base: start, span: span / Self.fanout)
+                }
+            }
+        }
+        var x = (0..<InodeRecord.rootEntries).map { a.rootEntry($0) }, y = (0..<InodeRecord.rootEntries).map { b.rootEntry($0) }
+        var lx = a.height, ly = b.height
+        // A taller map's root entry 0 holds what the shorter map's whole root covers (a map
+        // grows by moving its root into a new pointer block): what lies past it is compared
+        // with holes, then both sides go down to the same level.
+        while lx != ly {
+            if lx > ly {
+                try compare(Array([0] + x.dropFirst()), [], level: lx, base: 0, span: Self.span(height: lx))
+                x = try entries(x[0], level: lx)
+                lx -= 1
+            } else {
+                try compare([], Array([0] + y.dropFirst()), level: ly, base: 0, span: Self.span(height: ly))
+                y = try entries(y[0], level: ly)
+                ly -= 1
+            }
+        }
+        try compare(x, y, level: lx, base: 0, span: Self.span(height: lx))
+        // Past the end of the shorter file a longer one reads what it holds: its holes too
+        // are zeros either way. Ranges end at the larger size.
+        let end = max(a.size, b.size)
+        // The parts past a taller root's first entry came first: in order, joined, clipped.
+        var ordered: [Range<UInt64>] = []
+        for r in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) where r.lowerBound < end {
+            let clipped = r.lowerBound..<min(r.upperBound, end)
+            if let last = ordered.last, last.upperBound == clipped.lowerBound {
+                ordered[ordered.count - 1] = last.lowerBound..<clipped.upperBound
+            } else {
+                ordered.append(clipped)
+            }
+        }
+        return ordered
+    }
+}
