@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "lunar-vmm", targets: ["lunar-vmm"]),
         .library(name: "LunarIO", targets: ["LunarIO"]),
         .library(name: "LunarFS", targets: ["LunarFS"]),
+        .library(name: "LunarDisk", targets: ["LunarDisk"]),
         .library(name: "LunarVMM", targets: ["LunarVMM"]),
     ],
     dependencies: [
@@ -22,6 +23,8 @@ let package = Package(
         ),
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
+        // Virtual disks on LunarFS files: snapshot trees, revert, linked clones, changed blocks.
+        .target(name: "LunarDisk", dependencies: ["LunarFS", "LunarIO"]),
         .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
@@ -51,6 +54,7 @@ let package = Package(
         .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarFS", "LunarIO"]),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarDiskTests", dependencies: ["LunarDisk", "LunarFS", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
         // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle

@@ -544,12 +544,29 @@ public final class Volume: @unchecked Sendable {
     /// Makes `target` a new file with `source`'s content that shares its blocks (format 2): made
     /// in constant time whatever the size; a later write to either copies only what it
     /// changes, 64 KiB at most per write. The base of snapshots and linked clones.
-    public func clone(_ source: String, to target: String) throws(FSError) {
+    /// `replacing`: a file at `target` is removed in the same transaction (a revert: the disk
+    /// becomes its snapshot again, never neither).
+    public func clone(_ source: String, to target: String, replacing: Bool = false) throws(FSError) {
         try change(target) { (core) throws(FSError) -> Void in
             let n = try core.resolve(source)
             let (dir, name) = try core.resolveParent(target, forWriting: true)
-            if try core.lookup(dir, name) != nil { throw FSError(.exists) }
+            if let existing = try core.lookup(dir, name) {
+                guard replacing, existing.type != .directory, existing.inode != n else { throw FSError(.exists) }
+                _ = try core.removeEntry(dir, name)
+                try core.destroyNode(existing.inode)
+            }
             _ = try core.cloneFile(n, into: dir, name: name)
+        }
+    }
+
+    /// Bytes of `path`'s data, and of them the bytes no other file shares (what removing it
+    /// would give back), in its units.
+    public func sharing(of path: String) throws(FSError) -> (allocated: UInt64, unique: UInt64) {
+        try locked(path) { (core) throws(FSError) -> (allocated: UInt64, unique: UInt64) in
+            let n = try core.resolve(path)
+            let (mapped, alone) = try core.grainUsage(n)
+            let unit = core.unitSize(try core.inode(n))
+            return (mapped * unit, alone * unit)
         }
     }
 

@@ -414,3 +414,37 @@ extension VolumeCore {
         return ordered
     }
 }
+
+// MARK: what a map holds alone
+
+extension VolumeCore {
+    /// Grains map `n` names, and of them those no other map names (every block on the way to
+    /// them, and they, counted once): what removing the file would give back.
+    func grainUsage(_ n: UInt32) throws(FSError) -> (mapped: UInt64, alone: UInt64) {
+        let ino = try inode(n)
+        guard ino.storage == .grains else {
+            let units = ino.allocatedUnits
+            return (units, units)
+        }
+        let owner = mapOwner(ino)
+        var mapped: UInt64 = 0, alone: UInt64 = 0
+        func visit(_ e: UInt32, level: UInt8, shared: Bool) throws(FSError) {
+            if level == 0 {
+                mapped += 1
+                if !shared, try referenceCount(.fileBlock, e) == 1 { alone += 1 }
+                return
+            }
+            var below = shared
+            if !below { below = try referenceCount(.pointerBlock, e) > 1 }
+            let pb = try pointerBlock(e, owner: owner, level: level)
+            for child in (0..<PointerBlock.entries).map({ pb.entry($0) }) where child != 0 {
+                try visit(child, level: level - 1, shared: below)
+            }
+        }
+        for i in 0..<InodeRecord.rootEntries {
+            let e = ino.rootEntry(i)
+            if e != 0 { try visit(e, level: ino.height, shared: false) }
+        }
+        return (mapped, alone)
+    }
+}

@@ -74,7 +74,7 @@ extension String {
 }
 
 /// Nanoseconds since the Unix epoch, as stored in timestamps.
-func wallClockNanoseconds() -> Int64 {
+public func wallClockNanoseconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
