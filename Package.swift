@@ -33,6 +33,7 @@ let package = Package(
             dependencies: [
                 "LunarIO",
                 "LunarFS",
+                "LunarDisk",
                 "LunarVMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

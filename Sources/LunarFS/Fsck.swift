@@ -590,6 +590,7 @@ final class Checker {
                 return (0, nil)
             }
             grainReferences[e, default: 0] += 1
+            if grainReferences[e] == 1 { report.unitsReferenced += 1 }
             return (1, 0)
         }
         if let seen = walkedPointerBlocks[e] {

@@ -790,7 +790,7 @@ struct FSFsckCommand: AsyncParsableCommand {
                 "directories_checked": report.directoriesChecked, "blocks_referenced": report.unitsReferenced,
             ] as [String: Any])
         } else {
-            print("checked \(lun): \(report.inodesChecked) inodes, \(report.directoriesChecked) directories, \(report.unitsReferenced) data blocks")
+            print("checked \(lun): \(report.inodesChecked) inodes, \(report.directoriesChecked) directories, \(report.unitsReferenced) data units")
             for p in report.problems { print("\(p.repaired ? "repaired" : "problem"): \(p.message)") }
             for n in report.notes { print("note: \(n)") }
             let left = report.unrepaired.count
