@@ -494,25 +494,13 @@ final class Checker {
         guard let storage = ino.storage else { return nil }
         var units: UInt64 = 0
         var lastUnit: UInt64?
-        if storage == .grains {
-            var damaged: [(VolumeCore.MapEntry, FSError)] = []
-            do throws(FSError) {
+        var damaged: [(VolumeCore.MapEntry, FSError)] = []
+        let map = storage == .grains ? "grain map" : "block map"
+        do throws(FSError) {
+            if storage == .grains {
                 (units, lastUnit) = try walkGrainMap(ino) { entry, error in damaged.append((entry, error)) }
-            } catch {
-                problem("inode \(n): grain map: \(error.withoutAdvice)")
-                damagedInodes.insert(n)
-                return nil
-            }
-            // A hole where a damaged block was; in a block other maps share, it is a hole in
-            // each of them (the counts are set from what the maps hold afterwards).
-            for (entry, error) in damaged {
-                let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
-                problem("inode \(n): grain map: \(error.withoutAdvice)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
-            }
-        } else if storage != .inline {
-            let kind = core.unitKind(storage)
-            var damaged: [(VolumeCore.MapEntry, FSError)] = []
-            do throws(FSError) {
+            } else if storage != .inline {
+                let kind = core.unitKind(storage)
                 try core.walkMap(ino, pointerBlock: { (p, _) throws(FSError) in
                     self.reference(.pointerBlock, UInt64(p), by: n, unitIndex: nil)
                 }, damaged: { entry, error in damaged.append((entry, error)) }) { (u, unitNumber) throws(FSError) -> Bool in
@@ -521,15 +509,17 @@ final class Checker {
                     reference(kind, UInt64(unitNumber), by: n, unitIndex: u)
                     return true
                 }
-            } catch {
-                problem("inode \(n): block map: \(error.withoutAdvice)")
-                damagedInodes.insert(n)
-                return nil
             }
-            for (entry, error) in damaged {
-                let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
-                problem("inode \(n): block map: \(error.withoutAdvice)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
-            }
+        } catch {
+            problem("inode \(n): \(map): \(error.withoutAdvice)")
+            damagedInodes.insert(n)
+            return nil
+        }
+        // A hole where a damaged block was. In a grain map's block other maps share it is a
+        // hole in each of them; the counts are set from what the maps hold afterwards.
+        for (entry, error) in damaged {
+            let fixed = fix { () throws(FSError) in try core.clearMapEntry(n, entry) }
+            problem("inode \(n): \(map): \(error.withoutAdvice)\(fixed ? "; a hole where it pointed" : "")", repaired: fixed)
         }
         if units != ino.allocatedUnits {
             let fixed = fix { () throws(FSError) in try mend(n).allocatedUnits = units }
