@@ -9,9 +9,11 @@ let package = Package(
         .library(name: "LunarIO", targets: ["LunarIO"]),
         .library(name: "LunarFS", targets: ["LunarFS"]),
         .library(name: "LunarVMM", targets: ["LunarVMM"]),
+        .library(name: "LunarExport", targets: ["LunarExport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C, libiscsi calls.
@@ -23,6 +25,11 @@ let package = Package(
         .target(name: "LunarIO", dependencies: ["CLunar"]),
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
         .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
+        // The NBD server that backup software pulls exports from (Spec/export.md).
+        .target(
+            name: "LunarExport",
+            dependencies: ["LunarIO", "LunarFS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+        ),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         .executableTarget(
@@ -31,6 +38,7 @@ let package = Package(
                 "LunarIO",
                 "LunarFS",
                 "LunarVMM",
+                "LunarExport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -52,6 +60,7 @@ let package = Package(
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
+        .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarFS", "LunarIO", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
         // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle
         // depending on it would be linked with its -static-stdlib).
