@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C, libiscsi calls.
@@ -28,7 +29,8 @@ let package = Package(
         // The NBD server that backup software pulls exports from (Spec/export.md).
         .target(
             name: "LunarExport",
-            dependencies: ["LunarIO", "LunarFS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["LunarIO", "LunarFS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "NIOSSL", package: "swift-nio-ssl")]
         ),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),

@@ -1,6 +1,7 @@
 import LunarFS
 import LunarIO
 import NIOCore
+import NIOSSL
 
 /// How much one connection may hold and how long it may dawdle (`Spec/export.md` §6).
 public struct ExportLimits: Sendable {
@@ -86,6 +87,11 @@ final class NBDConnection: ChannelDuplexHandler {
 
     private let catalog: ExportCatalog
     private let limits: ExportLimits
+    /// Set when the server requires TLS; `tlsStarted` once the session runs over it.
+    private let tls: ExportTLS?
+    private var tlsStarted = false
+    /// Bytes the client sent after the option being answered.
+    private var unreadAfterOption = 0
     private var phase = Phase.greeting
     private var inbound: ByteBuffer?
     private var noZeroes = false
@@ -105,9 +111,10 @@ final class NBDConnection: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var handshakeTimer: Scheduled<Void>?
 
-    init(catalog: ExportCatalog, limits: ExportLimits) {
+    init(catalog: ExportCatalog, limits: ExportLimits, tls: ExportTLS?) {
         self.catalog = catalog
         self.limits = limits
+        self.tls = tls
     }
 
     // MARK: channel events
@@ -226,6 +233,7 @@ final class NBDConnection: ChannelDuplexHandler {
             guard buffer.readableBytes >= OptionHeader.size + Int(header.length) else { return false }
             buffer.moveReaderIndex(forwardBy: OptionHeader.size)
             guard let data = buffer.readSlice(length: Int(header.length)) else { return false }
+            unreadAfterOption = buffer.readableBytes
             handleOption(header.option, data, context)
             return true
         case .transmission:
@@ -241,7 +249,14 @@ final class NBDConnection: ChannelDuplexHandler {
     // MARK: options
 
     private func handleOption(_ code: UInt32, _ data: ByteBuffer, _ context: ChannelHandlerContext) {
-        guard let option = NBD.Option(rawValue: code) else {
+        let option = NBD.Option(rawValue: code)
+        if tls != nil && !tlsStarted && option != .startTLS && option != .abort {
+            // FORCEDTLS (proto): nothing but STARTTLS and ABORT before TLS; EXPORT_NAME cannot
+            // be answered with an error, so it ends the session.
+            if option == .exportName { return hardClose() }
+            return optionError(code, OptionFailure(.errorTLSRequired, "this server requires TLS: send NBD_OPT_STARTTLS first"))
+        }
+        guard let option else {
             return optionError(code, OptionFailure(.errorUnsupported, "option \(code) is not supported"))
         }
         switch option {
@@ -274,7 +289,7 @@ final class NBDConnection: ChannelDuplexHandler {
             reply.writeOptionReply(code, .ack, length: 0)
             context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
         case .startTLS:
-            optionError(code, OptionFailure(.errorPolicy, "this server was not given a TLS certificate"))
+            startTLS(code, data, context)
         case .info, .go:
             answerInfo(code, go: option == .go, data, context)
         case .structuredReply:
@@ -284,6 +299,26 @@ final class NBDConnection: ChannelDuplexHandler {
         case .listMetaContext, .setMetaContext:
             answerMetaContext(code, setting: option == .setMetaContext, data, context)
         }
+    }
+
+    private func startTLS(_ code: UInt32, _ data: ByteBuffer, _ context: ChannelHandlerContext) {
+        guard let tls else { return optionError(code, OptionFailure(.errorPolicy, "this server was not given a TLS certificate")) }
+        guard !tlsStarted else { return optionError(code, OptionFailure(.errorInvalid, "TLS is already running")) }
+        guard data.readableBytes == 0 else { return optionError(code, OptionFailure(.errorInvalid, "NBD_OPT_STARTTLS takes no data")) }
+        // The client waits for the ACK before its TLS hello: bytes after the option are a
+        // client that does not, and nothing sent in the clear may ride into the session.
+        guard unreadAfterOption == 0 else { return hardClose() }
+        // The ACK leaves in the clear, below where the TLS handler then goes.
+        ack(code)
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
+        } catch {
+            return hardClose()
+        }
+        tlsStarted = true
+        // proto: nothing negotiated before STARTTLS survives it.
+        structured = false
+        selection = nil
     }
 
     private func ack(_ code: UInt32) {

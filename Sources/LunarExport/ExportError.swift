@@ -13,6 +13,8 @@ public struct ExportError: Error, Sendable, Equatable, CustomStringConvertible {
         case insecureListen(String)
         case invalidAddress(String)
         case bind(String)
+        /// The certificate or key cannot be used.
+        case tls(String)
         case fileSystem(FSError)
     }
 
@@ -29,9 +31,10 @@ public struct ExportError: Error, Sendable, Equatable, CustomStringConvertible {
         case .duplicate(let name): "\(name) is named twice"
         case .noExports: "name the files to export, e.g. /vms/web01/disk0.raw (`lunar export list LUN` shows them)"
         case .insecureListen(let address):
-            "\(address) is not a loopback address: without TLS anyone who reaches it reads (or, --writable, changes) the disks in the clear; listen on 127.0.0.1 or a Unix socket, or give --insecure to do it anyway"
+            "\(address) is not a loopback address: without TLS anyone who reaches it reads (or, --writable, changes) the disks in the clear; give --tls-cert and --tls-key, listen on 127.0.0.1 or a Unix socket, or give --insecure to do it anyway"
         case .invalidAddress(let why): why
         case .bind(let why): why
+        case .tls(let why): why
         case .fileSystem(let error): "\(error)"
         }
     }

@@ -55,6 +55,8 @@ public final class ExportServer: Sendable {
     }
 
     public let exports: [ServedExport]
+    /// Whether clients must start TLS.
+    public let tls: Bool
     /// Where clients connect (the real port when 0 was asked for).
     public let endpoint: Endpoint
     private let group: MultiThreadedEventLoopGroup
@@ -66,8 +68,9 @@ public final class ExportServer: Sendable {
         let open = Mutex<[ObjectIdentifier: Channel]>([:])
     }
 
-    private init(exports: [ServedExport], endpoint: Endpoint, group: MultiThreadedEventLoopGroup, listener: Channel, connections: Connections) {
+    private init(exports: [ServedExport], endpoint: Endpoint, tls: Bool, group: MultiThreadedEventLoopGroup, listener: Channel, connections: Connections) {
         self.exports = exports
+        self.tls = tls
         self.endpoint = endpoint
         self.group = group
         self.listener = listener
@@ -75,7 +78,9 @@ public final class ExportServer: Sendable {
     }
 
     /// Listens on `endpoint` and serves `exports` until `stop`. A Unix socket is made owner-only.
-    public static func start(exports: [ServedExport], endpoint: Endpoint, limits: ExportLimits = ExportLimits()) async throws(ExportError) -> ExportServer {
+    /// With `tls`, every client must start TLS before anything else.
+    public static func start(exports: [ServedExport], endpoint: Endpoint, limits: ExportLimits = ExportLimits(),
+                             tls: ExportTLS? = nil) async throws(ExportError) -> ExportServer {
         guard !exports.isEmpty else { throw ExportError(.noExports) }
         var seen = Set<ExportName>()
         for e in exports where !seen.insert(e.name).inserted { throw ExportError(.duplicate(e.name.description)) }
@@ -98,7 +103,7 @@ public final class ExportServer: Sendable {
                 channel.closeFuture.whenComplete { _ in _ = connections.open.withLock { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     if isTCP { try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1) }
-                    try channel.pipeline.syncOperations.addHandler(NBDConnection(catalog: catalog, limits: limits))
+                    try channel.pipeline.syncOperations.addHandler(NBDConnection(catalog: catalog, limits: limits, tls: tls))
                 }
             }
         do {
@@ -114,7 +119,7 @@ public final class ExportServer: Sendable {
                 chmod(path, 0o600)
                 bound = endpoint
             }
-            return ExportServer(exports: exports, endpoint: bound, group: group, listener: listener, connections: connections)
+            return ExportServer(exports: exports, endpoint: bound, tls: tls != nil, group: group, listener: listener, connections: connections)
         } catch {
             try? await group.shutdownGracefully()
             throw ExportError(.bind("cannot listen on \(endpoint): \(error)"))
@@ -140,15 +145,16 @@ public final class ExportServer: Sendable {
         for e in exports { try? e.close() }
     }
 
-    /// NBD URIs clients can use, one per export (`nbd://HOST:PORT/NAME`, `nbd+unix:///NAME?socket=PATH`).
+    /// NBD URIs clients can use, one per export (`nbd://HOST:PORT/NAME`, `nbd+unix:///NAME?socket=PATH`;
+    /// `nbds` with TLS).
     public func uri(for export: ServedExport) -> String {
         // A URI's path is the export name without its leading slash, which the server adds back.
         let name = export.name.description.dropFirst()
         switch endpoint {
         case .tcp(let host, let port):
-            return "nbd://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(name)"
+            return "nbd\(tls ? "s" : "")://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(name)"
         case .unix(let path):
-            return "nbd+unix:///\(name)?socket=\(path)"
+            return "nbd\(tls ? "s" : "")+unix:///\(name)?socket=\(path)"
         }
     }
 }

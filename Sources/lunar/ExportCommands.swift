@@ -48,9 +48,11 @@ struct ExportServeCommand: AsyncParsableCommand {
 
             The server listens on 127.0.0.1:10809 by default, on --listen ADDR:PORT (port 0 \
             picks a free one), or on a Unix socket (--socket PATH, made owner-only). A \
-            non-loopback address is refused without --insecure: there is no TLS yet, and \
-            anyone who reaches it reads (or with --writable changes) the disks. SIGINT or \
-            SIGTERM stops the server, ends its connections and releases the files.
+            non-loopback address is refused without TLS or --insecure: anyone who reaches it \
+            would read (or with --writable change) the disks. With --tls-cert and --tls-key \
+            (PEM) every client must start TLS first (nbds:// URIs; e.g. nbdinfo with \
+            tls-certificates=DIR holding the CA as ca-cert.pem). SIGINT or SIGTERM stops the \
+            server, ends its connections and releases the files.
             """
     )
 
@@ -69,6 +71,12 @@ struct ExportServeCommand: AsyncParsableCommand {
     @Flag(help: "Let clients write (restores); files are held exclusive.")
     var writable = false
 
+    @Option(help: "PEM certificate chain: clients must then start TLS (nbds:// URIs).", transform: hostPath)
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert.", transform: hostPath)
+    var tlsKey: String?
+
     @Flag(help: "Allow listening on a non-loopback address without TLS.")
     var insecure = false
 
@@ -78,17 +86,20 @@ struct ExportServeCommand: AsyncParsableCommand {
     func validate() throws {
         if socket != nil && listen != nil { throw ValidationError("give --socket or --listen, not both") }
         if exports.isEmpty { throw ValidationError(ExportError(.noExports).description) }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
     func run() async throws {
         let endpoint: ExportServer.Endpoint
+        var tls: ExportTLS?
         do throws(ExportError) {
+            if let tlsCert, let tlsKey { tls = try ExportTLS(certificate: tlsCert, key: tlsKey) }
             if let socket {
                 endpoint = .unix(path: socket)
             } else {
                 endpoint = try ExportServer.Endpoint.parse(listen: listen ?? "127.0.0.1:10809")
             }
-            if !endpoint.isLocal && !insecure { throw ExportError(.insecureListen(endpoint.description)) }
+            if !endpoint.isLocal && !insecure && tls == nil { throw ExportError(.insecureListen(endpoint.description)) }
         } catch {
             printError(error)
             throw ExitCode.failure
@@ -112,7 +123,7 @@ struct ExportServeCommand: AsyncParsableCommand {
                 guard !opened.contains(where: { $0.name == name }) else { throw ExportError(.duplicate(name.description)) }
                 opened.append(try ServedExport.open(name, on: volume, writable: writable))
             }
-            server = try await ExportServer.start(exports: opened, endpoint: endpoint)
+            server = try await ExportServer.start(exports: opened, endpoint: endpoint, tls: tls)
         } catch {
             for e in opened { try? e.close() }
             try? volume.close()
@@ -120,6 +131,7 @@ struct ExportServeCommand: AsyncParsableCommand {
             throw ExitCode.failure
         }
         announce(server)
+        raiseOpenFileLimit()
 
         // Stop on SIGINT/SIGTERM: the server's connections end and the files are released
         // before the volume closes.
@@ -142,6 +154,15 @@ struct ExportServeCommand: AsyncParsableCommand {
         }
     }
 
+    /// A server holds a descriptor per client: as many as the hard limit allows.
+    private func raiseOpenFileLimit() {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(resource, &limit)
+    }
+
     /// Kept alive for the process's life.
     nonisolated(unsafe) private static var signalSources: [any DispatchSourceSignal] = []
 
@@ -157,7 +178,7 @@ struct ExportServeCommand: AsyncParsableCommand {
                 print(String(decoding: data, as: UTF8.self))
             }
         } else {
-            let mode = writable ? "writable" : "read-only"
+            let mode = (writable ? "writable" : "read-only") + (server.tls ? ", TLS required" : "")
             print("serving \(server.exports.count) export\(server.exports.count == 1 ? "" : "s") (\(mode)) on \(server.endpoint):")
             for e in server.exports {
                 print("  \(pad(e.name.description, 28)) \(rightAligned(ByteSize.format(e.size), 9))  \(server.uri(for: e))")

@@ -53,7 +53,7 @@ struct ExportCommandTests {
             server.process.terminate()
             let output = server.finish()
             #expect(output.status == 0, "serve: \(output.stderr)")
-            #expect(output.stdout.contains("nbd+unix:///vms/disk0.raw?socket=\(socket)"), "\(output.stdout)")
+            #expect(output.stdout.contains("+unix:///vms/disk0.raw?socket=\(socket)"), "\(output.stdout)")
             self.server = nil
         }
 
@@ -158,6 +158,34 @@ struct ExportCommandTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == restored)
         let fsck = try LunarProcess.run(["fs", "fsck", f.lun])
         #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
+    }
+
+    @Test("with a certificate every client must start TLS: nbdinfo and nbdcopy given the CA read the export, a client without TLS gets nothing",
+          .enabled(if: clientsPresent && FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl")))
+    func tls() throws {
+        let f = try Fixture()
+        let pki = f.scratch.path("pki")
+        try FileManager.default.createDirectory(atPath: pki, withIntermediateDirectories: true)
+        func path(_ name: String) -> String { (pki as NSString).appendingPathComponent(name) }
+        try "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".write(toFile: path("ext.cnf"), atomically: true, encoding: .utf8)
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        _ = try Self.tool("/usr/bin/openssl", ["req", "-x509"] + ec + ["-keyout", path("ca-key.pem"), "-out", path("ca-cert.pem"), "-days", "2", "-subj", "/CN=Lunar test CA"])
+        _ = try Self.tool("/usr/bin/openssl", ["req"] + ec + ["-keyout", path("server-key.pem"), "-out", path("server.csr"), "-subj", "/CN=localhost"])
+        _ = try Self.tool("/usr/bin/openssl", ["x509", "-req", "-in", path("server.csr"), "-CA", path("ca-cert.pem"), "-CAkey", path("ca-key.pem"),
+                                               "-CAcreateserial", "-out", path("server-cert.pem"), "-days", "2", "-extfile", path("ext.cnf")])
+        try f.serve(["--tls-cert", path("server-cert.pem"), "--tls-key", path("server-key.pem")])
+        let secure = "nbds+unix:///vms/disk0.raw?socket=\(f.socket)&tls-certificates=\(pki)"
+        let json = try Self.tool("/usr/bin/nbdinfo", ["--json", secure])
+        #expect(json.contains("\"export-size\": \(Self.diskSize)"), "\(json)")
+        let copied = f.scratch.path("tls.raw")
+        _ = try Self.tool("/usr/bin/nbdcopy", [secure, copied])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: copied)) == f.content)
+        let plain = try system("/usr/bin/nbdinfo", ["--json", f.uri])
+        #expect(plain.status != 0, "a client without TLS must get nothing: \(plain.output)")
+        f.stop()
+        let badKey = try LunarProcess.run(["export", "serve", f.lun, "/vms/disk0.raw", "--socket", f.socket,
+                                           "--tls-cert", path("server-cert.pem"), "--tls-key", path("ca-cert.pem")])
+        #expect(badKey.status == 1 && badKey.stderr.contains("cannot use"), "\(badKey.stderr)")
     }
 
     @Test("export serve and list refuse what they cannot do, with the reason")
