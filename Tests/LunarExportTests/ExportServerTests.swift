@@ -373,6 +373,57 @@ struct ExportServerTests {
         try await f.stop()
     }
 
+    @Test("sessions mutated at random (flipped, dropped, repeated, inserted bytes) never take the server down or damage the volume")
+    func mutatedSessions() async throws {
+        let f = try await Fixture(writable: true)
+        // One session that touches every part of the protocol.
+        var session = u32(3)
+        func option(_ code: UInt32, _ data: [UInt8]) -> [UInt8] { u64(0x4948_4156_454F_5054) + u32(code) + u32(UInt32(data.count)) + data }
+        func request(_ type: UInt16, _ flags: UInt16, _ offset: UInt64, _ length: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
+            u32(0x2560_9513) + u16(flags) + u16(type) + u64(UInt64(type)) + u64(offset) + u32(length) + payload
+        }
+        session += option(3, []) + option(8, []) + option(9, RawClient.metaData("/vms/disk.raw", queries: ["base:"]))
+        session += option(10, RawClient.metaData("/vms/disk.raw", queries: ["base:allocation"]))
+        session += option(6, RawClient.infoData("/vms/disk.raw", requests: [0, 1, 2, 3])) + option(7, RawClient.infoData("/vms/disk.raw", requests: [3]))
+        session += request(0, 0, 4096, 65536) + request(0, 4, 2 * Self.mib - 512, 4096) + request(7, 8, 0, 1 << 20)
+        session += request(1, 1, 12345, 3000, pattern(3000, seed: 5).array) + request(4, 0, 7 * Self.mib, 4096)
+        session += request(6, 2, 100, 5000) + request(5, 0, 0, 8192) + request(3, 0, 0, 0) + request(2, 0, 0, 0)
+
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func random(_ bound: Int) -> Int {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return Int(state % UInt64(bound))
+        }
+        var hungUp = 0
+        for _ in 0..<1000 {
+            var bytes = session
+            for _ in 0..<(1 + random(6)) {
+                let at = random(bytes.count)
+                switch random(5) {
+                case 0: bytes[at] ^= UInt8(1 << random(8))
+                case 1: bytes[at] = UInt8(random(256))
+                case 2: bytes.removeSubrange(at..<min(bytes.count, at + 1 + random(40)))
+                case 3: bytes.insert(contentsOf: (0..<(1 + random(40))).map { _ in UInt8(random(256)) }, at: at)
+                default: bytes.insert(contentsOf: bytes[at..<min(bytes.count, at + 28)], at: at)
+                }
+                if bytes.isEmpty { bytes = [0] }
+            }
+            let c = try RawClient(socket: f.socket, timeout: 10)
+            _ = try c.receive(18)
+            try? c.send(bytes)
+            // Every session ends: the server answers what it can and hangs up at the end of input.
+            if c.finishAndDrain() { hungUp += 1 }
+        }
+        #expect(hungUp == 1000, "every mutated session was ended by the server")
+        let c = try f.client()
+        try c.open("/vms/disk.raw")
+        let read = try c.structuredRead(cookie: 1, offset: 0, length: 4096)
+        #expect(read.error == nil && read.data.count == 4096)
+        try await f.stop()
+    }
+
     @Test("export names: paths, snapshots, what is refused")
     func names() throws {
         #expect(try ExportName(parsing: "vms//web01/disk0.raw") == .file(path: "/vms/web01/disk0.raw"))

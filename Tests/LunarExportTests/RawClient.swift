@@ -58,6 +58,18 @@ final class RawClient {
         return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
+    /// Says no more will be sent, and reads what comes back until the server hangs up.
+    /// Returns false if it never did (within the receive timeout).
+    func finishAndDrain() -> Bool {
+        shutdown(fd, Int32(SHUT_WR))
+        var scratch = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return true }
+            if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK }
+        }
+    }
+
     // MARK: NBD
 
     /// Reads the greeting and answers it; returns the handshake flags.
