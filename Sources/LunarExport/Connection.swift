@@ -217,7 +217,7 @@ final class NBDConnection: ChannelDuplexHandler {
         case .greeting:
             guard let flags = buffer.readInteger(as: UInt32.self) else { return false }
             let client = NBD.ClientFlags(rawValue: flags)
-            // proto: a server MUST drop a client whose flags it does not know.
+            // A client whose flags the server does not know is dropped (Spec/export.md §2).
             guard client.isSubset(of: .known) else { throw WireError("unknown client flags 0x\(String(flags, radix: 16))") }
             noZeroes = client.contains(.noZeroes)
             phase = .options
@@ -251,7 +251,7 @@ final class NBDConnection: ChannelDuplexHandler {
     private func handleOption(_ code: UInt32, _ data: ByteBuffer, _ context: ChannelHandlerContext) {
         let option = NBD.Option(rawValue: code)
         if tls != nil && !tlsStarted && option != .startTLS && option != .abort {
-            // FORCEDTLS (proto): nothing but STARTTLS and ABORT before TLS; EXPORT_NAME cannot
+            // Nothing but STARTTLS and ABORT before TLS (Spec/export.md §7); EXPORT_NAME cannot
             // be answered with an error, so it ends the session.
             if option == .exportName { return hardClose() }
             return optionError(code, OptionFailure(.errorTLSRequired, "this server requires TLS: send NBD_OPT_STARTTLS first"))
@@ -263,7 +263,7 @@ final class NBDConnection: ChannelDuplexHandler {
         case .exportName:
             var data = data
             let name = data.readString(length: data.readableBytes) ?? ""
-            // No way to say no but to hang up (proto).
+            // No way to say no but to hang up (Spec/export.md §2).
             guard case .success(let export) = catalog.lookup(name) else { return hardClose() }
             var reply = context.channel.allocator.buffer(capacity: 134)
             reply.writeInteger(export.size)
@@ -316,7 +316,7 @@ final class NBDConnection: ChannelDuplexHandler {
             return hardClose()
         }
         tlsStarted = true
-        // proto: nothing negotiated before STARTTLS survives it.
+        // Nothing negotiated before STARTTLS survives it (Spec/export.md §7).
         structured = false
         selection = nil
     }
@@ -398,7 +398,7 @@ final class NBDConnection: ChannelDuplexHandler {
         for c in found {
             let name = Array(c.name.utf8)
             reply.writeOptionReply(code, .metaContext, length: 4 + name.count)
-            // Listing replies carry ID 0 (proto); a selected context gets the ID its chunks use.
+            // Listing replies carry ID 0; a selected context gets the ID its chunks use (Spec/export.md §2).
             reply.writeInteger(setting ? UInt32(1) : 0)
             reply.writeBytes(name)
         }
@@ -409,7 +409,7 @@ final class NBDConnection: ChannelDuplexHandler {
 
     private func enterTransmission(_ export: ServedExport, requestedName: String) {
         self.export = export
-        // Contexts chosen for another export do not carry over (proto: same name as GO).
+        // Contexts chosen for another export do not carry over (Spec/export.md §2).
         if let selection, (try? ExportName(parsing: selection.export)) == export.name {
             allocationID = selection.allocation
         } else {
@@ -489,7 +489,7 @@ final class NBDConnection: ChannelDuplexHandler {
             }
         case .cache:
             if !inside { return fail(r, .invalid, "cache past the end of the export (\(export.size) bytes)") }
-            // A hint the server may ignore (proto); reads go to the LUN unbuffered anyway.
+            // A hint the server may ignore; reads go to the LUN unbuffered anyway (Spec/export.md §5).
             succeed(r)
         case .blockStatus:
             guard let id = allocationID else { return fail(r, .invalid, "no metadata context was selected (NBD_OPT_SET_META_CONTEXT)") }

@@ -62,8 +62,8 @@ enum MetaContext: Equatable {
     case allocation
 
     /// The contexts an export offers that a query selects. An empty leaf (`base:`) is a
-    /// wildcard for listing only; unknown namespaces and leaves select nothing (proto: they are
-    /// ignored, not refused). `qemu:dirty-bitmap:` contexts are offered once LunarDisk gives
+    /// wildcard for listing only; unknown namespaces and leaves select nothing: they are
+    /// ignored, not refused (`Spec/export.md` §2). `qemu:dirty-bitmap:` contexts are offered once LunarDisk gives
     /// an export changed blocks; until then they select nothing.
     static func matching(_ query: String, listing: Bool) -> [MetaContext] {
         if query == allocationName { return [.allocation] }

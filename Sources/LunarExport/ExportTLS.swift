@@ -1,7 +1,7 @@
 import NIOSSL
 
 /// The server's X.509 identity for `NBD_OPT_STARTTLS` (`Spec/export.md` §7). A server given
-/// one requires TLS of every client before anything else (proto's FORCEDTLS mode).
+/// one requires TLS of every client before anything else.
 public struct ExportTLS: Sendable {
     let context: NIOSSLContext
 
@@ -13,7 +13,7 @@ public struct ExportTLS: Sendable {
             let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
             var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) },
                                                                          privateKey: .privateKey(privateKey))
-            // proto: TLS 1.2 at least; older versions only by a change of configuration.
+            // TLS 1.2 at least (Spec/export.md §7).
             configuration.minimumTLSVersion = .tlsv12
             context = try NIOSSLContext(configuration: configuration)
         } catch let error as ExportError {

@@ -26,16 +26,14 @@ public final class ServedExport: Sendable {
     /// host holds in a conflicting mode is refused with that host named.
     public static func open(_ name: ExportName, on volume: Volume, writable: Bool) throws(ExportError) -> ServedExport {
         guard case .file(let path) = name else { throw ExportError(.snapshotsNeedLunarDisk(name.description)) }
+        let isFile: Bool
+        do throws(FSError) { isFile = try volume.stat(path).type == .file } catch { throw ExportError(.fileSystem(error)) }
+        guard isFile else { throw ExportError(.notRegularFile(path)) }
         let file: File
-        do {
-            guard try volume.stat(path).type == .file else { throw ExportError(.notRegularFile(path)) }
+        do throws(FSError) {
             file = try volume.openFile(path, lock: writable ? .exclusive : .sharedReadOnly)
-        } catch let error as ExportError {
-            throw error
-        } catch let error as FSError {
-            throw ExportError(.fileSystem(error))
         } catch {
-            throw ExportError(.bind("\(error)"))
+            throw ExportError(.fileSystem(error))
         }
         do throws(FSError) {
             let size = try file.size

@@ -38,7 +38,7 @@ struct WireError: Error, Equatable, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Reads a string of `count` bytes that must be UTF-8 without NUL (proto's strings).
+/// Reads a string of `count` bytes that must be UTF-8 without NUL (`Spec/export.md` §3).
 private func readString(_ data: inout ByteBuffer, count: Int, what: String) throws(OptionFailure) -> String {
     guard count <= ExportName.maxLength else { throw OptionFailure(.errorTooBig, "\(what) longer than \(ExportName.maxLength) bytes") }
     guard let bytes = data.readBytes(length: count) else { throw OptionFailure(.errorInvalid, "\(what) runs past the option's data") }
