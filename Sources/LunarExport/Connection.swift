@@ -648,6 +648,7 @@ final class NBDConnection: ChannelDuplexHandler {
             }
             return send([reply], bytes: 0)
         }
+        if let why = export.mapRefusal { return fail(r, .io, why) }
         bytesInFlight += length
         let whole = !structured || r.flags.contains(.dontFragment)
         if let map = export.map, let device = export.device {
@@ -819,6 +820,7 @@ final class NBDConnection: ChannelDuplexHandler {
         guard let context else { return }
         let limit = r.flags.contains(.requestOne) ? 1 : limits.maxDescriptors
         let allocator = context.channel.allocator
+        if let why = export.mapRefusal { return fail(r, .io, why) }
         if export.map != nil {
             do throws(FSError) {
                 send([try blockStatusReply(r, range, export, contextID: contextID, limit: limit, allocator: allocator)], bytes: 0)

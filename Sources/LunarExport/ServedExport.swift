@@ -75,6 +75,14 @@ public final class ServedExport: Sendable {
         return try file.allocatedRanges().reduce(0) { $0 + UInt64($1.count) }
     }
 
+    /// Why the map read at open can no longer be trusted, or nil: it is true only while this
+    /// host's shared lock holds, and a host whose heartbeat stalled (or that was fenced) may
+    /// have lost the lock to one that then wrote the file (`Spec/export.md` §4).
+    var mapRefusal: String? {
+        guard map != nil, let why = file.volume.writeRefusal else { return nil }
+        return "this host lost its hold on the volume (\(why)); restart the server"
+    }
+
     /// The pieces of `range`: data (true) or hole (false), from the map or, without one, from
     /// the file (blocking: on the worker).
     func pieces(_ range: Range<UInt64>) throws(FSError) -> [(range: Range<UInt64>, data: Bool)] {
