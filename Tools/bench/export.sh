@@ -102,7 +102,8 @@ chain_full=$(copy_seconds "$chain_uri" 4)
 
 randread() {  # uri -> IOPS
     fio --name=randread --ioengine=nbd --uri="$1" --rw=randread --bs=4k --iodepth=32 --size="${size_gib}G" \
-        --runtime="$runtime" --time_based --output-format=json | json '["jobs"][0]["read"]["iops"]'
+        --runtime="$runtime" --time_based --output-format=json 2>/dev/null |
+        sed -n '/^{/,$p' | json '["jobs"][0]["read"]["iops"]'  # the engine says hello on stdout first
 }
 lunar_figure() { randread "$lunar_uri"; }
 fio_figure() { randread "$qemu_uri"; }
