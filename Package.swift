@@ -10,9 +10,12 @@ let package = Package(
         .library(name: "LunarFS", targets: ["LunarFS"]),
         .library(name: "LunarDisk", targets: ["LunarDisk"]),
         .library(name: "LunarVMM", targets: ["LunarVMM"]),
+        .library(name: "LunarExport", targets: ["LunarExport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Thin C shims only: liburing's and libaio's inline helpers, Linux ioctls, CRC32C, libiscsi calls.
@@ -26,6 +29,12 @@ let package = Package(
         // Virtual disks on LunarFS files: snapshot trees, revert, linked clones, changed blocks.
         .target(name: "LunarDisk", dependencies: ["LunarFS", "LunarIO"]),
         .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
+        // The NBD server that backup software pulls exports from (Spec/export.md).
+        .target(
+            name: "LunarExport",
+            dependencies: ["LunarIO", "LunarFS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "NIOSSL", package: "swift-nio-ssl")]
+        ),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
         .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
         .executableTarget(
@@ -35,6 +44,7 @@ let package = Package(
                 "LunarFS",
                 "LunarDisk",
                 "LunarVMM",
+                "LunarExport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -57,6 +67,7 @@ let package = Package(
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarDiskTests", dependencies: ["LunarDisk", "LunarFS", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
+        .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarFS", "LunarIO", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
         // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle
         // depending on it would be linked with its -static-stdlib).

@@ -219,6 +219,20 @@ public final class BlockDevice: Sendable {
         _ = try await asyncReactor(.write).perform(.write(UnsafeRawBufferPointer(region), offset)).get()
     }
 
+    /// Reads `region` (caller-owned, sector-aligned memory that stays valid until completion)
+    /// at `offset` through the async reactor and calls `completion` on the reactor's thread
+    /// with the bytes read: for servers on an event loop of their own (the NBD server), which
+    /// read straight into the buffer they then send.
+    public func read(into region: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                     completion: @escaping @Sendable (Result<Int, IOError>) -> Void) {
+        do throws(IOError) {
+            try file.validateTransfer(.read, address: region.baseAddress, length: region.count, offset: offset)
+            try asyncReactor(.read).submit(.read(region, offset), completion: completion)
+        } catch {
+            completion(.failure(error))
+        }
+    }
+
     /// Makes every write that completed before this call durable.
     public func flush() async throws(IOError) {
         _ = try await asyncReactor(.flush).perform(.flush).get()

@@ -13,10 +13,12 @@ final class IOReactor: Sendable {
         case discard(UInt64, UInt64)
     }
 
-    typealias Continuation = CheckedContinuation<Result<Int, IOError>, Never>
+    /// Called once on the reactor's thread when the request completes (or at once, on the
+    /// caller's, when the reactor no longer takes requests).
+    typealias Completion = @Sendable (Result<Int, IOError>) -> Void
 
     private struct Inbox: ~Copyable {
-        var requests: [(Request, Continuation)] = []
+        var requests: [(Request, Completion)] = []
         var stopping = false
     }
 
@@ -45,17 +47,23 @@ final class IOReactor: Sendable {
 
     /// Queues one request and suspends until it completes.
     func perform(_ request: Request) async -> Result<Int, IOError> {
-        await withCheckedContinuation { (continuation: Continuation) in
-            let outcome: (accepted: Bool, ring: Bool) = inbox.withLock { box in
-                if box.stopping { return (false, false) }
-                box.requests.append((request, continuation))
-                return (true, box.requests.count == 1)
-            }
-            if !outcome.accepted {
-                continuation.resume(returning: .failure(file.error(.closed, operationKind(request))))
-            } else if outcome.ring {
-                ringDoorbell()
-            }
+        await withCheckedContinuation { continuation in
+            submit(request) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// Queues one request; `completion` runs on the reactor's thread once it completes: for
+    /// callers that live on an event loop of their own rather than in Swift's concurrency.
+    func submit(_ request: Request, completion: @escaping Completion) {
+        let outcome: (accepted: Bool, ring: Bool) = inbox.withLock { box in
+            if box.stopping { return (false, false) }
+            box.requests.append((request, completion))
+            return (true, box.requests.count == 1)
+        }
+        if !outcome.accepted {
+            completion(.failure(file.error(.closed, operationKind(request))))
+        } else if outcome.ring {
+            ringDoorbell()
         }
     }
 
@@ -84,15 +92,15 @@ final class IOReactor: Sendable {
 
     private func run(_ queue: IOQueue) {
         let doorbellTag = UInt64.max
-        var waiting: [(Request, Continuation)] = []
+        var waiting: [(Request, Completion)] = []
         var waitingHead = 0
-        var inFlight: [UInt64: Continuation] = [:]
+        var inFlight: [UInt64: Completion] = [:]
         var nextTag: UInt64 = 0
         var doorbellArmed = false
 
         func fail(_ error: IOError) {
-            for (_, c) in waiting[waitingHead...] { c.resume(returning: .failure(error)) }
-            for (_, c) in inFlight { c.resume(returning: .failure(error)) }
+            for (_, c) in waiting[waitingHead...] { c(.failure(error)) }
+            for (_, c) in inFlight { c(.failure(error)) }
             waiting = []
             waitingHead = 0
             inFlight = [:]
@@ -107,7 +115,7 @@ final class IOReactor: Sendable {
 
             // Move as many waiting requests into the queue as its depth allows.
             while waitingHead < waiting.count && queue.outstanding - (doorbellArmed ? 1 : 0) < queue.depth {
-                let (request, continuation) = waiting[waitingHead]
+                let (request, completion) = waiting[waitingHead]
                 waitingHead += 1
                 nextTag &+= 1
                 do {
@@ -117,9 +125,9 @@ final class IOReactor: Sendable {
                     case .flush: try queue.prepareFlush(tag: nextTag)
                     case .discard(let off, let len): try queue.prepareDiscard(at: off, length: len, tag: nextTag)
                     }
-                    inFlight[nextTag] = continuation
+                    inFlight[nextTag] = completion
                 } catch {
-                    continuation.resume(returning: .failure(error))
+                    completion(.failure(error))
                 }
             }
             if waitingHead == waiting.count {
@@ -145,11 +153,11 @@ final class IOReactor: Sendable {
                         doorbellArmed = false
                         var count: UInt64 = 0
                         _ = read(doorbell, &count, 8)
-                    } else if let continuation = inFlight.removeValue(forKey: completion.tag) {
+                    } else if let done = inFlight.removeValue(forKey: completion.tag) {
                         if let error = completion.error {
-                            continuation.resume(returning: .failure(error))
+                            done(.failure(error))
                         } else {
-                            continuation.resume(returning: .success(completion.bytesTransferred))
+                            done(.success(completion.bytesTransferred))
                         }
                     }
                 }
@@ -161,7 +169,7 @@ final class IOReactor: Sendable {
                     defer { box.requests.removeAll() }
                     return box.requests
                 }
-                for (_, c) in late { c.resume(returning: .failure(error)) }
+                for (_, c) in late { c(.failure(error)) }
                 return
             }
         }

@@ -10,6 +10,6 @@ struct Lunar: AsyncParsableCommand {
             iSCSI LUN): no daemon, no FUSE, no kernel module.
             """,
         version: "0.1.0",
-        subcommands: [IOCommand.self, FSCommand.self, DiskCommand.self, VMCommand.self]
+        subcommands: [IOCommand.self, FSCommand.self, DiskCommand.self, VMCommand.self, ExportCommand.self]
     )
 }

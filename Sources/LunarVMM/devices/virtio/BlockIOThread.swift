@@ -1,5 +1,6 @@
 import CLunar
 import Glibc
+import LunarFS
 import LunarIO
 import Synchronization
 

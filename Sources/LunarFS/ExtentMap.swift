@@ -1,7 +1,8 @@
-/// Where a disk's byte ranges live on its LUN, as the I/O thread's hot path consults it: sorted,
-/// non-overlapping pieces, each at a device offset or a hole (nil). A copy of the file
-/// system's block map, kept by the one thread that changes the file (writes into holes and
-/// discards go through it and re-read the pieces they touched).
+/// Where a file's byte ranges live on its LUN, as a hot path consults it without the volume's
+/// lock (a VMM's I/O thread, the NBD server): sorted, non-overlapping pieces, each at a device
+/// offset or a hole (nil). A copy of the file's block map (`File.extents`), kept by whoever
+/// alone changes the file (writes into holes and discards re-read the pieces they touched), or
+/// fixed while the file is held shared read-only.
 public struct ExtentMap: Equatable, Sendable {
     public struct Extent: Equatable, Sendable {
         public var lower: UInt64
