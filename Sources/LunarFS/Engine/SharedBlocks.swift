@@ -62,49 +62,47 @@ extension VolumeCore {
     /// The kind of what an entry at `level` of a grain map names: a grain at level 0.
     static func referencedKind(level: UInt8) -> ResourceKind { level == 0 ? .fileBlock : .pointerBlock }
 
+    /// Changes the count of `e` by `delta` (+1 or −1) and returns the count before. The
+    /// count is read under its cluster's lock (a shared hold takes it first), never from what
+    /// was cached before: another host may have changed it since.
+    private func adjustReferenceCount(_ kind: ResourceKind, _ e: UInt32, by delta: Int) throws(FSError) -> UInt16 {
+        let (index, grain) = countPlace(kind, e)
+        let (sector, slot) = try countSector(kind, index, grain: grain, forWriting: true)
+        let count = sector.count(slot)
+        let what = kind == .fileBlock ? "grain" : "pointer block"
+        guard count > 0 else {
+            throw .corrupt(kind.description, at: header.area(kind).dataOffset, "a map names \(what) \(e), whose reference count is 0")
+        }
+        guard Int(count) + delta <= Int(ReferenceCountSector.maximum) else {
+            throw FSError(.invalidArgument("\(what) \(e) is shared by \(count) maps already, the most a count holds; delete snapshots or clones first"))
+        }
+        sector.setCount(slot, UInt16(Int(count) + delta))
+        return count
+    }
+
     /// One more map entry names `e` (a grain at level 0, else a pointer block).
     func addReference(_ e: UInt32, level: UInt8) throws(FSError) {
-        let kind = Self.referencedKind(level: level)
-        let count = try referenceCount(kind, e)
-        guard count > 0 else {
-            throw .corrupt(kind.description, at: header.area(kind).dataOffset, "a map names \(kind == .fileBlock ? "grain" : "pointer block") \(e), whose reference count is 0")
-        }
-        guard count < ReferenceCountSector.maximum else {
-            throw FSError(.invalidArgument("\(kind == .fileBlock ? "grain" : "pointer block") \(e) is shared by \(count) maps already, the most a count holds; delete snapshots or clones first"))
-        }
-        try setReferenceCount(kind, e, count + 1)
+        _ = try adjustReferenceCount(Self.referencedKind(level: level), e, by: 1)
     }
 
     /// One map entry fewer names `e`. What no entry names any more is released: a pointer
     /// block's own entries first, then the block; a grain, and its file block once all its
     /// grains are free. `owner` is the family the pointer blocks below carry.
     func dropReference(_ e: UInt32, level: UInt8, owner: UInt32) throws(FSError) {
-        let kind = Self.referencedKind(level: level)
-        let count = try referenceCount(kind, e)
-        guard count > 0 else {
-            throw .corrupt(kind.description, at: header.area(kind).dataOffset, "a map names \(kind == .fileBlock ? "grain" : "pointer block") \(e), whose reference count is 0")
-        }
-        try setReferenceCount(kind, e, count - 1)
-        guard count == 1 else { return }
+        guard try adjustReferenceCount(Self.referencedKind(level: level), e, by: -1) == 1 else { return }
         if level == 0 {
             let block = UInt64(e) / grainsPerBlock
-            var inUse = false
-            for k in 0..<UInt32(grainsPerBlock) where try referenceCount(.fileBlock, UInt32(block * grainsPerBlock) + k) > 0 {
-                inUse = true
-                break
-            }
-            if !inUse {
+            if try !grainsInUse(block) {
                 if cursors.grainBlock == block { cursors.grainBlock = nil }
                 try freeAtCommit(.fileBlock, block)
             }
             return
         }
+        // Releases empty a block before it goes (`releaseEntry`); one still holding entries
+        // gives them up here, in the same transaction.
         let pb = try pointerBlock(e, owner: owner, level: level)
         let children = (0..<PointerBlock.entries).map { pb.entry($0) }.filter { $0 != 0 }
-        for child in children {
-            try dropReference(child, level: level - 1, owner: owner)
-            try store.commitIfLarge()
-        }
+        for child in children { try dropReference(child, level: level - 1, owner: owner) }
         try freeAtCommit(.pointerBlock, UInt64(e))
     }
 
