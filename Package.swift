@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "LunarFS", dependencies: ["LunarIO"]),
         // Virtual disks on LunarFS files: snapshot trees, revert, linked clones, changed blocks.
         .target(name: "LunarDisk", dependencies: ["LunarFS", "LunarIO"]),
-        .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
+        .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS", "LunarDisk"]),
         // The NBD server that backup software pulls exports from (Spec/export.md).
         .target(
             name: "LunarExport",
@@ -52,7 +52,7 @@ let package = Package(
         // running VM costs little memory beyond its guest RAM.
         .executableTarget(
             name: "lunar-vmm",
-            dependencies: ["LunarVMM", "LunarFS", "LunarIO"],
+            dependencies: ["LunarVMM", "LunarDisk", "LunarFS", "LunarIO"],
             linkerSettings: [.unsafeFlags(["-static-stdlib"])]
         ),
         // Hosts sharing one volume: the torture test's host and verifier, lock benchmarks.
@@ -62,11 +62,11 @@ let package = Package(
             path: "Tools/hosts"
         ),
         // Tools/bench/vmm.sh's driver: virtio-blk from the host side against fio.
-        .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarFS", "LunarIO"]),
+        .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarDisk", "LunarFS", "LunarIO"]),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarDiskTests", dependencies: ["LunarDisk", "LunarFS", "LunarTesting"]),
-        .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarTesting"]),
+        .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarDisk", "LunarTesting"]),
         .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarFS", "LunarIO", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
         // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle

@@ -99,16 +99,32 @@ public struct VirtualDisk: Sendable {
     /// Takes snapshot `name` of the disk as it is now.
     @discardableResult
     public func snapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
+        try captureSnapshot(name)
+        return try recordSnapshot(name)
+    }
+
+    /// The part of a snapshot that must see the disk still: the disk cloned to the snapshot's
+    /// file, one transaction. A VM's disks are paused for this alone (`DiskChannel.snapshot`).
+    func captureSnapshot(_ name: String) throws(DiskError) {
         try SnapshotTree.checkName(name)
         try Self.sharedBlocksRequired(volume)
-        var tree = try tree()
-        guard tree.entry(name) == nil else {
+        guard try tree().entry(name) == nil else {
             throw DiskError.invalidArgument("\(path) already has a snapshot named '\(name)' (list them with `lunar disk snapshots`)")
+        }
+        guard !(try fs({ () throws(FSError) -> Bool in try volume.exists(snapshotPath(name)) })) else {
+            throw DiskError.invalidArgument("\(snapshotPath(name)) is there but the snapshot tree does not name it (an interrupted snapshot left it): remove it with `lunar fs rm`, or pick another name")
         }
         try fs { () throws(FSError) -> Void in
             try volume.mkdir(snapshotFolder, parents: true)
             try volume.clone(path, to: snapshotPath(name))
         }
+    }
+
+    /// The rest, which may run while the disk is written again: the snapshot entered in the
+    /// tree as the disk's current point. A crash before it leaves a snapshot file no record
+    /// names, which costs space and nothing else.
+    func recordSnapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
+        var tree = try tree()
         tree.add(name, created: wallClockNanoseconds())
         try write(tree)
         return try info(name, tree: tree)

@@ -9,6 +9,7 @@
 //   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 0]
 //                              [--memory-backing huge|small|mergeable]
 //       prints one JSON line: {"workload": ..., "iops": ..., "mb_per_s": ..., "engine": ...}
+import LunarDisk
 import Glibc
 import LunarFS
 import LunarIO
@@ -49,7 +50,7 @@ do {
         guard let workload = IOWorkload.named(options["workload"] ?? "randread") else { fail("unknown --workload") }
         guard let seconds = Double(options["runtime"] ?? "5"), seconds > 0 else { fail("bad --runtime") }
         let volume = try Volume.open(path: volumePath)
-        let disk = try LunarFSDisk(file: try volume.openFile(filePath))
+        let disk = try DiskChannel(file: try volume.openFile(filePath))
         guard let poll = Double(options["driver-poll-us"] ?? "0"), poll >= 0 else { fail("bad --driver-poll-us") }
         guard let backing = GuestMemory.Backing(rawValue: options["memory-backing"] ?? "huge") else {
             fail("--memory-backing: give \(GuestMemory.Backing.names)")

@@ -1,3 +1,4 @@
+import LunarDisk
 import Foundation
 import Glibc
 import LunarTesting
@@ -51,7 +52,7 @@ struct FreestandingGuestTests {
         let image = try FreestandingGuests.build("virtio_blk.c", elf: true)
         let console = ConsoleCapture()
         let vm = try VirtualMachine(kvm: try KVM(), memorySize: memory, console: console.append)
-        let window = try vm.addBlockDevice(try LunarFSDisk(file: file), serial: "disk0")
+        let window = try vm.addBlockDevice(try DiskChannel(file: file), serial: "disk0")
         #expect(window.notificationsInKernel && window.interruptsInKernel)
         #expect(window.address == 0xD000_0000)
         let entry = try vm.loadELF(image)
@@ -81,8 +82,8 @@ struct FreestandingGuestTests {
         let image = try FreestandingGuests.build("virtio_hostile.c", elf: true)
         let console = ConsoleCapture()
         let vm = try VirtualMachine(kvm: try KVM(), memorySize: 64 << 20, console: console.append)
-        let slot0 = try vm.addBlockDevice(try LunarFSDisk(file: victim), serial: "victim")
-        let slot1 = try vm.addBlockDevice(try LunarFSDisk(file: healthy), serial: "healthy")
+        let slot0 = try vm.addBlockDevice(try DiskChannel(file: victim), serial: "victim")
+        let slot1 = try vm.addBlockDevice(try DiskChannel(file: healthy), serial: "healthy")
         #expect(slot0.address == 0xD000_0000 && slot1.address == 0xD000_0200)
         #expect(slot0.irq == 5 && slot1.irq == 6)
         let exit = try vm.runFreestanding(entry: try vm.loadELF(image))

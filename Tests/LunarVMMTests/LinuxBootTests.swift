@@ -1,3 +1,4 @@
+import LunarDisk
 import Dispatch
 import Foundation
 import Glibc
@@ -326,7 +327,7 @@ struct DebianGuestBootTests {
 
         let console = LockedConsole()
         let vm = try VirtualMachine(kvm: try KVM(), memorySize: 256 << 20, console: console.append)
-        try vm.addBlockDevice(try LunarFSDisk(file: file), serial: "disk0")
+        try vm.addBlockDevice(try DiskChannel(file: file), serial: "disk0")
         let config = LinuxBootConfiguration(kernel: guest.kernel, initrd: guest.initrd, commandLine: "console=ttyS0 panic=-1 reboot=k")
         // The vCPU runs on its own thread so a hung guest fails the test instead of the run.
         let box = UncheckedBox<Result<VMExit, VMMError>?>(nil)

@@ -1,3 +1,4 @@
+import LunarDisk
 import Foundation
 import LunarFS
 import LunarIO
@@ -10,7 +11,7 @@ import Testing
 @Suite("virtio-blk I/O thread")
 struct VirtioBlockIOThreadTests {
     /// A fresh volume with a 32 MiB disk file, fully written with a pattern when `preallocated`.
-    static func disk(preallocated: Bool, readOnly: Bool = false) throws -> (Volume, LunarFSDisk, [UInt8], Scratch) {
+    static func disk(preallocated: Bool, readOnly: Bool = false) throws -> (Volume, DiskChannel, [UInt8], Scratch) {
         let scratch = Scratch()
         try Volume.format(path: scratch.path("lun.img"), size: 1 << 30)
         let volume = try Volume.open(path: scratch.path("lun.img"))
@@ -22,7 +23,7 @@ struct VirtioBlockIOThreadTests {
             try file.write(content, at: 0)
             try volume.sync()
         }
-        return (volume, try LunarFSDisk(file: file, readOnly: readOnly), content, scratch)
+        return (volume, try DiskChannel(file: file, readOnly: readOnly), content, scratch)
     }
 
     /// Waits until every request made available has come back; returns (slot, status) in the
@@ -61,7 +62,7 @@ struct VirtioBlockIOThreadTests {
     @Test("32 reads and then 32 writes in flight at once go straight to the LUN and carry the right bytes")
     func queueDeepDirect() throws {
         let (volume, disk, content, _) = try Self.disk(preallocated: true)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 32, bytesPerSlot: 64 << 10)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 128, slots: 32, bytesPerSlot: 64 << 10)
         #expect(d.device.hasDirectPath)
         var random = SplitMix64(seed: 3)
         var placed: [(offset: Int, length: Int)] = []
@@ -100,7 +101,7 @@ struct VirtioBlockIOThreadTests {
     func sharedDisk() throws {
         let (volume, disk, content, _) = try Self.disk(preallocated: true)
         try volume.clone("/disk.raw", to: "/snap.raw")
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 16, bytesPerSlot: 64 << 10)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 128, slots: 16, bytesPerSlot: 64 << 10)
         for slot in 0..<16 {
             d.enqueue(slot: slot, type: 0, sector: UInt64(slot * (1 << 20) / 512), length: 64 << 10)
         }
@@ -136,7 +137,7 @@ struct VirtioBlockIOThreadTests {
         let (volume, disk, _, _) = try Self.disk(preallocated: true)
         // Writes large enough to take longer than a flush of an otherwise clean LUN: a flush
         // sent alongside them, not after them, comes back first.
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 33, bytesPerSlot: 1 << 20)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 128, slots: 33, bytesPerSlot: 1 << 20)
         for round in 0..<5 {
             for slot in 0..<32 {
                 d.data(slot).copyBytes(from: pattern(1 << 20, seed: UInt64(slot + round)).array)
@@ -154,7 +155,7 @@ struct VirtioBlockIOThreadTests {
     @Test("a thin disk: writes into holes allocate through LunarFS, later reads and writes go direct, discard reads back zeros")
     func thinDisk() throws {
         let (volume, disk, _, _) = try Self.disk(preallocated: false)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 16, slots: 4, bytesPerSlot: 1 << 20)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 16, slots: 4, bytesPerSlot: 1 << 20)
         func run(_ slot: Int, _ type: UInt32, _ offset: Int, _ length: Int) -> UInt8 {
             d.enqueue(slot: slot, type: type, sector: UInt64(offset / 512), length: length)
             d.publish()
@@ -196,7 +197,7 @@ struct VirtioBlockIOThreadTests {
     @Test("a read-only disk answers writes and discards with an I/O error and serves reads")
     func readOnlyDisk() throws {
         let (volume, disk, content, _) = try Self.disk(preallocated: true, readOnly: true)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 16, slots: 4, bytesPerSlot: 4096)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 16, slots: 4, bytesPerSlot: 4096)
         d.enqueue(slot: 0, type: 1, sector: 0, length: 4096)
         d.enqueue(slot: 1, type: 11, sector: 0, length: 16)
         d.data(1).initializeMemory(as: UInt8.self, repeating: 0)
@@ -214,7 +215,7 @@ struct VirtioBlockIOThreadTests {
     @Test("reset returns only once nothing is in flight; the device serves a new queue after")
     func resetDrains() throws {
         let (volume, disk, content, _) = try Self.disk(preallocated: true)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 128, slots: 32, bytesPerSlot: 256 << 10)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 128, slots: 32, bytesPerSlot: 256 << 10)
         for slot in 0..<32 { d.enqueue(slot: slot, type: 0, sector: UInt64(slot * (256 << 10) / 512), length: 256 << 10) }
         d.publish()
         d.device.reset()
@@ -241,13 +242,13 @@ struct VirtioBlockIOThreadTests {
         let content = pattern(4 << 20, seed: 5).array
         try file.write(content, at: 0)
         try volume.sync()
-        let disk = try LunarFSDisk(file: file)
-        let d = try SyntheticBlockDriver(backend: disk, queueSize: 16, slots: 2, bytesPerSlot: 4096)
+        let disk = try DiskChannel(file: file)
+        let d = try SyntheticBlockDriver(disk: disk, queueSize: 16, slots: 2, bytesPerSlot: 4096)
         d.data(0).copyBytes(from: pattern(4096, seed: 6).array)
         d.enqueue(slot: 0, type: 1, sector: 0, length: 4096)
         d.publish()
         #expect(Self.drain(d).map(\.status) == [0])
-        #expect(disk.writeRefusal == nil)
+        #expect(disk.file.volume.writeRefusal == nil)
         let blocks = try #require(file.extents(0..<8192).first?.deviceOffset)
 
         // Another host claims this host's slot, as one that judged it dead does.
@@ -263,7 +264,7 @@ struct VirtioBlockIOThreadTests {
         next.bytes.storeBytes(of: CRC32C.checksum(UnsafeRawBufferPointer(next.bytes)), toByteOffset: 24, as: UInt32.self)
         #expect(try other.compareAndWriteBlocking(expected: current, new: next, at: slotOffset).isWritten)
         usleep(500_000)
-        #expect(disk.writeRefusal?.contains("claimed by another host") == true, "\(String(describing: disk.writeRefusal))")
+        #expect(disk.file.volume.writeRefusal?.contains("claimed by another host") == true, "\(String(describing: disk.file.volume.writeRefusal))")
 
         let before = IOBuffer(count: 8192)
         try other.readBlocking(into: before, at: blocks)

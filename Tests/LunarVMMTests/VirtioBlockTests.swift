@@ -1,3 +1,4 @@
+import LunarDisk
 import Foundation
 import LunarFS
 import LunarIO
@@ -18,9 +19,9 @@ struct VirtioBlockTests {
         static let descriptors: UInt64 = 0x1_0000, available: UInt64 = 0x1_1000, used: UInt64 = 0x1_2000
         private var availableIndex: UInt16 = 0
 
-        init(backend: VirtioBlockBackend, memorySize: UInt64 = 16 << 20) throws {
+        init(disk: DiskChannel, memorySize: UInt64 = 16 << 20) throws {
             memory = try GuestMemory(size: memorySize)
-            device = try VirtioBlockDevice(memory: memory, backend: backend, serial: "lunar-test-disk")
+            device = try VirtioBlockDevice(memory: memory, disk: disk, serial: "lunar-test-disk")
             #expect(device.setQueue(size: Self.queueSize, descriptors: Self.descriptors, available: Self.available, used: Self.used))
         }
 
@@ -68,19 +69,19 @@ struct VirtioBlockTests {
     }
 
     /// A 32 MiB disk file on a fresh LunarFS volume.
-    static func disk(readOnly: Bool = false) throws -> (Volume, LunarFSDisk, Scratch) {
+    static func disk(readOnly: Bool = false) throws -> (Volume, DiskChannel, Scratch) {
         let scratch = Scratch()
         try Volume.format(path: scratch.path("lun.img"), size: 1 << 30)
         let volume = try Volume.open(path: scratch.path("lun.img"))
         let file = try volume.create("/disk.raw")
         try file.truncate(to: 32 << 20)
-        return (volume, try LunarFSDisk(file: file, readOnly: readOnly), scratch)
+        return (volume, try DiskChannel(file: file, readOnly: readOnly), scratch)
     }
 
     @Test("write, read back, flush, get-id: the data lands in the LunarFS file")
     func roundTrip() throws {
         let (volume, disk, _) = try Self.disk()
-        let d = try Driver(backend: disk)
+        let d = try Driver(disk: disk)
         let data = pattern(8192, seed: 5).array
         d.memory.region(0x10_0000, 8192)!.copyBytes(from: data)
         // Two buffers of 4 KiB and 4 KiB, at sector 16.
@@ -99,7 +100,7 @@ struct VirtioBlockTests {
     @Test("buffers in RAM above 4 GiB are served; one across the device hole breaks the device, nothing outside RAM touched")
     func highMemory() throws {
         let (volume, disk, _) = try Self.disk()
-        let d = try Driver(backend: disk, memorySize: GuestMemory.holeStart + (16 << 20))
+        let d = try Driver(disk: disk, memorySize: GuestMemory.holeStart + (16 << 20))
         let high: UInt64 = 4 << 30
         let data = pattern(8192, seed: 9).array
         d.memory.region(high + 0x10_0000, 8192)!.copyBytes(from: data)
@@ -116,7 +117,7 @@ struct VirtioBlockTests {
     @Test("requests the device must refuse get an I/O error status, and the queue keeps going")
     func refusedRequests() throws {
         let (volume, disk, _) = try Self.disk()
-        let d = try Driver(backend: disk)
+        let d = try Driver(disk: disk)
         // Past the end of the 32 MiB disk.
         #expect(d.request(type: 0, sector: (32 << 20) / 512, buffers: [(0x20_0000, 512)], deviceWrites: true) == 1)
         // A sector count that overflows.
@@ -135,7 +136,7 @@ struct VirtioBlockTests {
     @Test("a read-only disk refuses writes")
     func readOnly() throws {
         let (volume, disk, _) = try Self.disk(readOnly: true)
-        let d = try Driver(backend: disk)
+        let d = try Driver(disk: disk)
         #expect(d.request(type: 1, sector: 0, buffers: [(0x20_0000, 512)], deviceWrites: false) == 1)
         #expect(d.request(type: 0, sector: 0, buffers: [(0x20_0000, 512)], deviceWrites: true) == 0)
         try volume.close()
@@ -144,7 +145,7 @@ struct VirtioBlockTests {
     @Test("hostile chains break the device, never the VMM", arguments: ["loop", "out of range", "bad head", "huge length", "indirect", "no status"])
     func hostileChains(kind: String) throws {
         let (volume, disk, _) = try Self.disk()
-        let d = try Driver(backend: disk)
+        let d = try Driver(disk: disk)
         switch kind {
         case "loop":
             d.descriptor(0, address: 0x2_0000, length: 16, next: 1)
@@ -184,7 +185,7 @@ struct VirtioBlockTests {
     func queueOutsideMemory() throws {
         let (volume, disk, _) = try Self.disk()
         let memory = try GuestMemory(size: 4 << 20)
-        let device = try VirtioBlockDevice(memory: memory, backend: disk, serial: "x")
+        let device = try VirtioBlockDevice(memory: memory, disk: disk, serial: "x")
         #expect(!device.setQueue(size: 256, descriptors: (4 << 20) - 100, available: 0, used: 0x1000))
         #expect(!device.setQueue(size: 100, descriptors: 0, available: 0x1000, used: 0x2000))
         try volume.close()

@@ -1,5 +1,7 @@
+import LunarDisk
 import LunarFS
 import LunarIO
+import Synchronization
 
 /// A stored VM made real: its disks open (held for the VM's whole life), its memory and
 /// devices built, its boot image loaded. `run()` then runs it on the calling thread; `stop()`
@@ -30,9 +32,11 @@ public final class VMSession: @unchecked Sendable {
     public let config: VMConfig
     public private(set) var layout: Layout
     private let vm: VirtualMachine
-    /// The disk files, open for as long as the session lives.
-    private let disks: [File]
+    /// The disks, open for as long as the session lives.
+    private let disks: [DiskChannel]
     private var linux: LinuxBootConfiguration?
+    /// One snapshot at a time.
+    private let snapshotting = Mutex(())
 
     public init(config: VMConfig, volume: Volume, kvm: KVM, console: @escaping (UInt8) -> Void) throws {
         try config.validate()
@@ -49,11 +53,13 @@ public final class VMSession: @unchecked Sendable {
         let vm = try VirtualMachine(kvm: kvm, memorySize: config.memory, memoryBacking: config.memoryBacking, cpus: config.cpus,
                                     console: console)
         var slots: [Layout.DiskSlot] = []
+        var channels: [DiskChannel] = []
         for (disk, file) in zip(config.disks, files) {
-            let backend = try LunarFSDisk(file: file, readOnly: disk.readOnly)
-            let window = try vm.addBlockDevice(backend, serial: String("\(config.name)-\(disk.name)".prefix(20)))
-            slots.append(.init(name: disk.name, path: file.path, size: backend.capacity, readOnly: backend.isReadOnly,
+            let channel = try DiskChannel(file: file, readOnly: disk.readOnly)
+            let window = try vm.addBlockDevice(channel, serial: String("\(config.name)-\(disk.name)".prefix(20)))
+            slots.append(.init(name: disk.name, path: file.path, size: channel.capacity, readOnly: channel.isReadOnly,
                                address: window.address, irq: window.irq))
+            channels.append(channel)
         }
         var entry: UInt64?
         switch config.boot {
@@ -74,14 +80,14 @@ public final class VMSession: @unchecked Sendable {
         }
         self.config = config
         self.vm = vm
-        self.disks = files
+        self.disks = channels
         layout = Layout(kvmKind: kvm.kind, memory: config.memory, cpus: config.cpus,
                         bootKind: config.boot.kindName, entry: entry, disks: slots)
     }
 
     /// Runs the guest until it powers off, resets, shuts down or is stopped.
     public func run() throws -> VMExit {
-        defer { for disk in disks { try? disk.flush() } }
+        defer { for disk in disks { try? disk.file.flush() } }
         switch config.boot {
         case .freestanding:
             return try vm.runFreestanding(entry: layout.entry ?? VirtualMachine.imageAddress)
@@ -89,6 +95,50 @@ public final class VMSession: @unchecked Sendable {
             guard let linux else { throw VMConfigError(.invalid("VM '\(config.name)' has no Linux kernel loaded")) }
             return try vm.runLinux(linux)
         }
+    }
+
+    /// What `snapshot` did: the disks' snapshots, and how long the guest's disks were paused.
+    public struct SnapshotTaken: Sendable {
+        public var snapshots: [SnapshotInfo]
+        public var pausedSeconds: Double
+    }
+
+    /// Takes snapshot `name` of every writable disk at one point while the guest runs: every
+    /// disk pauses (requests in flight complete; new ones wait in the ring), each is captured,
+    /// and all resume; the snapshots are then entered in their trees. Crash-consistent across
+    /// the disks: no disk holds a write the guest made after another disk's point. Read-only
+    /// disks never change and are not snapshotted. Callable from any thread; one at a time.
+    public func snapshot(_ name: String) throws(DiskError) -> SnapshotTaken {
+        let writable = disks.filter { !$0.isReadOnly }
+        guard !writable.isEmpty else { throw DiskError.invalidArgument("VM '\(config.name)' has no writable disk to snapshot") }
+        try SnapshotTree.checkName(name)
+        return try snapshotting.withLock { (_) throws(DiskError) -> SnapshotTaken in try snapshot(name, of: writable) }
+    }
+
+    private func snapshot(_ name: String, of writable: [DiskChannel]) throws(DiskError) -> SnapshotTaken {
+        let start = monotonicSeconds()
+        vm.pauseDisks()
+        var captured: [DiskChannel] = []
+        var failure: DiskError?
+        for disk in writable {
+            do throws(DiskError) {
+                try disk.captureSnapshot(name)
+                captured.append(disk)
+            } catch {
+                failure = error
+                break
+            }
+        }
+        vm.resumeDisks()
+        let paused = monotonicSeconds() - start
+        if let failure {
+            // All disks or none: a point that misses a disk is no point of the VM.
+            for disk in captured { try? disk.file.volume.remove(VirtualDisk(disk.file.volume, path: disk.file.path).snapshotPath(name)) }
+            throw failure
+        }
+        var infos: [SnapshotInfo] = []
+        for disk in captured { infos.append(try disk.recordSnapshot(name)) }
+        return SnapshotTaken(snapshots: infos, pausedSeconds: paused)
     }
 
     /// Ends `run()` soon with `.stopped`; callable from any thread.

@@ -1,3 +1,4 @@
+import LunarDisk
 import CLunar
 import Glibc
 import Synchronization
@@ -105,19 +106,26 @@ public final class VirtualMachine {
     /// Adds a virtio-blk disk served by an I/O thread of its own; its register window is the
     /// next 0x200 bytes from `mmioBase`.
     @discardableResult
-    public func addBlockDevice(_ backend: VirtioBlockBackend, serial: String) throws(VMMError) -> BlockDeviceSlot {
+    public func addBlockDevice(_ disk: DiskChannel, serial: String) throws(VMMError) -> BlockDeviceSlot {
         let index = blockDevices.count
         let address = Self.mmioBase + UInt64(index) * VirtioMMIOBlock.windowSize
         let irq = Self.firstDeviceIRQ + UInt32(index)
-        let device = try VirtioBlockDevice(memory: memory, backend: backend, serial: serial)
+        let device = try VirtioBlockDevice(memory: memory, disk: disk, serial: serial)
         // Queue 0 is the only queue: match the value 0 so a write naming another still exits
         // (and is ignored) instead of waking the thread.
         let ioeventfd = lunar_kvm_ioeventfd(fd, address + VirtioMMIOBlock.queueNotifyOffset, 4, device.notificationEventFD, 1, 0) == 0
         let irqfd = lunar_kvm_irqfd(fd, device.interruptEventFD, irq, 0) == 0
         if !irqfd { device.useInterruptLine(vm: fd, irq: irq) }
-        blockDevices.append(VirtioMMIOBlock(base: address, device: device, backend: backend))
+        blockDevices.append(VirtioMMIOBlock(base: address, device: device, disk: disk))
         return BlockDeviceSlot(address: address, irq: irq, notificationsInKernel: ioeventfd, interruptsInKernel: irqfd)
     }
+
+    /// Pauses every disk (each drains what it has in flight, then takes nothing until
+    /// `resumeDisks`): the guest runs on, and its disk requests wait in their rings. Callable
+    /// from any thread once the devices are added.
+    public func pauseDisks() { for b in blockDevices { b.device.pause() } }
+
+    public func resumeDisks() { for b in blockDevices { b.device.resume() } }
 
     /// Loads a flat 64-bit image (linked to run at `imageAddress`) for `runFreestanding`.
     public func loadFlatImage(_ image: [UInt8]) throws(VMMError) {

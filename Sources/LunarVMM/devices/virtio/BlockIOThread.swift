@@ -1,5 +1,6 @@
 import CLunar
 import Glibc
+import LunarDisk
 import LunarFS
 import LunarIO
 import Synchronization
@@ -8,11 +9,11 @@ import Synchronization
 ///
 /// The guest's notifications arrive on an eventfd (KVM signals it for a write to QueueNotify
 /// without a VM exit to the VMM, once it is registered as an ioeventfd); the thread then takes
-/// the available chains, checks them, and sends reads and writes of allocated disk ranges
-/// straight between guest memory and the LUN through io_uring, many at once, completing them
-/// into the used ring in whatever order the LUN finishes them. Requests that need the file
-/// system (writes into holes, discards, unaligned pieces) run through the backend's blocking
-/// calls on the same thread. Completions raise the interrupt through a second eventfd (an
+/// the available chains, checks them, and sends the reads and writes its disk channel routes
+/// straight to the LUN between guest memory and the LUN through io_uring, many at once,
+/// completing them into the used ring in whatever order the LUN finishes them. Requests that
+/// need the file system (writes into holes or shared blocks, discards, unaligned pieces) run
+/// through the channel's blocking calls on the same thread. Completions raise the interrupt through a second eventfd (an
 /// irqfd in a VM) or, where KVM refuses irqfds, through KVM_IRQ_LINE.
 ///
 /// Host-side tests and benchmarks drive it like a guest: lay a queue out in `memory`, then
@@ -21,13 +22,13 @@ public final class VirtioBlockDevice {
     public let memory: GuestMemory
     let shared: BlockShared
     let model: VirtioBlock
-    /// Whether requests can take the direct path (the backend is on a local LUN).
+    /// Whether requests can take the direct path (the disk is on a local LUN).
     public let hasDirectPath: Bool
     private var thread: pthread_t?
 
-    public init(memory: GuestMemory, backend: VirtioBlockBackend, serial: String) throws(VMMError) {
+    public init(memory: GuestMemory, disk: DiskChannel, serial: String) throws(VMMError) {
         self.memory = memory
-        model = VirtioBlock(backend: backend, serial: serial)
+        model = VirtioBlock(disk: disk, serial: serial)
         let doorbell = lunar_eventfd()
         guard doorbell >= 0 else { throw VMMError.system("eventfd", -doorbell) }
         let interrupt = lunar_eventfd()
@@ -70,7 +71,7 @@ public final class VirtioBlockDevice {
     public var malformedRequests: Int { model.malformedRequests.load(ordering: .relaxed) }
 
     /// Reads and writes that went straight between guest memory and the LUN (the rest went
-    /// through the backend's blocking calls).
+    /// through the disk channel's blocking calls).
     public var requestsServedDirectly: Int { shared.direct.load(ordering: .relaxed) }
 
     /// Why the device stopped serving (the guest broke the virtqueue rules); nil while healthy.
@@ -106,6 +107,26 @@ public final class VirtioBlockDevice {
         shared.ring()
         shared.progress.wait(reset: generation)
         shared.interruptStatus.store(0, ordering: .sequentiallyConsistent)
+    }
+
+    /// Stops taking requests and waits until every one in flight has completed: from its
+    /// return until `resume()`, the device touches neither the disk nor the guest's memory, and
+    /// the caller may use the disk channel (a snapshot). Requests the guest makes meanwhile
+    /// wait in the ring. Pauses nest: the device runs again after as many resumes.
+    public func pause() {
+        guard thread != nil else { return }
+        let generation = shared.control.withLock { c -> UInt64 in
+            c.pauses += 1
+            c.pause &+= 1
+            return c.pause
+        }
+        shared.ring()
+        shared.progress.wait(paused: generation)
+    }
+
+    public func resume() {
+        shared.control.withLock { c in c.pauses = max(c.pauses - 1, 0) }
+        shared.ring()
     }
 
     /// What a guest's write to QueueNotify does: the I/O thread looks for work.
@@ -156,6 +177,10 @@ final class BlockShared: Sendable {
         var reset: UInt64 = 0
         /// Raised by `serviceQueue`; the thread answers once idle after seeing it.
         var kick: UInt64 = 0
+        /// Pauses not yet resumed, and the last pause asked for, which the thread answers
+        /// once nothing is in flight.
+        var pauses = 0
+        var pause: UInt64 = 0
         var stopping = false
     }
 
@@ -205,6 +230,7 @@ final class Progress: @unchecked Sendable {
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var idle: UInt64 = 0
     private var reset: UInt64 = 0
+    private var paused: UInt64 = 0
 
     init() {
         pthread_mutex_init(mutex, nil)
@@ -218,10 +244,11 @@ final class Progress: @unchecked Sendable {
         condition.deallocate()
     }
 
-    func publish(idle: UInt64? = nil, reset: UInt64? = nil) {
+    func publish(idle: UInt64? = nil, reset: UInt64? = nil, paused: UInt64? = nil) {
         pthread_mutex_lock(mutex)
         if let idle { self.idle = max(self.idle, idle) }
         if let reset { self.reset = max(self.reset, reset) }
+        if let paused { self.paused = max(self.paused, paused) }
         pthread_cond_broadcast(condition)
         pthread_mutex_unlock(mutex)
     }
@@ -237,6 +264,12 @@ final class Progress: @unchecked Sendable {
         while reset < target { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
     }
+
+    func wait(paused target: UInt64) {
+        pthread_mutex_lock(mutex)
+        while paused < target { pthread_cond_wait(condition, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
 }
 
 
@@ -244,14 +277,10 @@ final class Progress: @unchecked Sendable {
 /// thread keeps in a local variable, so its hot state is checked for exclusive access at
 /// compile time rather than on every access at run time, as a class's properties would be.
 struct BlockIOThread {
-    /// The direct path: an io_uring queue on the LUN and the disk's block map.
+    /// The direct path: an io_uring queue on the LUN.
     struct Direct {
         let queue: IOQueue
         let sector: UInt64
-        /// nil until (re)built; `unmappable` when the backend could not say (a file stored
-        /// inline, say), until a blocking write changes the file.
-        var map: ExtentMap?
-        var unmappable = false
     }
 
     /// One request with pieces in flight on the LUN.
@@ -303,8 +332,6 @@ struct BlockIOThread {
     private var planned: [Piece] = []
     private var zeroFills: [UnsafeMutableRawBufferPointer] = []
     private var parked: Parked?
-    /// A blocking write or discard changed file system metadata since the last flush.
-    private var metadataDirty = false
     private var completedSinceInterrupt = false
     /// Requests completed since the thread last waited: the driver is likely to answer with
     /// new ones soon.
@@ -321,21 +348,22 @@ struct BlockIOThread {
         self.memory = memory
         self.model = model
         descriptors.reserveCapacity(64)
-        if let lun = model.backend.lun, let q = try? lun.makeQueue(depth: 256) {
+        if let q = model.disk.makeQueue(depth: 256) {
             direct = Direct(queue: q, sector: UInt64(q.sectorSize))
         }
     }
 
     mutating func run() {
         while true {
-            let control = shared.control.withLock { c -> (reset: UInt64, kick: UInt64, stopping: Bool, queue: Handoff<Virtqueue>?, waiting: Bool) in
+            let control = shared.control.withLock { c -> (reset: UInt64, kick: UInt64, stopping: Bool, queue: Handoff<Virtqueue>?, waiting: Bool,
+                                                          paused: Bool, pause: UInt64) in
                 // A new queue replaces the old one only once nothing is in flight on it.
                 var taken: Handoff<Virtqueue>?
                 if inFlight == 0 && c.reset == handledReset {
                     taken = c.pendingQueue
                     c.pendingQueue = nil
                 }
-                return (c.reset, c.kick, c.stopping, taken, c.pendingQueue != nil)
+                return (c.reset, c.kick, c.stopping, taken, c.pendingQueue != nil, c.pauses > 0, c.pause)
             }
             if let q = control.queue {
                 queue = q.value
@@ -345,7 +373,7 @@ struct BlockIOThread {
                 q.value.setNotifications(true)
                 notificationsOn = true
             }
-            let quiescing = control.reset != handledReset || control.stopping || control.waiting
+            let quiescing = control.reset != handledReset || control.stopping || control.waiting || control.paused
             if !quiescing { pump() }
             submitBacklog()
             if completedSinceInterrupt {
@@ -364,10 +392,17 @@ struct BlockIOThread {
                     continue
                 }
                 if control.stopping {
-                    shared.progress.publish(idle: .max)
+                    shared.progress.publish(idle: .max, paused: .max)
                     return
                 }
                 if control.waiting { continue }
+                if control.paused {
+                    // Answered only now, with nothing in flight; then asleep until resumed (the
+                    // guest's notifications wake it too, and find it still paused).
+                    shared.progress.publish(paused: control.pause)
+                    sleepOnDoorbell()
+                    continue
+                }
             }
             let idle = inFlight == 0 && parked == nil && backlogHead == backlog.count && (queue == nil || broken || sawEmpty)
             if idle { shared.progress.publish(idle: control.kick) }
@@ -440,12 +475,8 @@ struct BlockIOThread {
         case .transfer(let reading, let offset, let total):
             let buffers = parts.dropFirst()
             if startDirect(head, status: status, reading: reading, offset: offset, total: total, buffers: buffers) { return }
-            let code = model.transferBlocking(reading: reading, offset: offset, buffers: buffers)
-            if !reading {
-                metadataDirty = true
-                remap(offset..<(offset + total))
-            }
-            status.pointee = code
+            status.pointee = model.transferBlocking(reading: reading, offset: offset, buffers: buffers)
+            let code = status.pointee
             finish(head, written: (reading && code == VirtioBlock.statusOK ? UInt32(clamping: total) : 0) + 1)
         case .flush, .discard:
             parked = Parked(head: head, status: status, plan: plan)
@@ -457,18 +488,15 @@ struct BlockIOThread {
         switch p.plan {
         case .discard(let ranges):
             p.status.pointee = model.discardBlocking(ranges)
-            metadataDirty = true
-            for r in ranges { remap(r) }
             finish(p.head, written: 1)
         case .flush:
-            if !metadataDirty && direct != nil && !model.backend.isReadOnly {
+            if !model.disk.flushNeedsFileSystem && direct != nil && !model.disk.isReadOnly {
                 // Only data went to the LUN since the last flush: flush it without blocking.
                 let slot = takeSlot(head: p.head, status: p.status, pieces: 1, written: 1)
                 backlog.append(Piece(slot: slot, kind: .flush, buffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
                                      deviceOffset: 0))
             } else {
                 p.status.pointee = model.flushBlocking()
-                if p.status.pointee == VirtioBlock.statusOK { metadataDirty = false }
                 finish(p.head, written: 1)
             }
         default:
@@ -485,60 +513,66 @@ struct BlockIOThread {
 
     // MARK: the direct path
 
-    /// Sends a read or write to the LUN when every piece is aligned for direct I/O and lies in
-    /// allocated blocks (reads may also cover holes, which read as zeros). False leaves the
-    /// request untouched for the blocking path.
+    /// Sends a read or write to the LUN when the disk channel routes it there and every
+    /// buffer is aligned for direct I/O (reads may also cover holes, which read as zeros).
+    /// False leaves the request untouched for the blocking path.
     private mutating func startDirect(_ head: UInt16, status: UnsafeMutablePointer<UInt8>, reading: Bool, offset: UInt64, total: UInt64,
                              buffers: ArraySlice<Virtqueue.Descriptor>) -> Bool {
-        guard var d = direct else { return false }
-        if d.map == nil && !d.unmappable {
-            if let pieces = try? model.backend.extents(0..<model.backend.capacity) {
-                d.map = ExtentMap(pieces)
-            } else {
-                d.unmappable = true
+        guard let d = direct else { return false }
+        planned.removeAll(keepingCapacity: true)
+        zeroFills.removeAll(keepingCapacity: true)
+        let kind: PieceKind = reading ? .read : .write
+        let sector = d.sector
+        // Guest buffers map onto the disk range one after another; `cursor` is the buffer the
+        // channel's next piece falls in and `within` how far into it.
+        var cursor = buffers.startIndex
+        var within = 0
+        let route = model.disk.route(reading: reading, offset..<(offset + total)) { range, device in
+            var left = range.count
+            var deviceOffset = device
+            while left > 0 {
+                guard cursor < buffers.endIndex else { return false }
+                let region = buffers[cursor].region
+                if within == 0 {
+                    guard region.count % Int(sector) == 0, let base = region.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 else {
+                        return false
+                    }
+                }
+                let n = min(left, region.count - within)
+                var piece = UnsafeMutableRawBufferPointer(rebasing: region[within..<(within + n)])
+                if let at = deviceOffset {
+                    var pieceOffset = at
+                    while piece.count > 0 {
+                        let chunk = min(piece.count, Self.maxPiece)
+                        planned.append(Piece(slot: 0, kind: kind, buffer: UnsafeMutableRawBufferPointer(rebasing: piece[0..<chunk]),
+                                             deviceOffset: pieceOffset))
+                        piece = UnsafeMutableRawBufferPointer(rebasing: piece[chunk...])
+                        pieceOffset += UInt64(chunk)
+                    }
+                    deviceOffset = at + UInt64(n)
+                } else {
+                    zeroFills.append(piece)
+                }
+                left -= n
+                within += n
+                if within == region.count {
+                    cursor = buffers.index(after: cursor)
+                    within = 0
+                }
             }
-            direct = d
+            return true
         }
-        guard let map = d.map, offset % d.sector == 0 else { return false }
-        if !reading, model.backend.writeRefusal != nil {
+        switch route {
+        case .blocking:
+            return false
+        case .refused:
             // Fenced off the volume: another host may own this disk now. Not one byte more.
             shared.direct.add(1, ordering: .relaxed)
             status.pointee = VirtioBlock.statusIOError
             finish(head, written: 1)
             return true
-        }
-        planned.removeAll(keepingCapacity: true)
-        zeroFills.removeAll(keepingCapacity: true)
-        let kind: PieceKind = reading ? .read : .write
-        let sector = d.sector
-        var at = offset
-        for b in buffers {
-            let n = UInt64(b.region.count)
-            guard n % sector == 0, let base = b.region.baseAddress, UInt(bitPattern: base) % UInt(sector) == 0 else { return false }
-            let start = at
-            let mapped = map.visit(at..<(at + n)) { range, device, shared in
-                let within = Int(range.lowerBound - start)
-                var piece = UnsafeMutableRawBufferPointer(rebasing: b.region[within..<(within + range.count)])
-                guard let device else {
-                    guard reading else { return false }
-                    zeroFills.append(piece)
-                    return true
-                }
-                // A piece a snapshot or clone shares is copied by the blocking write first.
-                guard reading || !shared else { return false }
-                guard device % sector == 0 else { return false }
-                var deviceOffset = device
-                while piece.count > 0 {
-                    let chunk = min(piece.count, Self.maxPiece)
-                    planned.append(Piece(slot: 0, kind: kind, buffer: UnsafeMutableRawBufferPointer(rebasing: piece[0..<chunk]),
-                                         deviceOffset: deviceOffset))
-                    piece = UnsafeMutableRawBufferPointer(rebasing: piece[chunk...])
-                    deviceOffset += UInt64(chunk)
-                }
-                return true
-            }
-            guard mapped else { return false }
-            at += n
+        case .direct:
+            break
         }
         for z in zeroFills { z.initializeMemory(as: UInt8.self, repeating: 0) }
         let written = (reading ? UInt32(clamping: total) : 0) + 1
@@ -568,18 +602,6 @@ struct BlockIOThread {
         slots[slot] = Slot(head: head, status: status, remaining: pieces, failed: false, written: written)
         inFlight += 1
         return slot
-    }
-
-    /// Re-reads the block map of a range a blocking write or discard may have changed.
-    private mutating func remap(_ range: Range<UInt64>) {
-        guard var d = direct, !range.isEmpty else { return }
-        if d.map != nil, let pieces = try? model.backend.extents(range) {
-            d.map?.replace(range, with: pieces)
-        } else {
-            d.map = nil
-            d.unmappable = false
-        }
-        direct = d
     }
 
     private mutating func submitBacklog() {
@@ -645,9 +667,7 @@ struct BlockIOThread {
     /// handling the completions that arrived.
     private mutating func waitForWork() {
         guard let d = direct else {
-            var p = pollfd(fd: shared.doorbell, events: Int16(POLLIN), revents: 0)
-            while poll(&p, 1, -1) < 0 && errno == EINTR {}
-            drainDoorbell()
+            sleepOnDoorbell()
             return
         }
         do throws(IOError) {
@@ -725,6 +745,13 @@ struct BlockIOThread {
         } else {
             pieceDone(Int(c.tag), failed: c.error != nil)
         }
+    }
+
+    /// Sleeps until the doorbell rings (whether or not the ring also watches it).
+    private func sleepOnDoorbell() {
+        var p = pollfd(fd: shared.doorbell, events: Int16(POLLIN), revents: 0)
+        while poll(&p, 1, -1) < 0 && errno == EINTR {}
+        drainDoorbell()
     }
 
     private func drainDoorbell() {

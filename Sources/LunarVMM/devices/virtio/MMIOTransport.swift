@@ -1,3 +1,4 @@
+import LunarDisk
 /// The virtio-mmio transport (virtio 1.x §4.2.2, "modern", version 2) for one virtio-blk
 /// device: the register window a guest driver programs, turned into calls on the device.
 /// Runs on the vCPU thread; the device's I/O thread owns the queue, the interrupt status
@@ -31,18 +32,18 @@ final class VirtioMMIOBlock {
     private var descriptors: UInt64 = 0, available: UInt64 = 0, used: UInt64 = 0
     private var status: UInt32 = 0
 
-    init(base: UInt64, device: VirtioBlockDevice, backend: VirtioBlockBackend) {
+    init(base: UInt64, device: VirtioBlockDevice, disk: DiskChannel) {
         self.base = base
         self.device = device
         // A read-only disk offers no discard: it would only ever fail.
-        offered = Self.featureVersion1 | Self.featureFlush | (backend.isReadOnly ? Self.featureReadOnly : Self.featureDiscard)
+        offered = Self.featureVersion1 | Self.featureFlush | (disk.isReadOnly ? Self.featureReadOnly : Self.featureDiscard)
         var c = [UInt8](repeating: 0, count: 0x3C)
         func put<T: FixedWidthInteger>(_ v: T, at offset: Int) {
             for i in 0..<MemoryLayout<T>.size { c[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
         }
-        let sectors = backend.capacity / VirtioBlock.sectorSize
+        let sectors = disk.capacity / VirtioBlock.sectorSize
         put(sectors, at: 0x00)                                           // capacity
-        if !backend.isReadOnly {
+        if !disk.isReadOnly {
             put(UInt32(clamping: sectors), at: 0x24)                     // max_discard_sectors
             put(UInt32(VirtioBlock.maxDiscardSegments), at: 0x28)      // max_discard_seg
             put(UInt32(8), at: 0x2C)                                     // discard_sector_alignment: 4 KiB

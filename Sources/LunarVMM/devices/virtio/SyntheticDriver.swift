@@ -1,3 +1,4 @@
+import LunarDisk
 import Glibc
 import LunarIO
 import Synchronization
@@ -26,7 +27,7 @@ public final class SyntheticBlockDriver {
     private var published: UInt16 = 0
     private var usedSeen: UInt16 = 0
 
-    public init(backend: VirtioBlockBackend, queueSize: UInt16 = 256, slots: Int, bytesPerSlot: Int,
+    public init(disk: DiskChannel, queueSize: UInt16 = 256, slots: Int, bytesPerSlot: Int,
                 memoryBacking: GuestMemory.Backing = .hugePages) throws(VMMError) {
         guard slots >= 1, slots * 3 <= Int(queueSize), bytesPerSlot > 0, bytesPerSlot % 4096 == 0 else {
             throw VMMError(.invalidConfiguration("\(slots) slots of \(bytesPerSlot) bytes on a queue of \(queueSize)"))
@@ -43,7 +44,7 @@ public final class SyntheticBlockDriver {
         dataBase = (statuses + UInt64(slots) + mib - 1) / mib * mib
         let size = (dataBase + UInt64(slots) * UInt64(bytesPerSlot) + mib) / mib * mib
         memory = try GuestMemory(size: max(size, 4 << 20), backing: memoryBacking)
-        device = try VirtioBlockDevice(memory: memory, backend: backend, serial: "synthetic")
+        device = try VirtioBlockDevice(memory: memory, disk: disk, serial: "synthetic")
         guard device.setQueue(size: queueSize, descriptors: Self.descriptorTable, available: available, used: used) else {
             throw VMMError(.invalidConfiguration("synthetic queue layout does not fit"))
         }

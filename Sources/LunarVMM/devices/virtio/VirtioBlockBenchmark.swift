@@ -1,3 +1,4 @@
+import LunarDisk
 import LunarIO
 
 /// The virtio-blk device path measured from the host side (`Tools/bench/vmm.sh`): a synthetic
@@ -8,15 +9,15 @@ import LunarIO
 public enum VirtioBlockBenchmark {
     /// `pollSeconds`: how long the driver looks at the used ring before it sleeps on the
     /// interrupt (0: it always sleeps, as a purely interrupt-driven guest).
-    public static func run(_ workload: IOWorkload, on backend: VirtioBlockBackend, seconds: Double,
+    public static func run(_ workload: IOWorkload, on disk: DiskChannel, seconds: Double,
                            pollSeconds: Double = 0, memoryBacking: GuestMemory.Backing = .hugePages) throws(VMMError) -> IOBenchmarkResult {
         let bs = UInt64(workload.blockSize)
-        let blocks = backend.capacity / bs
+        let blocks = disk.capacity / bs
         guard blocks >= UInt64(workload.depth) else {
-            throw VMMError(.invalidConfiguration("a \(backend.capacity)-byte disk is too small for \(workload)"))
+            throw VMMError(.invalidConfiguration("a \(disk.capacity)-byte disk is too small for \(workload)"))
         }
-        if workload.write && backend.isReadOnly { throw VMMError(.invalidConfiguration("the disk is read-only")) }
-        let driver = try SyntheticBlockDriver(backend: backend, queueSize: 256, slots: workload.depth, bytesPerSlot: workload.blockSize,
+        if workload.write && disk.isReadOnly { throw VMMError(.invalidConfiguration("the disk is read-only")) }
+        let driver = try SyntheticBlockDriver(disk: disk, queueSize: 256, slots: workload.depth, bytesPerSlot: workload.blockSize,
                                               memoryBacking: memoryBacking)
         var random = SplitMix64(seed: 0x4C55_4E41_52)
         if workload.write {
@@ -62,7 +63,7 @@ public enum VirtioBlockBenchmark {
         }
         let elapsed = monotonicSeconds() - start
         if let failedStatus { throw VMMError(.guestFault("a \(workload.name) request failed with virtio-blk status \(failedStatus)")) }
-        return IOBenchmarkResult(workload: workload, engine: driver.device.hasDirectPath ? backend.lun?.engine ?? .sync : .sync,
+        return IOBenchmarkResult(workload: workload, engine: driver.device.hasDirectPath ? disk.lun?.engine ?? .sync : .sync,
                                  operations: operations, bytes: UInt64(operations) * bs, seconds: elapsed)
     }
 }
