@@ -133,22 +133,18 @@ public final class DiskChannel: @unchecked Sendable {
 
     // MARK: snapshots
 
-    /// The paused part of snapshot `name` of the running disk: the caller has paused the device
-    /// (no request in flight, none taken until it resumes), so the snapshot holds every write
-    /// the guest was told is done and none of a later one. Every block is shared afterwards:
-    /// the map is re-read before the next direct write, which a shared block sends the
-    /// blocking way. `recordSnapshot` finishes it once the device runs again.
-    public func captureSnapshot(_ name: String) throws(DiskError) {
-        defer { forgetMap() }
-        // Written data first: the snapshot must not name blocks whose content is still only
-        // in the LUN's cache when the clone commits.
-        try fs { () throws(FSError) -> Void in try flush() }
-        try VirtualDisk(file.volume, path: file.path).captureSnapshot(name)
-    }
+    /// The disk as `VirtualDisk` sees it: its snapshots and clones.
+    public var virtualDisk: VirtualDisk { VirtualDisk(file.volume, path: file.path) }
 
-    /// Enters a captured snapshot in the disk's tree; needs no pause.
-    public func recordSnapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
-        try VirtualDisk(file.volume, path: file.path).recordSnapshot(name)
+    /// Readies a paused disk for a snapshot (`VirtualDisk.captureSnapshot`): the caller has
+    /// paused the device (no request in flight, none taken until it resumes), so the snapshot
+    /// will hold every write the guest was told is done and none of a later one. Written data
+    /// is flushed first, so the snapshot names no block whose content is only in the LUN's
+    /// cache; the map is dropped, because every block is shared afterwards and the next direct
+    /// write must find that out.
+    public func prepareSnapshot() throws(DiskError) {
+        forgetMap()
+        try fs { () throws(FSError) -> Void in try flush() }
     }
 
     /// Drops the cached map: the next request reads it afresh.

@@ -103,9 +103,34 @@ public struct VirtualDisk: Sendable {
         return try recordSnapshot(name)
     }
 
+    /// Takes snapshot `name` of several disks at one point (a VM's disks): all are captured,
+    /// then recorded. Nothing writes them meanwhile — they are held by no one, or their VM has
+    /// paused them (`VMSession.snapshot`). All or none: when one fails, those captured are
+    /// removed again.
+    public static func snapshot(_ name: String, of disks: [VirtualDisk]) throws(DiskError) -> [SnapshotInfo] {
+        try captureSnapshot(name, of: disks)
+        var infos: [SnapshotInfo] = []
+        for disk in disks { infos.append(try disk.recordSnapshot(name)) }
+        return infos
+    }
+
+    /// The captures of `snapshot(_:of:)`, all or none.
+    public static func captureSnapshot(_ name: String, of disks: [VirtualDisk]) throws(DiskError) {
+        var captured: [VirtualDisk] = []
+        for disk in disks {
+            do throws(DiskError) {
+                try disk.captureSnapshot(name)
+                captured.append(disk)
+            } catch {
+                for c in captured { try? c.volume.remove(c.snapshotPath(name)) }
+                throw error
+            }
+        }
+    }
+
     /// The part of a snapshot that must see the disk still: the disk cloned to the snapshot's
     /// file, one transaction. A VM's disks are paused for this alone (`DiskChannel.snapshot`).
-    func captureSnapshot(_ name: String) throws(DiskError) {
+    public func captureSnapshot(_ name: String) throws(DiskError) {
         try SnapshotTree.checkName(name)
         try Self.sharedBlocksRequired(volume)
         guard try tree().entry(name) == nil else {
@@ -123,7 +148,7 @@ public struct VirtualDisk: Sendable {
     /// The rest, which may run while the disk is written again: the snapshot entered in the
     /// tree as the disk's current point. A crash before it leaves a snapshot file no record
     /// names, which costs space and nothing else.
-    func recordSnapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
+    public func recordSnapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
         var tree = try tree()
         tree.add(name, created: wallClockNanoseconds())
         try write(tree)

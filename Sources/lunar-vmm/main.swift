@@ -126,6 +126,8 @@ func runStored(_ name: String, on volume: Volume, lun: String, console: VMConfig
     }
     let attachment = try ConsoleAttachment(config.console)
     let session = try VMSession(config: config, volume: volume, kvm: kvm, console: attachment.output)
+    // `lunar vm snapshot` and, later, migration and the host agent reach the running VM here.
+    try session.listen(on: VMControl.socketPath(volume: volume.header.uuid, vm: config.name))
     if arguments.verbose {
         let l = session.layout
         note("KVM: \(l.kvmKind.rawValue)")

@@ -19,8 +19,10 @@ struct VMCommand: AsyncParsableCommand {
               lunar vm create vol.img hello --memory 64M --image hello.bin
               lunar vm list vol.img
               lunar vm run vol.img hello --verbose
+              lunar vm snapshot vol.img hello before-upgrade
             """,
-        subcommands: [VMCreateCommand.self, VMRunCommand.self, VMListCommand.self, VMShowCommand.self, VMRmCommand.self,
+        subcommands: [VMCreateCommand.self, VMRunCommand.self, VMStopCommand.self, VMListCommand.self, VMShowCommand.self, VMRmCommand.self,
+                      VMSnapshotCommand.self, VMSnapshotsCommand.self, VMRevertCommand.self, VMDeleteSnapshotCommand.self,
                       VMBootCommand.self]
     )
 }

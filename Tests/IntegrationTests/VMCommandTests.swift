@@ -207,6 +207,55 @@ struct VMCommandTests {
         #expect(long.status == 1 && long.stderr.contains("1 to 107 bytes"), "\(long.stderr)")
     }
 
+    @Test("a running VM is snapshotted between two writes of its guest: the snapshot holds the first, the disk the second; revert while it runs is refused")
+    func runningSnapshot() throws {
+        let f = try Fixture()
+        let path = f.scratch.path("snap.sock")
+        let image = try f.guest("virtio_blk.c", defines: ["TWO_POINTS"], elf: true)
+        #expect(try f.vm(["create", f.lun, "snap", "--memory", "64M", "--image", image, "--disk", "16M", "--disk", "4M,ro",
+                          "--console", "socket:\(path)"]).status == 0)
+        let running = try LunarProcess.start(["vm", "run", f.lun, "snap"])
+        let client = try ConsoleClient(path)
+        defer { client.close() }
+        #expect(client.read(until: "point A\n").hasSuffix("point A\n"))
+
+        let taken = try f.vm(["snapshot", f.lun, "snap", "s1", "--json"])
+        #expect(taken.status == 0, "\(taken.stderr)")
+        let answer = try #require(try JSONSerialization.jsonObject(with: Data(taken.stdout.utf8)) as? [String: Any])
+        #expect(answer["running"] as? Bool == true)
+        #expect((answer["stun_ms"] as? NSNumber).map { $0.doubleValue >= 0 } == true, "\(answer)")
+        #expect(answer["disks"] as? [String] == ["/vms/snap/disk0.raw"], "the read-only disk is not snapshotted")
+        let again = try f.vm(["snapshot", f.lun, "snap", "s1"])
+        #expect(again.status != 0 && again.stderr.contains("already has a snapshot named 's1'"), "\(again.stderr)")
+        let revert = try f.vm(["revert", f.lun, "snap", "s1"])
+        #expect(revert.status != 0 && revert.stderr.contains("running on this host"), "\(revert.stderr)")
+
+        client.send("g")
+        let out = running.finish()
+        #expect(out.status == 0x31, "\(out.stderr)")
+
+        func sector(_ file: String, _ index: Int) throws -> [UInt8] {
+            let cat = try LunarProcess.run(["fs", "cat", "\(f.lun):\(file)"])
+            #expect(cat.status == 0, "\(cat.stderr)")
+            let bytes = Array(cat.stdout.utf8)
+            return Array(bytes[(index * 512)..<((index + 1) * 512)])
+        }
+        let a = [UInt8](repeating: UInt8(ascii: "A"), count: 512), b = [UInt8](repeating: UInt8(ascii: "B"), count: 512)
+        #expect(try sector("/vms/snap/.disk0.raw.snapshots/s1", 2) == a)
+        #expect(try sector("/vms/snap/.disk0.raw.snapshots/s1", 6) == a)
+        #expect(try sector("/vms/snap/disk0.raw", 2) == b)
+        #expect(try sector("/vms/snap/disk0.raw", 6) == a)
+
+        // Stopped now: revert brings point A back, and the snapshot list shows it.
+        #expect(try f.vm(["revert", f.lun, "snap", "s1"]).status == 0)
+        #expect(try sector("/vms/snap/disk0.raw", 2) == a)
+        let listed = try f.vm(["snapshots", f.lun, "snap"])
+        #expect(listed.stdout.contains("s1") && listed.stdout.contains("<- the disk now"), "\(listed.stdout)")
+        #expect(try f.vm(["delete-snapshot", f.lun, "snap", "s1"]).status == 0)
+        #expect(try f.vm(["snapshots", f.lun, "snap"]).stdout.contains("no snapshots"))
+        #expect(try LunarProcess.run(["fs", "fsck", f.lun]).status == 0)
+    }
+
     @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")
     func stopBySignal() throws {
         let f = try Fixture()

@@ -48,7 +48,17 @@ public enum JSONValue: Sendable, Equatable {
         return out + "\n"
     }
 
-    private func write(to out: inout String, indent: String) {
+    /// One line, no spaces, keys sorted: a request or answer on a control socket.
+    public var compact: String {
+        var out = ""
+        write(to: &out, indent: nil)
+        return out
+    }
+
+    /// `indent` nil writes everything on one line.
+    private func write(to out: inout String, indent: String?) {
+        let inner = indent.map { $0 + "  " }
+        let open = indent == nil ? "" : "\n", itemEnd = indent == nil ? "" : "\n"
         switch self {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
@@ -56,25 +66,25 @@ public enum JSONValue: Sendable, Equatable {
         case .string(let s): Self.quote(s, into: &out)
         case .array(let items):
             guard !items.isEmpty else { out += "[]"; return }
-            out += "[\n"
+            out += "[" + open
             for (i, item) in items.enumerated() {
-                out += indent + "  "
-                item.write(to: &out, indent: indent + "  ")
-                out += i == items.count - 1 ? "\n" : ",\n"
+                out += inner ?? ""
+                item.write(to: &out, indent: inner)
+                out += (i == items.count - 1 ? "" : ",") + itemEnd
             }
-            out += indent + "]"
+            out += (indent ?? "") + "]"
         case .object(let members):
             guard !members.isEmpty else { out += "{}"; return }
-            out += "{\n"
+            out += "{" + open
             let keys = members.keys.sorted()
             for (i, key) in keys.enumerated() {
-                out += indent + "  "
+                out += inner ?? ""
                 Self.quote(key, into: &out)
-                out += ": "
-                members[key]?.write(to: &out, indent: indent + "  ")
-                out += i == keys.count - 1 ? "\n" : ",\n"
+                out += indent == nil ? ":" : ": "
+                members[key]?.write(to: &out, indent: inner)
+                out += (i == keys.count - 1 ? "" : ",") + itemEnd
             }
-            out += indent + "}"
+            out += (indent ?? "") + "}"
         }
     }
 

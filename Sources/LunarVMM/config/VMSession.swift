@@ -37,6 +37,7 @@ public final class VMSession: @unchecked Sendable {
     private var linux: LinuxBootConfiguration?
     /// One snapshot at a time.
     private let snapshotting = Mutex(())
+    private let control = Mutex<ControlSocket?>(nil)
 
     public init(config: VMConfig, volume: Volume, kvm: KVM, console: @escaping (UInt8) -> Void) throws {
         try config.validate()
@@ -87,7 +88,10 @@ public final class VMSession: @unchecked Sendable {
 
     /// Runs the guest until it powers off, resets, shuts down or is stopped.
     public func run() throws -> VMExit {
-        defer { for disk in disks { try? disk.file.flush() } }
+        defer {
+            control.withLock { $0?.close() }
+            for disk in disks { try? disk.file.flush() }
+        }
         switch config.boot {
         case .freestanding:
             return try vm.runFreestanding(entry: layout.entry ?? VirtualMachine.imageAddress)
@@ -99,7 +103,8 @@ public final class VMSession: @unchecked Sendable {
 
     /// What `snapshot` did: the disks' snapshots, and how long the guest's disks were paused.
     public struct SnapshotTaken: Sendable {
-        public var snapshots: [SnapshotInfo]
+        /// Each disk's path and its new snapshot.
+        public var snapshots: [(disk: String, snapshot: SnapshotInfo)]
         public var pausedSeconds: Double
     }
 
@@ -118,27 +123,55 @@ public final class VMSession: @unchecked Sendable {
     private func snapshot(_ name: String, of writable: [DiskChannel]) throws(DiskError) -> SnapshotTaken {
         let start = monotonicSeconds()
         vm.pauseDisks()
-        var captured: [DiskChannel] = []
         var failure: DiskError?
-        for disk in writable {
-            do throws(DiskError) {
-                try disk.captureSnapshot(name)
-                captured.append(disk)
-            } catch {
-                failure = error
-                break
-            }
+        do throws(DiskError) {
+            for disk in writable { try disk.prepareSnapshot() }
+            try VirtualDisk.captureSnapshot(name, of: writable.map(\.virtualDisk))
+        } catch {
+            failure = error
         }
         vm.resumeDisks()
         let paused = monotonicSeconds() - start
-        if let failure {
-            // All disks or none: a point that misses a disk is no point of the VM.
-            for disk in captured { try? disk.file.volume.remove(VirtualDisk(disk.file.volume, path: disk.file.path).snapshotPath(name)) }
-            throw failure
-        }
-        var infos: [SnapshotInfo] = []
-        for disk in captured { infos.append(try disk.recordSnapshot(name)) }
+        if let failure { throw failure }
+        var infos: [(disk: String, snapshot: SnapshotInfo)] = []
+        for disk in writable { infos.append((disk.file.path, try disk.virtualDisk.recordSnapshot(name))) }
         return SnapshotTaken(snapshots: infos, pausedSeconds: paused)
+    }
+
+    // MARK: the control socket
+
+    /// Takes requests on the VM's control socket at `path` (`VMControl.socketPath`) until the
+    /// session ends (`Spec/vm-control.md`).
+    public func listen(on path: String) throws {
+        let socket = try ControlSocket(path: path)
+        try socket.serve { [self] request in answer(request) }
+        control.withLock { $0 = socket }
+    }
+
+    /// The answer to one control request.
+    public func answer(_ request: JSONValue) -> JSONValue {
+        switch request["op"]?.stringValue {
+        case "status":
+            return ControlAnswer.success(["vm": .string(config.name), "state": .string("running"),
+                                          "disks": .array(disks.map { .string($0.file.path) })])
+        case "snapshot":
+            guard let name = request["name"]?.stringValue else { return ControlAnswer.failure("a snapshot request needs \"name\"") }
+            do throws(DiskError) {
+                let taken = try snapshot(name)
+                return ControlAnswer.success([
+                    "vm": .string(config.name), "name": .string(name),
+                    "stun_ms": .number(fixedPoint(taken.pausedSeconds * 1000, places: 3)),
+                    "disks": .array(taken.snapshots.map { .string($0.disk) }),
+                ])
+            } catch {
+                return ControlAnswer.failure(error.description)
+            }
+        case "stop":
+            stop()
+            return ControlAnswer.success(["vm": .string(config.name), "state": .string("stopping")])
+        case let op:
+            return ControlAnswer.failure("unknown op \(op.map { "'\($0)'" } ?? "(none)"): give status, snapshot or stop")
+        }
     }
 
     /// Ends `run()` soon with `.stopped`; callable from any thread.

@@ -2,12 +2,20 @@
 // 0xd0000000): negotiates VERSION_1 and FLUSH, sets up one split virtqueue, writes sector 2,
 // reads it back, compares, flushes, prints the outcome over COM1 and powers off through the
 // exit port with 0x31 on success (another value names the step that failed).
+// Built with -DTWO_POINTS (the running-VM snapshot test): fills sectors 2-9 with 'A', flushes,
+// prints "point A", waits for a byte on COM1 (the host takes a snapshot meanwhile), fills
+// sectors 2-5 with 'B', flushes, prints "point B" and powers off with 0x31.
 #include <stdint.h>
 
 #define MMIO 0xd0000000UL
 #define REG(off) (*(volatile uint32_t *)(MMIO + (off)))
 
 static inline void outb(unsigned short port, unsigned char v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
+static inline unsigned char inb(unsigned short port) {
+    unsigned char v;
+    __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
 static void print(const char *s) { for (; *s; s++) outb(0x3f8, (unsigned char)*s); }
 static void stop(unsigned char status, const char *why) { print(why); outb(0x501, status); for (;;) __asm__ volatile("cli; hlt"); }
 
@@ -68,6 +76,18 @@ void _start(void) {
     REG(0x044) = 1;
     REG(0x070) = 1 | 2 | 8 | 4;                           // DRIVER_OK
 
+#ifdef TWO_POINTS
+    for (int i = 0; i < 4096; i++) out[i] = 'A';
+    if (request(1, 2, out, 4096, 0) != 0) stop(0x46, "write A failed\n");
+    if (request(4, 0, 0, 0, 0) != 0) stop(0x49, "flush failed\n");
+    print("point A\n");
+    while (!(inb(0x3fd) & 0x01)) {}
+    (void)inb(0x3f8);
+    for (int i = 0; i < 2048; i++) out[i] = 'B';
+    if (request(1, 2, out, 2048, 0) != 0) stop(0x46, "write B failed\n");
+    if (request(4, 0, 0, 0, 0) != 0) stop(0x49, "flush failed\n");
+    stop(0x31, "point B\n");
+#endif
     const char *text = "LunarFS disk written by a KVM guest through virtio-blk";
     for (int i = 0; i < 512; i++) out[i] = (uint8_t)(text[i % 54]);
     if (request(1, 2, out, 512, 0) != 0) stop(0x46, "write failed\n");
