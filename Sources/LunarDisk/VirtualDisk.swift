@@ -231,6 +231,57 @@ public struct VirtualDisk: Sendable {
     }
 }
 
+/// An undo disk's run (VMware's non-persistent disks, VI3's undo mode): the guest writes
+/// `overlay`, a linked clone of the disk made at start, and `discard` throws it away, so the disk
+/// itself never changes. The disk is held shared read-only meanwhile: no host writes it under
+/// the clone. A crash leaves the overlay behind; the next `openUndo` replaces it.
+public final class UndoOverlay {
+    public let base: File
+    public let overlay: File
+
+    init(base: File, overlay: File) {
+        self.base = base
+        self.overlay = overlay
+    }
+
+    /// Throws the guest's writes away and lets the disk go.
+    public func discard() throws(DiskError) {
+        let volume = overlay.volume, path = overlay.path
+        try fs { () throws(FSError) -> Void in
+            try overlay.close()
+            try volume.remove(path)
+            try base.close()
+        }
+    }
+}
+
+extension VirtualDisk {
+    /// Where an undo run's writes go: `.NAME.undo` beside the disk.
+    public var undoPath: String {
+        let folder = snapshotFolder.dropLast(".snapshots".count)
+        return String(folder) + ".undo"
+    }
+
+    /// Starts an undo run: the disk held shared read-only and cloned to `undoPath`, the clone
+    /// opened for the guest.
+    public func openUndo() throws(DiskError) -> UndoOverlay {
+        try Self.sharedBlocksRequired(volume)
+        let base = try fs { () throws(FSError) -> File in try volume.openFile(path, lock: .sharedReadOnly) }
+        do throws(DiskError) {
+            try fs { () throws(FSError) -> Void in
+                // Left by a run that crashed; refused (with the holder) if a run elsewhere has it.
+                if try volume.exists(undoPath) { try volume.remove(undoPath) }
+                try volume.clone(path, to: undoPath)
+            }
+            let overlay = try fs { () throws(FSError) -> File in try volume.openFile(undoPath) }
+            return UndoOverlay(base: base, overlay: overlay)
+        } catch {
+            try? base.close()
+            throw error
+        }
+    }
+}
+
 /// Runs a LunarFS call, its error as a disk error.
 func fs<T>(_ body: () throws(FSError) -> T) throws(DiskError) -> T {
     do throws(FSError) {

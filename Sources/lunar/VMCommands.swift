@@ -60,7 +60,8 @@ struct VMCreateCommand: AsyncParsableCommand {
         """)
     var memoryBacking: GuestMemory.Backing = .hugePages
 
-    @Option(name: .customLong("disk"), parsing: .unconditionalSingleValue, help: "Add a thin disk of this size (repeatable; SIZE or SIZE,ro).")
+    @Option(name: .customLong("disk"), parsing: .unconditionalSingleValue,
+            help: "Add a thin disk of this size (repeatable): SIZE, SIZE,ro (read-only), or SIZE,undo (writes thrown away when the VM stops).")
     var disks: [String] = []
 
     @Option(help: "Linux kernel (bzImage) on this host, copied into the VM.", transform: hostPath)
@@ -87,16 +88,16 @@ struct VMCreateCommand: AsyncParsableCommand {
         _ = try Self.parseDisks(disks)
     }
 
-    /// `--disk SIZE[,ro]` options: disk0, disk1, ...
+    /// `--disk SIZE[,ro|,undo]` options: disk0, disk1, ...
     static func parseDisks(_ texts: [String]) throws -> [VMConfig.Disk] {
         try texts.enumerated().map { i, text in
             var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            let readOnly = parts.count == 2 && parts[1] == "ro"
-            if readOnly { parts.removeLast() }
+            let mode = parts.count == 2 ? parts[1] : nil
+            if mode == "ro" || mode == "undo" { parts.removeLast() }
             guard parts.count == 1, let size = ByteSize(argument: parts[0]) else {
-                throw ValidationError("--disk '\(text)': give a size such as 10G, optionally followed by ',ro'")
+                throw ValidationError("--disk '\(text)': give a size such as 10G, optionally followed by ',ro' or ',undo'")
             }
-            return VMConfig.Disk(name: "disk\(i)", size: size.bytes, readOnly: readOnly)
+            return VMConfig.Disk(name: "disk\(i)", size: size.bytes, readOnly: mode == "ro", undo: mode == "undo")
         }
     }
 
@@ -237,7 +238,7 @@ struct VMListCommand: AsyncParsableCommand {
                 let c = vm.config
                 let disks = zip(c.disks, vm.allocated).map { disk, allocated in
                     "\(disk.name) \(ByteSize.format(disk.size)) (\(allocated.map { ByteSize.format($0) } ?? "missing") allocated)"
-                        + (disk.readOnly ? " ro" : "")
+                        + (disk.readOnly ? " ro" : "") + (disk.undo ? " undo" : "")
                 }
                 let cells = [c.name, "\(c.cpus)", ByteSize.format(c.memory), c.boot.kindName, disks.isEmpty ? "-" : disks.joined(separator: ", ")]
                 print(zip(cells, widths).map { pad($0, $1) }.joined())
@@ -278,7 +279,7 @@ struct VMShowCommand: AsyncParsableCommand {
             print("  console: \(config.console.description)")
             for (disk, a) in zip(config.disks, allocated) {
                 print("  \(disk.name):   \(disk.file), \(ByteSize.format(disk.size)), \(a.map { ByteSize.format($0) } ?? "missing") allocated"
-                      + (disk.readOnly ? ", read-only" : ""))
+                      + (disk.readOnly ? ", read-only" : "") + (disk.undo ? ", undo (writes thrown away at stop)" : ""))
             }
         }
     }
@@ -318,7 +319,7 @@ func describe(_ c: VMConfig) -> String {
     case .linux(_, let initrd, _): parts.append("Linux kernel" + (initrd == nil ? "" : " and initrd"))
     case .freestanding(_, let format): parts.append("freestanding \(format.rawValue) image")
     }
-    parts += c.disks.map { "\($0.name) \(ByteSize.format($0.size)) thin\($0.readOnly ? " read-only" : "")" }
+    parts += c.disks.map { "\($0.name) \(ByteSize.format($0.size)) thin\($0.readOnly ? " read-only" : "")\($0.undo ? " undo" : "")" }
     return parts.joined(separator: ", ")
 }
 
@@ -338,7 +339,7 @@ func vmJSON(_ c: VMConfig, allocated: [UInt64?]) -> [String: Any] {
         "folder": c.folder,
         "disks": zip(c.disks, allocated).map { disk, a in
             ["name": disk.name, "file": disk.file, "size_bytes": disk.size, "allocated_bytes": a.map { $0 as Any } ?? NSNull(),
-             "read_only": disk.readOnly] as [String: Any]
+             "read_only": disk.readOnly, "mode": disk.undo ? "undo" : "persistent"] as [String: Any]
         },
     ]
 }

@@ -21,7 +21,8 @@ struct VMDisks {
     }
 
     func disks(on volume: Volume) -> [VirtualDisk] {
-        config.disks.filter { !$0.readOnly }.map { VirtualDisk(volume, path: config.path($0.file)) }
+        // Read-only disks never change, and undo disks are as they were before every run.
+        config.disks.filter { !$0.readOnly && !$0.undo }.map { VirtualDisk(volume, path: config.path($0.file)) }
     }
 
     /// The VMM's answer when the VM runs on this host, nil when it does not run here.
@@ -76,7 +77,7 @@ struct VMSnapshotCommand: AsyncParsableCommand {
             } else {
                 disks = try withVolume(lun, readOnly: false) { volume in
                     let targets = vm.disks(on: volume)
-                    guard !targets.isEmpty else { throw CLIError("VM \(name) has no writable disk to snapshot") }
+                    guard !targets.isEmpty else { throw CLIError("VM \(name) has no persistent writable disk to snapshot") }
                     do {
                         _ = try VirtualDisk.snapshot(snapshot, of: targets)
                     } catch DiskError.fs(let e) where e.kind.isBusy {

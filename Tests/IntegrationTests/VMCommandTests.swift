@@ -256,6 +256,29 @@ struct VMCommandTests {
         #expect(try LunarProcess.run(["fs", "fsck", f.lun]).status == 0)
     }
 
+    @Test("an undo disk: the guest writes it and reads its writes back, and after the run the disk is as before; a crashed run's leftover is replaced")
+    func undoDisk() throws {
+        let f = try Fixture()
+        let image = try f.guest("virtio_blk.c", elf: true)
+        #expect(try f.vm(["create", f.lun, "undo", "--memory", "64M", "--image", image, "--disk", "16M,undo"]).status == 0)
+        let shown = try f.vm(["show", f.lun, "undo", "--json"])
+        #expect(shown.stdout.contains("\"mode\" : \"undo\""), "\(shown.stdout)")
+        #expect(try f.vm(["create", f.lun, "bad", "--image", image, "--disk", "16M,undo,ro"]).status != 0)
+        // What a run killed with -9 would leave: an overlay holding writes.
+        #expect(try LunarProcess.run(["fs", "cp", image, "\(f.lun):/vms/undo/.disk0.raw.undo"]).status == 0)
+
+        for _ in 0..<2 {
+            let run = try f.vm(["run", f.lun, "undo"])
+            #expect(run.stdout == "virtio-blk ok\n", "the guest reads back what it wrote: \(run.stderr)")
+            #expect(run.status == 0x31)
+            let ls = try LunarProcess.run(["fs", "ls", "-a", "\(f.lun):/vms/undo"])
+            #expect(!ls.stdout.contains(".undo"), "the overlay is gone: \(ls.stdout)")
+            let stat = try LunarProcess.run(["fs", "stat", "\(f.lun):/vms/undo/disk0.raw", "--json"])
+            #expect(stat.stdout.contains("\"allocated\" : 0,"), "the disk itself was never written: \(stat.stdout)")
+        }
+        #expect(try LunarProcess.run(["fs", "fsck", f.lun]).status == 0)
+    }
+
     @Test("an idle guest runs until SIGTERM stops it cleanly; the volume is closed")
     func stopBySignal() throws {
         let f = try Fixture()

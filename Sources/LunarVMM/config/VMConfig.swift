@@ -34,13 +34,18 @@ public struct VMConfig: Sendable, Equatable {
         public var name: String
         public var size: UInt64
         public var readOnly: Bool
+        /// An undo disk (a non-persistent disk): the guest writes a linked clone of it made at
+        /// start (`VirtualDisk.openUndo`), thrown away when the VM stops, so the disk is as it
+        /// was before every run.
+        public var undo: Bool
         /// The file in the VM's folder: `NAME.raw`.
         public var file: String { "\(name).raw" }
 
-        public init(name: String, size: UInt64, readOnly: Bool = false) {
+        public init(name: String, size: UInt64, readOnly: Bool = false, undo: Bool = false) {
             self.name = name
             self.size = size
             self.readOnly = readOnly
+            self.undo = undo
         }
     }
 
@@ -143,6 +148,9 @@ public struct VMConfig: Sendable, Equatable {
         for (i, disk) in disks.enumerated() {
             try Self.checkName(disk.name, what: "disk name (disks[\(i)].name)")
             guard names.insert(disk.name).inserted else { throw VMConfigError(.invalid("two disks named '\(disk.name)'")) }
+            guard !(disk.undo && disk.readOnly) else {
+                throw VMConfigError(.invalid("disk \(disk.name) is read-only and an undo disk: a read-only disk has no writes to undo; choose one"))
+            }
             guard disk.size > 0, disk.size % 512 == 0 else {
                 throw VMConfigError(.invalid("disk \(disk.name) of \(disk.size) bytes: give a non-zero multiple of 512 bytes"))
             }
@@ -182,7 +190,8 @@ public struct VMConfig: Sendable, Equatable {
             "version": .number(version), "name": .string(name), "cpus": .number(cpus), "memory_bytes": .number(memory),
             "memory_backing": .string(memoryBacking.rawValue),
             "disks": .array(disks.map { disk in
-                .object(["name": .string(disk.name), "size_bytes": .number(disk.size), "read_only": .bool(disk.readOnly)])
+                .object(["name": .string(disk.name), "size_bytes": .number(disk.size), "read_only": .bool(disk.readOnly),
+                         "mode": .string(disk.undo ? "undo" : "persistent")])
             }),
             "boot": .object(boot), "console": .object(console),
         ])
@@ -214,9 +223,12 @@ public struct VMConfig: Sendable, Equatable {
         disks = []
         for item in diskList {
             guard case .object = item else { throw VMConfigError(.invalid("each of 'disks' must be an object")) }
+            let mode = try optional(item, "mode", text) { $0.stringValue } ?? "persistent"
+            guard mode == "persistent" || mode == "undo" else { throw VMConfigError(.invalid("unknown disk mode '\(mode)' (persistent or undo)")) }
             disks.append(Disk(name: try field(item, "name", text) { $0.stringValue },
                               size: try field(item, "size_bytes", "a whole number of bytes") { $0.integer(UInt64.self) },
-                              readOnly: try optional(item, "read_only", "true or false") { $0.boolValue } ?? false))
+                              readOnly: try optional(item, "read_only", "true or false") { $0.boolValue } ?? false,
+                              undo: mode == "undo"))
         }
         let b = try field(json, "boot", "an object") { if case .object = $0 { $0 } else { nil } }
         switch try field(b, "kind", text, { $0.stringValue }) {

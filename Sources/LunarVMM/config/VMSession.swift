@@ -38,17 +38,24 @@ public final class VMSession: @unchecked Sendable {
     /// One snapshot at a time.
     private let snapshotting = Mutex(())
     private let control = Mutex<ControlSocket?>(nil)
+    /// Undo disks' runs, thrown away when the VM ends.
+    private let undos: [UndoOverlay]
 
     public init(config: VMConfig, volume: Volume, kvm: KVM, console: @escaping (UInt8) -> Void) throws {
         try config.validate()
         var files: [File] = []
+        var undos: [UndoOverlay] = []
         for disk in config.disks {
             let path = config.path(disk.file)
-            do throws(FSError) {
-                files.append(try volume.openFile(path))
-            } catch {
-                guard error.kind == .notFound else { throw error }
+            guard try volume.exists(path) else {
                 throw VMConfigError(.damaged(name: config.name, reason: "disk \(disk.name) (\(path)) is missing"))
+            }
+            if disk.undo {
+                let undo = try VirtualDisk(volume, path: path).openUndo()
+                undos.append(undo)
+                files.append(undo.overlay)
+            } else {
+                files.append(try volume.openFile(path))
             }
         }
         let vm = try VirtualMachine(kvm: kvm, memorySize: config.memory, memoryBacking: config.memoryBacking, cpus: config.cpus,
@@ -82,6 +89,7 @@ public final class VMSession: @unchecked Sendable {
         self.config = config
         self.vm = vm
         self.disks = channels
+        self.undos = undos
         layout = Layout(kvmKind: kvm.kind, memory: config.memory, cpus: config.cpus,
                         bootKind: config.boot.kindName, entry: entry, disks: slots)
     }
@@ -91,6 +99,7 @@ public final class VMSession: @unchecked Sendable {
         defer {
             control.withLock { $0?.close() }
             for disk in disks { try? disk.file.flush() }
+            for undo in undos { try? undo.discard() }
         }
         switch config.boot {
         case .freestanding:
@@ -114,8 +123,10 @@ public final class VMSession: @unchecked Sendable {
     /// the disks: no disk holds a write the guest made after another disk's point. Read-only
     /// disks never change and are not snapshotted. Callable from any thread; one at a time.
     public func snapshot(_ name: String) throws(DiskError) -> SnapshotTaken {
-        let writable = disks.filter { !$0.isReadOnly }
-        guard !writable.isEmpty else { throw DiskError.invalidArgument("VM '\(config.name)' has no writable disk to snapshot") }
+        // Undo disks are left out: what their guest writes is thrown away at the end anyway.
+        let undoFiles = Set(undos.map(\.overlay.path))
+        let writable = disks.filter { !$0.isReadOnly && !undoFiles.contains($0.file.path) }
+        guard !writable.isEmpty else { throw DiskError.invalidArgument("VM '\(config.name)' has no persistent writable disk to snapshot") }
         try SnapshotTree.checkName(name)
         return try snapshotting.withLock { (_) throws(DiskError) -> SnapshotTaken in try snapshot(name, of: writable) }
     }
