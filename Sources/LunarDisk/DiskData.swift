@@ -164,10 +164,11 @@ extension VirtualDisk {
         return nil
     }
 
-    /// Refuses a source that `foreignFormat` recognises, saying how to convert it.
-    public static func checkRaw(_ bytes: UnsafeRawBufferPointer, source: String) throws(DiskError) {
+    /// Refuses a source that `foreignFormat` recognises, saying how to convert it. `source`:
+    /// its path; nil for standard input.
+    public static func checkRaw(_ bytes: UnsafeRawBufferPointer, source: String?) throws(DiskError) {
         guard let format = foreignFormat(bytes) else { return }
-        throw DiskError.invalidArgument("\(source) is a \(format) image, not raw: convert it first with "
-            + "`qemu-img convert -O raw \(source) disk.raw`, then import disk.raw")
+        throw DiskError.invalidArgument("\(source ?? "standard input") is a \(format) image, not raw: convert it first with "
+            + "`qemu-img convert -O raw \(source ?? "IMAGE.\(format)") disk.raw`, then import disk.raw")
     }
 }

@@ -173,7 +173,7 @@ struct DiskImportCommand: AsyncParsableCommand {
                     let open = created && length == nil && size == nil
                     let sink = SparseSink(file: file, base: at, granule: 64 << 10, end: open ? nil : try file.size,
                                           held: created ? [] : try file.allocatedRanges(),
-                                          inspect: { (first) throws in try VirtualDisk.checkRaw(first, source: shown) })
+                                          inspect: { (first) throws in try VirtualDisk.checkRaw(first, source: source == "-" ? nil : source) })
                     let bar = Progress(label: "importing \(baseName(shown))", total: length,
                                        enabled: (length ?? .max) >= progressThreshold, force: progress)
                     if let length {
