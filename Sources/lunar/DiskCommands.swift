@@ -49,13 +49,13 @@ struct DiskRef {
 }
 
 /// Opens the disk's volume for a change, runs `body` on the disk. A file system error comes
-/// out naming the path as the user writes it, `LUN:/path`.
+/// out as itself, so that it names the path as the user writes it, `LUN:/path`.
 func withDisk<T>(_ ref: VolumeRef, readOnly: Bool = false, _ body: (VirtualDisk) throws -> T) throws -> T {
     try withVolume(ref.lun, readOnly: readOnly) { volume in
         do {
             return try body(VirtualDisk(volume, path: ref.path))
         } catch DiskError.fs(let error) {
-            throw error.naming(ref.lun)
+            throw error // named LUN:/path by withVolume
         }
     }
 }
