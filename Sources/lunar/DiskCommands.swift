@@ -46,6 +46,14 @@ struct DiskRef {
         }
         return DiskRef(ref: try VolumeRef.required(text, command: command), snapshot: snapshot)
     }
+
+    /// `LUN:/path` of a disk a command changes; `LUN:/path@NAME` is refused, saying `why`
+    /// (of snapshot NAME) and what to do instead.
+    static func changing(_ argument: String, command: String, _ why: (String) -> String) throws(CLIError) -> VolumeRef {
+        let disk = try parse(argument, command: command)
+        if let snapshot = disk.snapshot { throw CLIError("\(argument): \(why(snapshot))") }
+        return disk.ref
+    }
 }
 
 /// Opens the disk's volume for a change, runs `body` on the disk. A file system error comes

@@ -88,9 +88,8 @@ struct DiskResizeCommand: AsyncParsableCommand {
 
     func run() async throws {
         try reportingErrors {
-            let ref = try DiskRef.parse(path, command: "disk resize")
-            if let snapshot = ref.snapshot {
-                throw CLIError("\(path): a snapshot keeps the size it was taken with; resize the disk, or make a disk of \(snapshot) with `lunar disk clone --linked` and resize that")
+            let ref = try DiskRef.changing(path, command: "disk resize") {
+                "a snapshot keeps the size it was taken with; resize the disk, or make a disk of \($0) with `lunar disk clone --linked` and resize that"
             }
             let words = sizeWords.filter { $0 != "--" }
             if let option = words.first(where: { $0.hasPrefix("--") }) { throw CLIError("unknown option '\(option)' (see `lunar disk resize --help`)") }
@@ -100,10 +99,10 @@ struct DiskResizeCommand: AsyncParsableCommand {
             guard let newSize = DiskSize(argument: size) else {
                 throw CLIError("'\(size)' is not a size: give \(ByteSize.accepted), with + to grow by it or - to shrink by it")
             }
-            let (old, new) = try withDisk(ref.ref) { try $0.resize(to: newSize, allowShrink: shrink) }
-            if json { return printJSON(["disk": ref.ref.display, "old_size": old, "size": new]) }
-            print(old == new ? "\(ref.ref.display) is \(sizeWithBytes(new)) already"
-                  : "resized \(ref.ref.display) from \(ByteSize.format(old)) to \(sizeWithBytes(new))")
+            let (old, new) = try withDisk(ref) { try $0.resize(to: newSize, allowShrink: shrink) }
+            if json { return printJSON(["disk": ref.display, "old_size": old, "size": new]) }
+            print(old == new ? "\(ref.display) is \(sizeWithBytes(new)) already"
+                  : "resized \(ref.display) from \(ByteSize.format(old)) to \(sizeWithBytes(new))")
         }
     }
 }
@@ -137,9 +136,8 @@ struct DiskImportCommand: AsyncParsableCommand {
 
     func run() async throws {
         try reportingErrors {
-            let ref = try DiskRef.parse(path, command: "disk import")
-            if let snapshot = ref.snapshot {
-                throw CLIError("\(path): snapshot \(snapshot) is never written; import into the disk, then take a snapshot")
+            let ref = try DiskRef.changing(path, command: "disk import") {
+                "snapshot \($0) is never written; import into the disk, then take a snapshot"
             }
             let input: HostFile
             let shown = source == "-" ? "standard input" : source
@@ -147,7 +145,7 @@ struct DiskImportCommand: AsyncParsableCommand {
                 input = try HostFile(duplicating: STDIN_FILENO, path: shown)
             } else {
                 input = try HostFile(path: hostPath(source), flags: O_RDONLY)
-                if sameHostFile(input.path, ref.ref.lun) { throw CLIError("\(source) is the LUN \(ref.ref.lun) itself; a volume cannot be imported into itself") }
+                if sameHostFile(input.path, ref.lun) { throw CLIError("\(source) is the LUN \(ref.lun) itself; a volume cannot be imported into itself") }
             }
             let st = try input.status()
             // A file's or device's length is known; a pipe's (or a procfs file's) only at its end.
@@ -164,7 +162,7 @@ struct DiskImportCommand: AsyncParsableCommand {
             let at = offset?.bytes ?? 0
             let started = monotonicSeconds()
             var read: UInt64 = 0, written: UInt64 = 0, diskSize: UInt64 = 0, created = false
-            try withDisk(ref.ref) { disk in
+            try withDisk(ref) { disk in
                 let target = try VirtualDisk.openForImport(disk.volume, path: disk.path, offset: at, length: length, size: size?.bytes)
                 created = target.created
                 let file = target.file
@@ -196,10 +194,10 @@ struct DiskImportCommand: AsyncParsableCommand {
             }
             let seconds = monotonicSeconds() - started
             if json {
-                return printJSON(["disk": ref.ref.display, "source": shown, "offset": at, "bytes": read, "written": written,
+                return printJSON(["disk": ref.display, "source": shown, "offset": at, "bytes": read, "written": written,
                                   "size": diskSize, "created": created, "seconds": seconds] as [String: Any])
             }
-            print(CopyResult(source: shown, destination: ref.ref.display + (at > 0 ? " at offset \(at)" : ""), size: read,
+            print(CopyResult(source: shown, destination: ref.display + (at > 0 ? " at offset \(at)" : ""), size: read,
                              dataBytes: written, seconds: seconds, verb: "imported").summary
                   + (created ? "; made the disk, \(ByteSize.format(diskSize))" : ""))
         }

@@ -14,9 +14,7 @@ struct DiskCommandTests {
 
     @Test("create, snapshot, write, snapshots --json, changes --json, linked clone of a snapshot, revert, delete-snapshot; the data of every point as it was")
     func lifecycle() throws {
-        let scratch = Scratch()
-        let lun = scratch.path("vol.img")
-        try Self.run(["fs", "mkfs", lun, "--size", "2G"])
+        let (scratch, lun) = try Self.volume()
         try Self.run(["fs", "mkdir", "-p", "\(lun):/vms/web01"])
         let disk = "\(lun):/vms/web01/disk0.raw"
         try Self.run(["disk", "create", disk, "--size", "64M"])
@@ -44,6 +42,14 @@ struct DiskCommandTests {
         try Self.run(["disk", "delete-snapshot", disk, "empty"])
         #expect(try Self.run(["disk", "snapshots", disk]).stdout.contains("has no snapshots"))
         #expect(try Self.run(["fs", "fsck", lun]).status == 0)
+    }
+
+    /// A fresh 2 GiB volume in a scratch folder (keep the scratch alive) and its LUN path.
+    static func volume() throws -> (Scratch, String) {
+        let scratch = Scratch()
+        let lun = scratch.path("vol.img")
+        try run(["fs", "mkfs", lun, "--size", "2G"])
+        return (scratch, lun)
     }
 
     static func json(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
@@ -87,9 +93,7 @@ struct DiskCommandTests {
 
     @Test("import a sparse image, snapshot, write, export the snapshot, the disk and to standard output: the bytes of each point, and holes kept")
     func importSnapshotExport() throws {
-        let scratch = Scratch()
-        let lun = scratch.path("vol.img")
-        try Self.run(["fs", "mkfs", lun, "--size", "2G"])
+        let (scratch, lun) = try Self.volume()
         try Self.run(["fs", "mkdir", "-p", "\(lun):/vms/web01"])
         let disk = "\(lun):/vms/web01/disk0.raw"
         let source = scratch.path("debian.raw")
@@ -141,9 +145,7 @@ struct DiskCommandTests {
 
     @Test("resize: +N, absolute, -N only with --shrink, whole sectors; a snapshot keeps its size and a revert brings it back")
     func resize() throws {
-        let scratch = Scratch()
-        let lun = scratch.path("vol.img")
-        try Self.run(["fs", "mkfs", lun, "--size", "2G"])
+        let (scratch, lun) = try Self.volume()
         let disk = "\(lun):/disk.raw"
         try Self.run(["disk", "create", disk, "--size", "64M"])
         try Self.run(["disk", "snapshot", disk, "small"])
@@ -166,9 +168,7 @@ struct DiskCommandTests {
 
     @Test("refusals: qcow2 and vmdk sources, data past a disk's end, an existing DST, a missing snapshot, a disk another process holds")
     func refusals() throws {
-        let scratch = Scratch()
-        let lun = scratch.path("vol.img")
-        try Self.run(["fs", "mkfs", lun, "--size", "2G"])
+        let (scratch, lun) = try Self.volume()
         let disk = "\(lun):/disk.raw"
         let qcow2 = scratch.path("debian.qcow2")
         #expect(FileManager.default.createFile(atPath: qcow2, contents: Data([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]) + Data(count: 1 << 20)))
