@@ -7,7 +7,7 @@ import LunarIO
 struct DiskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
-        abstract: "Virtual disks: snapshots, revert, linked clones, changed blocks.",
+        abstract: "Virtual disks: snapshots, revert, linked clones, changed blocks, resize, import and export.",
         discussion: """
             A disk is a file of a LunarFS volume, written LUN:/path. Its snapshots share its \
             blocks (a format 2 volume): taking one, reverting, deleting one and a linked clone \
@@ -16,14 +16,19 @@ struct DiskCommand: AsyncParsableCommand {
 
             Examples:
               lunar disk create vol.img:/vms/web01/disk0.raw --size 20G
+              lunar disk import debian.raw vol.img:/vms/web01/disk0.raw
+              lunar disk info vol.img:/vms/web01/disk0.raw
+              lunar disk resize vol.img:/vms/web01/disk0.raw +10G
               lunar disk snapshot vol.img:/vms/web01/disk0.raw before-upgrade
               lunar disk snapshots vol.img:/vms/web01/disk0.raw
               lunar disk changes vol.img:/vms/web01/disk0.raw --from before-upgrade --json
               lunar disk revert vol.img:/vms/web01/disk0.raw before-upgrade
               lunar disk clone --linked vol.img:/templates/debian.raw@golden vol.img:/vms/web02/disk0.raw
+              lunar disk export vol.img:/vms/web01/disk0.raw@before-upgrade backup.raw
             """,
-        subcommands: [DiskCreateCommand.self, DiskSnapshotCommand.self, DiskSnapshotsCommand.self, DiskRevertCommand.self,
-                      DiskDeleteSnapshotCommand.self, DiskCloneCommand.self, DiskChangesCommand.self]
+        subcommands: [DiskCreateCommand.self, DiskInfoCommand.self, DiskSnapshotCommand.self, DiskSnapshotsCommand.self, DiskRevertCommand.self,
+                      DiskDeleteSnapshotCommand.self, DiskCloneCommand.self, DiskResizeCommand.self, DiskChangesCommand.self,
+                      DiskImportCommand.self, DiskExportCommand.self]
     )
 }
 
@@ -41,11 +46,26 @@ struct DiskRef {
         }
         return DiskRef(ref: try VolumeRef.required(text, command: command), snapshot: snapshot)
     }
+
+    /// `LUN:/path` of a disk a command changes; `LUN:/path@NAME` is refused, saying `why`
+    /// (of snapshot NAME) and what to do instead.
+    static func changing(_ argument: String, command: String, _ why: (String) -> String) throws(CLIError) -> VolumeRef {
+        let disk = try parse(argument, command: command)
+        if let snapshot = disk.snapshot { throw CLIError("\(argument): \(why(snapshot))") }
+        return disk.ref
+    }
 }
 
-/// Opens the disk's volume for a change, runs `body` on the disk.
+/// Opens the disk's volume for a change, runs `body` on the disk. A file system error comes
+/// out as itself, so that it names the path as the user writes it, `LUN:/path`.
 func withDisk<T>(_ ref: VolumeRef, readOnly: Bool = false, _ body: (VirtualDisk) throws -> T) throws -> T {
-    try withVolume(ref.lun, readOnly: readOnly) { volume in try body(VirtualDisk(volume, path: ref.path)) }
+    try withVolume(ref.lun, readOnly: readOnly) { volume in
+        do {
+            return try body(VirtualDisk(volume, path: ref.path))
+        } catch DiskError.fs(let error) {
+            throw error // named LUN:/path by withVolume
+        }
+    }
 }
 
 func snapshotJSON(_ s: SnapshotInfo) -> [String: Any] {

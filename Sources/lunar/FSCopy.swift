@@ -14,11 +14,12 @@ struct CopyResult {
     /// Bytes actually read and written (the rest were holes or zeros).
     var dataBytes: UInt64
     var seconds: Double
+    var verb = "copied"
 
     var summary: String {
         let rate = seconds > 0 && size > 0 ? ByteSize.format(UInt64(Double(size) / seconds)) + "/s" : "-"
         let skipped = size > dataBytes ? ", \(ByteSize.format(size - dataBytes)) of holes skipped" : ""
-        return "copied \(source) to \(destination): \(ByteSize.format(size)) (\(size) bytes\(skipped)) in "
+        return "\(verb) \(source) to \(destination): \(ByteSize.format(size)) (\(size) bytes\(skipped)) in "
             + String(format: "%.2f s", seconds) + ", \(rate)"
     }
 }
@@ -46,6 +47,14 @@ final class HostFile {
         let fd = open(path, flags | O_CLOEXEC, mode)
         guard fd >= 0 else { throw CLIError.system(path) }
         self.fd = fd
+        self.path = path
+    }
+
+    /// Standard input or output (`-`): a duplicate of descriptor `fd`, named `path` in messages.
+    init(duplicating fd: Int32, path: String) throws(CLIError) {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw CLIError.system(path) }
+        self.fd = copy
         self.path = path
     }
 
@@ -129,10 +138,11 @@ func copyIn(from hostPath: String, to ref: VolumeRef, quiet: Bool, wait: Double 
         let file = try volume.create(destination.path, mode: UInt32(st.st_mode) & 0o777, wait: wait)
         do {
             if existed, try file.size > 0 { try file.truncate(to: 0) }
+            let sink = SparseSink(file: file, granule: Int(volume.header.blockSize))
             if streamed {
-                (size, data) = try copyStream(from: source, to: file, blockSize: UInt64(volume.header.blockSize))
+                (size, data) = try copyStream(from: source, to: sink, progress: Progress(label: "copying", total: nil, enabled: false))
             } else {
-                data = try copyData(from: source, size: size, to: file, blockSize: UInt64(volume.header.blockSize),
+                data = try copyData(from: source, size: size, to: sink,
                                     progress: Progress(label: "copying \(baseName(hostPath))", total: size,
                                                        enabled: !quiet && size >= progressThreshold))
             }
@@ -158,17 +168,77 @@ private func copyTarget(_ volume: Volume, _ ref: VolumeRef, name: String) throws
     return ref.path
 }
 
-/// Moves the data extents of `source` into `file` in aligned chunks of at least 1 MiB, skipping
-/// host holes (SEEK_DATA/SEEK_HOLE) and whole volume blocks of zeros; returns the bytes
+/// Where a copy into a volume file puts what it reads (`fs cp`, `disk import`): of each region
+/// of the source, the runs of `granule`-sized pieces that are not all zeros are written at
+/// `base` plus their source offset; the rest (the source's holes, pieces of zeros) is skipped,
+/// and made to read as zeros where the file held data before the copy (`held`).
+final class SparseSink {
+    let file: File
+    let base: UInt64
+    let granule: Int
+    /// Where the file's data may end; a source that goes on past it is refused.
+    let end: UInt64?
+    /// Checks the source's first bytes before any is written (`disk import`: not a qcow2).
+    let inspect: ((UnsafeRawBufferPointer) throws -> Void)?
+    private var held: [Range<UInt64>]
+    /// Bytes written (the rest were holes or zeros).
+    private(set) var written: UInt64 = 0
+
+    init(file: File, base: UInt64 = 0, granule: Int, end: UInt64? = nil, held: [Range<UInt64>] = [],
+         inspect: ((UnsafeRawBufferPointer) throws -> Void)? = nil) {
+        self.file = file
+        self.base = base
+        self.granule = granule
+        self.end = end
+        self.held = held
+        self.inspect = inspect
+    }
+
+    /// Bytes `offset..<offset + region.count` of the source.
+    func put(_ region: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        if offset == 0, let inspect { try inspect(region) }
+        var region = region
+        if let end {
+            // Zeros past the end are as good as nothing; data is not.
+            let fits = Int(min(UInt64(region.count), end > base + offset ? end - (base + offset) : 0))
+            guard isAllZero(UnsafeRawBufferPointer(rebasing: region[fits...])) else {
+                throw CLIError("the source goes on past the end of \(file.path) (\(ByteSize.format(end))): give a larger --size, or `lunar disk resize` it first")
+            }
+            region = UnsafeRawBufferPointer(rebasing: region[..<fits])
+        }
+        var next = offset
+        written += try writeNonZeroRuns(region, granule: granule, at: offset) { (piece, at) throws in
+            try skip(next..<at)
+            try file.write(piece, at: base + at)
+            next = at + UInt64(piece.count)
+        }
+        try skip(next..<(offset + UInt64(region.count)))
+    }
+
+    /// Source bytes `range` hold nothing (a hole, zeros).
+    func skip(_ range: Range<UInt64>) throws(FSError) {
+        guard !range.isEmpty, !held.isEmpty else { return }
+        let target = (base + range.lowerBound)..<(base + range.upperBound)
+        for h in held where h.overlaps(target) {
+            let cut = h.clamped(to: target)
+            try file.discard(at: cut.lowerBound, length: UInt64(cut.count))
+        }
+        // The held ranges come in order, as the copy goes: those behind it are done.
+        held.removeAll { $0.upperBound <= target.upperBound }
+    }
+}
+
+/// Moves the data extents of `source` into `sink` in aligned chunks of at least 1 MiB,
+/// skipping host holes (SEEK_DATA/SEEK_HOLE) and the sink's pieces of zeros; returns the bytes
 /// written.
 ///
-/// Chunks start at multiples of the chunk size and pieces at multiples of the volume's block
-/// size, in page-aligned memory: LunarFS then writes each piece straight to the device, whole
-/// blocks at a time, with no read-modify-write and no zeroing of freshly mapped blocks.
-private func copyData(from source: HostFile, size: UInt64, to file: File, blockSize: UInt64, progress: Progress) throws -> UInt64 {
-    let chunk = max(UInt64(1 << 20), blockSize)
+/// Chunks start at multiples of the chunk size and pieces at multiples of the sink's granule
+/// (`fs cp`: the volume's block size), in page-aligned memory: LunarFS then writes each piece
+/// straight to the device, whole blocks at a time, with no read-modify-write and no zeroing of
+/// freshly mapped blocks.
+func copyData(from source: HostFile, size: UInt64, to sink: SparseSink, progress: Progress) throws -> UInt64 {
+    let chunk = max(UInt64(1 << 20), UInt64(sink.granule))
     let buffer = IOBuffer(count: Int(chunk))
-    var written: UInt64 = 0
     var canSeekData = true
     var position: UInt64 = 0
     defer { progress.finish() }
@@ -187,42 +257,38 @@ private func copyData(from source: HostFile, size: UInt64, to file: File, blockS
             }
         }
         var at = max(position, dataStart / chunk * chunk)
+        try sink.skip(position..<at)
         while at < dataEnd && at < size {
             let count = Int(min(chunk, size - at))
             let region = buffer.slice(0..<count)
             let got = try source.read(into: region, at: at)
             // A file that shrank under us reads as zeros past its new end.
             if got < count { buffer.slice(got..<count).initializeMemory(as: UInt8.self, repeating: 0) }
-            written += try writeBlocks(UnsafeRawBufferPointer(region), at: at, to: file, blockSize: blockSize)
+            try sink.put(UnsafeRawBufferPointer(region), at: at)
             at += UInt64(count)
             progress.update(at)
         }
         position = max(at, position)
     }
+    try sink.skip(min(position, size)..<size)
     progress.update(size)
-    return written
+    return sink.written
 }
 
 /// Reads `source` sequentially to its end (a pipe, a device, a file whose size says 0) into
-/// `file` in chunks as `copyData` writes them, skipping whole blocks of zeros; returns the
-/// bytes read and the bytes written.
-private func copyStream(from source: HostFile, to file: File, blockSize: UInt64) throws -> (size: UInt64, written: UInt64) {
-    let chunk = max(1 << 20, Int(blockSize))
+/// `sink` in chunks as `copyData` writes them; returns the bytes read and the bytes written.
+func copyStream(from source: HostFile, to sink: SparseSink, progress: Progress) throws -> (size: UInt64, written: UInt64) {
+    let chunk = max(1 << 20, sink.granule)
     let buffer = IOBuffer(count: chunk)
     var size: UInt64 = 0
-    var written: UInt64 = 0
+    defer { progress.finish() }
     while true {
         let got = try source.read(into: buffer.slice(0..<chunk), at: nil)
-        written += try writeBlocks(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: size, to: file, blockSize: blockSize)
+        try sink.put(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: size)
         size += UInt64(got)
-        if got < chunk { return (size, written) }
+        progress.update(size)
+        if got < chunk { return (size, sink.written) }
     }
-}
-
-/// Writes the volume blocks of `region` (file bytes from `offset`) that are not all zeros into
-/// `file`; returns the bytes written.
-private func writeBlocks(_ region: UnsafeRawBufferPointer, at offset: UInt64, to file: File, blockSize: UInt64) throws(FSError) -> UInt64 {
-    try writeNonZeroRuns(region, granule: Int(blockSize), at: offset) { (piece, at) throws(FSError) in try file.write(piece, at: at) }
 }
 
 /// Splits `region` (file bytes from `offset`) into `granule`-sized pieces, skips the all-zero
@@ -273,40 +339,50 @@ func copyOut(from ref: VolumeRef, to hostPath: String, quiet: Bool) throws -> Co
         let info = try file.stat()
         size = info.size
         let output = try HostFile(path: target, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: mode_t(info.mode & 0o777))
-        let isRegular = try output.status().st_mode & S_IFMT == S_IFREG
-        let progress = Progress(label: "copying \(baseName(ref.path))", total: size,
-                                enabled: !quiet && size >= progressThreshold)
-        defer { progress.finish() }
-        let chunk = UInt64(1 << 20)
-        let buffer = IOBuffer(count: Int(chunk))
-        if isRegular {
-            for range in try file.allocatedRanges() {
-                var at = range.lowerBound
-                while at < range.upperBound {
-                    let count = Int(min(chunk, range.upperBound - at))
-                    let got = try file.read(into: buffer.slice(0..<count), at: at)
-                    // 4 KiB: the block size of the host file systems holes are made of.
-                    data += try writeNonZeroRuns(UnsafeRawBufferPointer(buffer.slice(0..<got)), granule: 4096, at: at) {
-                        (piece, offset) throws(CLIError) in try output.write(piece, at: offset)
-                    }
-                    at += UInt64(count)
-                    progress.update(at)
-                }
-            }
-            guard ftruncate(output.fd, off_t(size)) == 0 else { throw CLIError.system(target) }
-        } else {
-            var at: UInt64 = 0
-            while at < size {
-                let got = try file.read(into: buffer.slice(0..<Int(min(chunk, size - at))), at: at)
-                guard got > 0 else { break }
-                try output.write(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: nil)
-                at += UInt64(got)
-                data += UInt64(got)
-                progress.update(at)
-            }
-        }
-        progress.update(size)
+        data = try copyOut(file, size: size, to: output, sequential: try output.status().st_mode & S_IFMT != S_IFREG,
+                           progress: Progress(label: "copying \(baseName(ref.path))", total: size,
+                                              enabled: !quiet && size >= progressThreshold))
     }
     return CopyResult(source: ref.display, destination: target, size: size, dataBytes: data,
                       seconds: monotonicSeconds() - started)
+}
+
+/// Copies the first `size` bytes of volume file `file` to `output`: to a regular file (not
+/// `sequential`) only the file's allocated ranges, less any zero pages, and its size from
+/// ftruncate, so holes stay holes; `sequential` (a device, a pipe, standard output) every byte
+/// in order. Returns the bytes written.
+func copyOut(_ file: File, size: UInt64, to output: HostFile, sequential: Bool, progress: Progress) throws -> UInt64 {
+    defer { progress.finish() }
+    let chunk = UInt64(1 << 20)
+    let buffer = IOBuffer(count: Int(chunk))
+    var data: UInt64 = 0
+    if !sequential {
+        for range in try file.allocatedRanges() where range.lowerBound < size {
+            var at = range.lowerBound
+            let end = min(range.upperBound, size)
+            while at < end {
+                let count = Int(min(chunk, end - at))
+                let got = try file.read(into: buffer.slice(0..<count), at: at)
+                // 4 KiB: the block size of the host file systems holes are made of.
+                data += try writeNonZeroRuns(UnsafeRawBufferPointer(buffer.slice(0..<got)), granule: 4096, at: at) {
+                    (piece, offset) throws(CLIError) in try output.write(piece, at: offset)
+                }
+                at += UInt64(count)
+                progress.update(at)
+            }
+        }
+        guard ftruncate(output.fd, off_t(size)) == 0 else { throw CLIError.system(output.path) }
+    } else {
+        var at: UInt64 = 0
+        while at < size {
+            let got = try file.read(into: buffer.slice(0..<Int(min(chunk, size - at))), at: at)
+            guard got > 0 else { break }
+            try output.write(UnsafeRawBufferPointer(buffer.slice(0..<got)), at: nil)
+            at += UInt64(got)
+            data += UInt64(got)
+            progress.update(at)
+        }
+    }
+    progress.update(size)
+    return data
 }

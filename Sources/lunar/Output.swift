@@ -1,4 +1,5 @@
 import Foundation
+import LunarIO
 
 nonisolated(unsafe) var standardError = FileHandleOutputStream(.standardError)
 
@@ -32,21 +33,31 @@ func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
 
-/// A one-line progress bar on standard error, drawn only when it is a terminal.
+/// A one-line progress bar on standard error, drawn when it is a terminal or when asked
+/// (`force`, `--progress`); with no total known (a pipe), the bytes so far, a few times a second.
 final class Progress {
     private let label: String
-    private let total: UInt64
+    private let total: UInt64?
     private let enabled: Bool
     private var lastPercent = -1
+    private var lastDrawn = 0.0
 
-    init(label: String, total: UInt64, enabled: Bool) {
+    init(label: String, total: UInt64?, enabled: Bool, force: Bool = false) {
         self.label = label
-        self.total = max(total, 1)
-        self.enabled = enabled && isatty(STDERR_FILENO) == 1
+        self.total = total.map { max($0, 1) }
+        self.enabled = force || (enabled && isatty(STDERR_FILENO) == 1)
     }
 
     func update(_ done: UInt64) {
         guard enabled else { return }
+        guard let total else {
+            let now = monotonicSeconds()
+            guard now - lastDrawn >= 0.25 else { return }
+            lastDrawn = now
+            lastPercent = 0
+            print("\r\(label) \(ByteSize.format(done))", terminator: "", to: &standardError)
+            return
+        }
         let percent = Int(min(done, total) * 100 / total)
         guard percent != lastPercent else { return }
         lastPercent = percent
@@ -58,5 +69,6 @@ final class Progress {
 
     func finish() {
         if enabled && lastPercent >= 0 { print("", to: &standardError) }
+        lastPercent = -1
     }
 }
