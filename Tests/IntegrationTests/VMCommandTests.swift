@@ -234,15 +234,20 @@ struct VMCommandTests {
         let out = running.finish()
         #expect(out.status == 0x31, "\(out.stderr)")
 
-        func sector(_ file: String, _ index: Int) throws -> [UInt8] {
-            let cat = try LunarProcess.run(["fs", "cat", "\(f.lun):\(file)"])
-            #expect(cat.status == 0, "\(cat.stderr)")
-            let bytes = Array(cat.stdout.utf8)
+        // Both points read back through `lunar disk export`, as a backup would take them.
+        var exports = 0
+        func sector(_ disk: String, _ index: Int) throws -> [UInt8] {
+            exports += 1
+            let out = f.scratch.path("export-\(exports).raw")
+            let exported = try LunarProcess.run(["disk", "export", "\(f.lun):\(disk)", out])
+            #expect(exported.status == 0, "\(exported.stderr)")
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: out)))
+            #expect(bytes.count == 16 << 20)
             return Array(bytes[(index * 512)..<((index + 1) * 512)])
         }
         let a = [UInt8](repeating: UInt8(ascii: "A"), count: 512), b = [UInt8](repeating: UInt8(ascii: "B"), count: 512)
-        #expect(try sector("/vms/snap/.disk0.raw.snapshots/s1", 2) == a)
-        #expect(try sector("/vms/snap/.disk0.raw.snapshots/s1", 6) == a)
+        #expect(try sector("/vms/snap/disk0.raw@s1", 2) == a)
+        #expect(try sector("/vms/snap/disk0.raw@s1", 6) == a)
         #expect(try sector("/vms/snap/disk0.raw", 2) == b)
         #expect(try sector("/vms/snap/disk0.raw", 6) == a)
 
