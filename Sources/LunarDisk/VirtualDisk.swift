@@ -40,7 +40,8 @@ public struct VirtualDisk: Sendable {
     /// The disk's path on the volume.
     public let path: String
 
-    static let recordName = "tree"
+    /// Starts with a dot, as no snapshot name may, so no snapshot is ever taken over it.
+    static let recordName = ".tree"
 
     public init(_ volume: Volume, path: String) {
         self.volume = volume
@@ -84,12 +85,16 @@ public struct VirtualDisk: Sendable {
         return try SnapshotTree.decode(bytes)
     }
 
+    /// Replaces the record in one step: written whole beside it, then renamed over it, so a
+    /// crash leaves the old record or the new one, never a torn one.
     private func write(_ tree: SnapshotTree) throws(DiskError) {
         let bytes = tree.encoded()
+        let next = recordPath + ".new"
         try fs { () throws(FSError) -> Void in
-            let f = try volume.create(recordPath, lock: nil)
+            let f = try volume.create(next, lock: nil)
+            try f.truncate(to: 0)
             try f.write(bytes, at: 0)
-            try f.truncate(to: UInt64(bytes.count))
+            try volume.rename(next, to: recordPath)
             try volume.sync()
         }
     }
@@ -150,9 +155,14 @@ public struct VirtualDisk: Sendable {
     /// names, which costs space and nothing else.
     public func recordSnapshot(_ name: String) throws(DiskError) -> SnapshotInfo {
         var tree = try tree()
-        tree.add(name, created: wallClockNanoseconds())
+        let created = wallClockNanoseconds()
+        tree.add(name, created: created)
         try write(tree)
-        return try info(name, tree: tree)
+        // As taken, a snapshot shares every block with the disk: nothing is its own yet, and
+        // no walk of its map (which would cost what the disk holds) is needed to say so.
+        let allocated = try fs { () throws(FSError) -> UInt64 in try volume.stat(snapshotPath(name)).allocatedBytes }
+        return SnapshotInfo(name: name, created: created, parent: tree.entry(name)?.parent, allocatedBytes: allocated, uniqueBytes: 0,
+                            isCurrent: true)
     }
 
     /// Every snapshot, oldest first, with what it holds alone.

@@ -105,6 +105,16 @@ struct VirtualDiskTests {
         try old.close()
     }
 
+    @Test("snapshots named like the record's files leave the record alone")
+    func recordNames() throws {
+        let (v, _) = try Self.volume()
+        let disk = try VirtualDisk.create(v, path: "/d.raw", size: 1 << 20)
+        for name in ["tree", "tree.new", "a"] { try disk.snapshot(name) }
+        #expect(try disk.snapshots().map(\.name) == ["tree", "tree.new", "a"])
+        #expect(try disk.tree().entry("a")?.parent == "tree.new")
+        try v.close()
+    }
+
     @Test("a damaged snapshot record is refused with what it is, never trusted")
     func damagedRecord() throws {
         let (v, _) = try Self.volume()
@@ -113,7 +123,7 @@ struct VirtualDiskTests {
         try disk.snapshot("b")
         for bad in ["garbage", "lunar-snapshots 1\nsnapshot a 1 b\nsnapshot b 2 a\n", "lunar-snapshots 1\ncurrent zz\n",
                     "lunar-snapshots 1\nsnapshot a x -\n", "lunar-snapshots 1\nsnapshot ../a 1 -\n"] {
-            let f = try v.openFile(disk.snapshotFolder + "/tree")
+            let f = try v.openFile(disk.snapshotFolder + "/.tree")
             try f.truncate(to: 0)
             try f.write(Array(bad.utf8), at: 0)
             try f.close()
