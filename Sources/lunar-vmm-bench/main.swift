@@ -9,6 +9,10 @@
 //   lunar-vmm-bench run VOLUME --workload randread|randwrite|seqread|seqwrite [--runtime 5] [--driver-poll-us 0]
 //                              [--memory-backing huge|small|mergeable]
 //       prints one JSON line: {"workload": ..., "iops": ..., "mb_per_s": ..., "engine": ...}
+//   lunar-vmm-bench disk VOLUME [--small 256M] [--large 16G] [--owned 4G] [--io-size 1G]
+//                               [--runtime 5] [--rounds 3] [--repeats 5]
+//       Tools/bench/disk.sh's LunarDisk figures (DiskBench.swift): formats VOLUME, prints one
+//       JSON line per figure and a summary line.
 import LunarDisk
 import Glibc
 import LunarFS
@@ -22,7 +26,7 @@ func fail(_ message: String) -> Never {
 }
 
 let arguments = Array(CommandLine.arguments.dropFirst())
-guard arguments.count >= 2 else { fail("usage: lunar-vmm-bench prepare|run VOLUME [options] (see the source's header)") }
+guard arguments.count >= 2 else { fail("usage: lunar-vmm-bench prepare|run|disk VOLUME [options] (see the source's header)") }
 let command = arguments[0], volumePath = arguments[1]
 var options: [String: String] = [:]
 var i = 2
@@ -58,6 +62,21 @@ do {
         let result = try VirtioBlockBenchmark.run(workload, on: disk, seconds: seconds, pollSeconds: poll / 1e6, memoryBacking: backing)
         try volume.close()
         print("{\"workload\": \"\(workload.name)\", \"iops\": \(result.iops), \"mb_per_s\": \(result.megabytesPerSecond), \"engine\": \"\(result.engine)\"}")
+    case "disk":
+        var o = DiskBench.Options()
+        func size(_ key: String, _ into: inout UInt64) {
+            guard let text = options[key] else { return }
+            guard let v = ByteSize(argument: text)?.bytes, v >= 64 << 20 else { fail("bad --\(key)") }
+            into = v
+        }
+        size("small", &o.small)
+        size("large", &o.large)
+        size("owned", &o.owned)
+        size("io-size", &o.ioSize)
+        if let t = options["runtime"] { guard let v = Double(t), v > 0 else { fail("bad --runtime") }; o.runtime = v }
+        if let t = options["rounds"] { guard let v = Int(t), v > 0 else { fail("bad --rounds") }; o.rounds = v }
+        if let t = options["repeats"] { guard let v = Int(t), v > 0 else { fail("bad --repeats") }; o.repeats = v }
+        try DiskBench.run(volumePath: volumePath, o)
     default:
         fail("unknown command \(command)")
     }
