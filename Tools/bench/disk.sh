@@ -90,9 +90,10 @@ bench_stun() {
     "$bin/lunar" disk import "$work/data.raw" "$vol:/vms/stun/disk0.raw" >/dev/null
     "$bin/lunar" vm run "$vol" stun &
     local vm=$!
-    for ((i = 0; i < 100 && -z "$sock"; i++)); do
+    for ((i = 0; i < 100; i++)); do
         sock=$(ls "$LUNAR_RUN_DIR"/*/stun.sock 2>/dev/null || true)
-        [ -n "$sock" ] || sleep 0.1
+        [ -z "$sock" ] || break
+        sleep 0.1
     done
     [ -n "$sock" ] || { echo "disk.sh: the VM's control socket did not appear" >&2; kill $vm; return 1; }
     for ((i = 0; i < 9; i++)); do
