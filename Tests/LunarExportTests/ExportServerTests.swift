@@ -13,7 +13,7 @@ struct ExportServerTests {
 
     /// A volume with `/vms/disk.raw`: 8 MiB + 1000 bytes, data at [0, 2 MiB) and [5 MiB, 6 MiB),
     /// holes elsewhere (1 MiB blocks), and `/small.txt` stored inline; served on a Unix socket.
-    final class Fixture {
+    final class Fixture: ServedVolumeFixture {
         let scratch = Scratch()
         let volume: Volume
         let server: ExportServer
@@ -43,15 +43,6 @@ struct ExportServerTests {
             let exports = [try ServedExport.open(.file(path: "/vms/disk.raw"), on: volume, writable: writable),
                            try ServedExport.open(.file(path: "/small.txt"), on: volume, writable: writable)]
             server = try await ExportServer.start(exports: exports, endpoint: .unix(path: socket), limits: limits)
-        }
-
-        func client() throws -> RawClient { try RawClient(socket: socket) }
-
-        func stop() async throws {
-            await server.stop()
-            let report = try volume.check()
-            #expect(report.isClean, "fsck after serving: \(report.problems)")
-            try volume.close()
         }
     }
 

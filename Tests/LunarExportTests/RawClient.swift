@@ -1,5 +1,27 @@
 import Foundation
 import Glibc
+import LunarExport
+import LunarFS
+import Testing
+
+/// A volume served on a Unix socket for a test: raw clients connect to it, and stopping it
+/// checks that serving left the volume clean.
+protocol ServedVolumeFixture: AnyObject {
+    var volume: Volume { get }
+    var server: ExportServer { get }
+    var socket: String { get }
+}
+
+extension ServedVolumeFixture {
+    func client() throws -> RawClient { try RawClient(socket: socket) }
+
+    func stop() async throws {
+        await server.stop()
+        let report = try volume.check()
+        #expect(report.isClean, "fsck after serving: \(report.problems)")
+        try volume.close()
+    }
+}
 
 /// A client that speaks NBD byte by byte over a Unix socket: for sending what real clients
 /// never would, and for reading the server's replies exactly as they come.

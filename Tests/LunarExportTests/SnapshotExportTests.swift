@@ -19,7 +19,7 @@ struct SnapshotExportTests {
 
     /// A disk with data in [0, 2 MiB); snapshot s1; writes into three grains and the tail;
     /// snapshot s2; a write into a fourth grain. Served: the disk, s2 and s1.
-    final class Fixture {
+    final class Fixture: ServedVolumeFixture {
         let scratch = Scratch()
         let volume: Volume
         let server: ExportServer
@@ -65,15 +65,6 @@ struct SnapshotExportTests {
                            try ServedExport.open(.snapshot(path: "/vms/disk.raw", snapshot: "s2"), on: volume, writable: false),
                            try ServedExport.open(.snapshot(path: "/vms/disk.raw", snapshot: "s1"), on: volume, writable: false)]
             server = try await ExportServer.start(exports: exports, endpoint: .unix(path: socket), limits: limits)
-        }
-
-        func client() throws -> RawClient { try RawClient(socket: socket) }
-
-        func stop() async throws {
-            await server.stop()
-            let report = try volume.check()
-            #expect(report.isClean, "fsck after serving: \(report.problems)")
-            try volume.close()
         }
     }
 
