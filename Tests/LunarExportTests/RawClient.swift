@@ -142,6 +142,13 @@ final class RawClient {
         return u32(UInt32(n.count)) + n + u32(UInt32(queries.count)) + queries.flatMap { u32(UInt32($0.utf8.count)) + Array($0.utf8) }
     }
 
+    /// Handshake and structured replies, the state metadata context options need.
+    func structuredSession() throws {
+        try handshake()
+        try option(8)
+        guard try optionReply().type == 1 else { throw Closed() }
+    }
+
     /// Handshake, structured replies (when asked), base:allocation (when asked), GO.
     /// Returns the export's size and transmission flags.
     @discardableResult

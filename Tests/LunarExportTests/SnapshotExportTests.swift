@@ -75,9 +75,7 @@ struct SnapshotExportTests {
 
     /// Handshake, structured replies, SET with `queries`, GO: the IDs the server gave.
     static func open(_ c: RawClient, _ name: String, _ queries: [String]) throws -> [String: UInt32] {
-        try c.handshake()
-        try c.option(8)
-        #expect(try c.optionReply().type == 1)
+        try c.structuredSession()
         try c.option(10, RawClient.metaData(name, queries: queries))
         let set = try c.optionReplies()
         #expect(set.last?.type == 1, "\(set.map(\.message))")
@@ -174,9 +172,7 @@ struct SnapshotExportTests {
     func negotiation() async throws {
         let f = try await Fixture()
         let c = try f.client()
-        try c.handshake()
-        try c.option(8)
-        #expect(try c.optionReply().type == 1)
+        try c.structuredSession()
         func list(_ name: String, _ queries: [String]) throws -> [String] {
             try c.option(9, RawClient.metaData(name, queries: queries))
             let replies = try c.optionReplies()
@@ -222,9 +218,7 @@ struct SnapshotExportTests {
         try await f.stop()
         let w = try await Fixture(writableDisk: true)
         let wc = try w.client()
-        try wc.handshake()
-        try wc.option(8)
-        _ = try wc.optionReply()
+        try wc.structuredSession()
         try wc.option(9, RawClient.metaData("/vms/disk.raw", queries: []))
         #expect(Self.contexts(try wc.optionReplies()).map(\.name) == ["base:allocation"])
         try await w.stop()
@@ -263,9 +257,7 @@ struct SnapshotExportTests {
 
         // Contexts selected for one export do not follow the client to another.
         let other = try f.client()
-        try other.handshake()
-        try other.option(8)
-        _ = try other.optionReply()
+        try other.structuredSession()
         try other.option(10, RawClient.metaData("/vms/disk.raw@s2", queries: ["qemu:dirty-bitmap:s1"]))
         _ = try other.optionReplies()
         try other.option(7, RawClient.infoData("/vms/disk.raw"))
