@@ -187,7 +187,9 @@ final class NBDConnection: ChannelDuplexHandler {
         // Backpressure: while this connection holds as much as it may, the socket is not read
         // and the client's sends wait in its own buffers.
         // A write's payload is always taken: the request it completes is what frees the budget.
-        if overBudget && payload == nil {
+        // While an option is answered off the event loop nothing more is taken either: the
+        // bytes a client sends meanwhile wait in its own buffers, not in this connection's.
+        if (overBudget && payload == nil) || optionBusy {
             readHeld = true
         } else {
             context.read()
@@ -442,13 +444,20 @@ final class NBDConnection: ChannelDuplexHandler {
             bound.eventLoop.execute {
                 let connection = bound.value
                 connection.optionBusy = false
-                guard connection.phase == .options else { return }
+                guard connection.phase == .options, let context = connection.context else { return }
                 switch outcome {
                 case .success(let answer): connection.finishMetaContext(code, export, answer)
                 case .failure(let error):
                     connection.optionError(code, OptionFailure(.errorUnknown, "changed blocks of \(export.name): \(error)"))
                 }
                 connection.process()
+                // Reading resumes unless the options that followed hold it again (another one off
+                // the loop, or requests past the budget).
+                if connection.readHeld, connection.phase != .closed, !connection.optionBusy,
+                   !(connection.overBudget && connection.payload == nil) {
+                    connection.readHeld = false
+                    context.read()
+                }
             }
         }
     }

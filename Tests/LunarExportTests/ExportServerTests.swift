@@ -374,7 +374,9 @@ struct ExportServerTests {
             u32(0x2560_9513) + u16(flags) + u16(type) + u64(UInt64(type)) + u64(offset) + u32(length) + payload
         }
         session += option(3, []) + option(8, []) + option(9, RawClient.metaData("/vms/disk.raw", queries: ["base:"]))
-        session += option(10, RawClient.metaData("/vms/disk.raw", queries: ["base:allocation"]))
+        // A query in QEMU's namespace is answered off the event loop: garbage around it too.
+        session += option(9, RawClient.metaData("/vms/disk.raw", queries: ["qemu:dirty-bitmap:"]))
+        session += option(10, RawClient.metaData("/vms/disk.raw", queries: ["base:allocation", "qemu:dirty-bitmap:x"]))
         session += option(6, RawClient.infoData("/vms/disk.raw", requests: [0, 1, 2, 3])) + option(7, RawClient.infoData("/vms/disk.raw", requests: [3]))
         session += request(0, 0, 4096, 65536) + request(0, 4, 2 * Self.mib - 512, 4096) + request(7, 8, 0, 1 << 20)
         session += request(1, 1, 12345, 3000, pattern(3000, seed: 5).array) + request(4, 0, 7 * Self.mib, 4096)
