@@ -29,10 +29,11 @@ let package = Package(
         // Virtual disks on LunarFS files: snapshot trees, revert, linked clones, changed blocks.
         .target(name: "LunarDisk", dependencies: ["LunarFS", "LunarIO"]),
         .target(name: "LunarVMM", dependencies: ["CLunar", "LunarIO", "LunarFS", "LunarDisk"]),
-        // The NBD server that backup software pulls exports from (Spec/export.md).
+        // The NBD server that backup software pulls exports from (Spec/export.md): it reads
+        // snapshots and their changed blocks through LunarDisk, never the other way round.
         .target(
             name: "LunarExport",
-            dependencies: ["LunarIO", "LunarFS", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            dependencies: ["LunarIO", "LunarFS", "LunarDisk", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl")]
         ),
         // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
@@ -67,7 +68,7 @@ let package = Package(
         .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarDiskTests", dependencies: ["LunarDisk", "LunarFS", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarDisk", "LunarTesting"]),
-        .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarFS", "LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarDisk", "LunarFS", "LunarIO", "LunarTesting"]),
         // Spawns the real `lunar` binary as separate processes (multi-process ATS, CLI behaviour),
         // and lunar-vmm, which `swift test` builds with the rest (not named here: a test bundle
         // depending on it would be linked with its -static-stdlib).

@@ -44,9 +44,28 @@ struct ExportCatalog: Sendable {
         }
         let name: ExportName
         do { name = try ExportName(parsing: requested) } catch { return .failure(OptionFailure(.errorUnknown, error.description)) }
-        if case .snapshot = name { return .failure(OptionFailure(.errorUnknown, ExportError(.snapshotsNeedLunarDisk(name.description)).description)) }
         guard let export = byName[name] else { return .failure(OptionFailure(.errorUnknown, "\(name): not exported by this server")) }
         return .success(export)
+    }
+}
+
+/// A metadata context NBD_OPT_SET_META_CONTEXT selected, with the ID its block status chunks
+/// carry; changes are worked out when the context is selected and kept for the session.
+enum SelectedContext: Sendable {
+    case allocation(id: UInt32)
+    case changes(id: UInt32, snapshot: String, ChangeList)
+
+    var id: UInt32 {
+        switch self {
+        case .allocation(let id), .changes(let id, _, _): id
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .allocation: MetaContext.allocation.name
+        case .changes(_, let snapshot, _): MetaContext.dirtyBitmap(snapshot: snapshot).name
+        }
     }
 }
 
@@ -96,9 +115,12 @@ final class NBDConnection: ChannelDuplexHandler {
     private var inbound: ByteBuffer?
     private var noZeroes = false
     private var structured = false
-    /// The contexts the last NBD_OPT_SET_META_CONTEXT selected, and for which export.
-    private var selection: (export: String, allocation: UInt32?)?
-    private var allocationID: UInt32?
+    /// The contexts the last NBD_OPT_SET_META_CONTEXT selected, and for which export; the
+    /// ones block status answers once transmission began.
+    private var selection: (export: ExportName, contexts: [SelectedContext])?
+    private var contexts: [SelectedContext] = []
+    /// An option is being answered off the event loop: the next one waits for its reply.
+    private var optionBusy = false
     private var export: ServedExport?
     private var skipping = 0
     private var payload: Payload?
@@ -165,7 +187,9 @@ final class NBDConnection: ChannelDuplexHandler {
         // Backpressure: while this connection holds as much as it may, the socket is not read
         // and the client's sends wait in its own buffers.
         // A write's payload is always taken: the request it completes is what frees the budget.
-        if overBudget && payload == nil {
+        // While an option is answered off the event loop nothing more is taken either: the
+        // bytes a client sends meanwhile wait in its own buffers, not in this connection's.
+        if (overBudget && payload == nil) || optionBusy {
             readHeld = true
         } else {
             context.read()
@@ -223,6 +247,7 @@ final class NBDConnection: ChannelDuplexHandler {
             phase = .options
             return true
         case .options:
+            if optionBusy { return false }
             guard let header = try OptionHeader.peek(buffer) else { return false }
             if Int(header.length) > limits.maxOptionLength {
                 buffer.moveReaderIndex(forwardBy: OptionHeader.size)
@@ -363,7 +388,8 @@ final class NBDConnection: ChannelDuplexHandler {
             reply.writeBytes(name)
         }
         if request.requests.contains(NBD.Info.description.rawValue) {
-            let text = Array("LunarFS file \(export.name.path), \(export.writable ? "writable" : "read-only")".utf8)
+            let what = export.snapshot.map { "snapshot \($0) of LunarFS disk \(export.name.path)" } ?? "LunarFS file \(export.name.path)"
+            let text = Array("\(what), \(export.writable ? "writable" : "read-only")".utf8)
             reply.writeOptionReply(code, .info, length: 2 + text.count)
             reply.writeInteger(NBD.Info.description.rawValue)
             reply.writeBytes(text)
@@ -371,6 +397,13 @@ final class NBDConnection: ChannelDuplexHandler {
         reply.writeOptionReply(code, .ack, length: 0)
         if go { enterTransmission(export, requestedName: request.name) }
         context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+    }
+
+    /// What a metadata context option found: the contexts a listing names, or the ones a
+    /// selection chose, with their IDs.
+    private enum MetaAnswer {
+        case listed([MetaContext])
+        case selected([SelectedContext])
     }
 
     private func answerMetaContext(_ code: UInt32, setting: Bool, _ data: ByteBuffer, _ context: ChannelHandlerContext) {
@@ -385,35 +418,102 @@ final class NBDConnection: ChannelDuplexHandler {
         case .success(let found): export = found
         case .failure(let failure): return optionError(code, failure)
         }
-        var found: [MetaContext] = []
-        if request.queries.isEmpty {
-            // Listing with no query lists everything; setting with none selects nothing.
-            if !setting { found = [.allocation] }
-        } else {
-            for query in request.queries {
-                for c in MetaContext.matching(query, listing: !setting) where !found.contains(c) { found.append(c) }
+        let queries = request.queries
+        // Listing with no query lists everything; setting with none selects nothing.
+        let needsSnapshots = queries.isEmpty ? !setting : queries.contains(where: MetaContext.needsSnapshots)
+        guard needsSnapshots else {
+            let found = Self.resolve(queries, listing: !setting, snapshots: [])
+            return finishMetaContext(code, export, setting ? .selected(Self.select(found, changes: [:])) : .listed(found))
+        }
+        // The snapshot record and the block maps are read from the volume, which may wait on
+        // other hosts' locks: off the event loop, and no further option is taken meanwhile.
+        optionBusy = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        export.metadata.async {
+            let outcome = Result(catching: { () throws(ExportError) -> MetaAnswer in
+                let sources = try export.changeSources()
+                let found = NBDConnection.resolve(queries, listing: !setting, snapshots: sources.map(\.name))
+                guard setting else { return .listed(found) }
+                var changes: [String: ChangeList] = [:]
+                for case .dirtyBitmap(let name) in found {
+                    guard let source = sources.first(where: { $0.name == name }) else { continue }
+                    changes[name] = try export.changes(since: source)
+                }
+                return .selected(NBDConnection.select(found, changes: changes))
+            })
+            bound.eventLoop.execute {
+                let connection = bound.value
+                connection.optionBusy = false
+                guard connection.phase == .options, let context = connection.context else { return }
+                switch outcome {
+                case .success(let answer): connection.finishMetaContext(code, export, answer)
+                case .failure(let error):
+                    connection.optionError(code, OptionFailure(.errorUnknown, "changed blocks of \(export.name): \(error)"))
+                }
+                connection.process()
+                // Reading resumes unless the options that followed hold it again (another one off
+                // the loop, or requests past the budget).
+                if connection.readHeld, connection.phase != .closed, !connection.optionBusy,
+                   !(connection.overBudget && connection.payload == nil) {
+                    connection.readHeld = false
+                    context.read()
+                }
             }
         }
-        var reply = context.channel.allocator.buffer(capacity: 128)
+    }
+
+    /// The contexts `queries` find, each once, in the order first found.
+    private static func resolve(_ queries: [String], listing: Bool, snapshots: [String]) -> [MetaContext] {
+        if queries.isEmpty { return listing ? [.allocation] + snapshots.map { .dirtyBitmap(snapshot: $0) } : [] }
+        var found: [MetaContext] = []
+        var seen = Set<String>()
+        for query in queries {
+            for c in MetaContext.matching(query, listing: listing, snapshots: snapshots) where seen.insert(c.name).inserted { found.append(c) }
+        }
+        return found
+    }
+
+    /// IDs for the contexts a selection found: 1, 2, … in order (0 is what listings carry).
+    private static func select(_ found: [MetaContext], changes: [String: ChangeList]) -> [SelectedContext] {
+        var out: [SelectedContext] = []
         for c in found {
+            let id = UInt32(out.count + 1)
+            switch c {
+            case .allocation: out.append(.allocation(id: id))
+            case .dirtyBitmap(let snapshot):
+                if let list = changes[snapshot] { out.append(.changes(id: id, snapshot: snapshot, list)) }
+            }
+        }
+        return out
+    }
+
+    private func finishMetaContext(_ code: UInt32, _ export: ServedExport, _ answer: MetaAnswer) {
+        guard let context else { return }
+        let named: [(id: UInt32, name: String)]
+        switch answer {
+        case .listed(let found): named = found.map { (0, $0.name) }
+        case .selected(let chosen): named = chosen.map { ($0.id, $0.name) }
+        }
+        var reply = context.channel.allocator.buffer(capacity: 64 * (named.count + 1))
+        for c in named {
             let name = Array(c.name.utf8)
             reply.writeOptionReply(code, .metaContext, length: 4 + name.count)
             // Listing replies carry ID 0; a selected context gets the ID its chunks use (Spec/export.md §2).
-            reply.writeInteger(setting ? UInt32(1) : 0)
+            reply.writeInteger(c.id)
             reply.writeBytes(name)
         }
         reply.writeOptionReply(code, .ack, length: 0)
-        if setting { selection = (export.name.description, found.contains(.allocation) ? 1 : nil) }
+        if case .selected(let chosen) = answer { selection = (export.name, chosen) }
         context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
     }
 
     private func enterTransmission(_ export: ServedExport, requestedName: String) {
         self.export = export
         // Contexts chosen for another export do not carry over (Spec/export.md §2).
-        if let selection, (try? ExportName(parsing: selection.export)) == export.name {
-            allocationID = selection.allocation
+        if let selection, selection.export == export.name {
+            contexts = selection.contexts
         } else {
-            allocationID = nil
+            contexts = []
         }
         phase = .transmission
         handshakeTimer?.cancel()
@@ -492,9 +592,9 @@ final class NBDConnection: ChannelDuplexHandler {
             // A hint the server may ignore; reads go to the LUN unbuffered anyway (Spec/export.md §5).
             succeed(r)
         case .blockStatus:
-            guard let id = allocationID else { return fail(r, .invalid, "no metadata context was selected (NBD_OPT_SET_META_CONTEXT)") }
+            guard !contexts.isEmpty else { return fail(r, .invalid, "no metadata context was selected (NBD_OPT_SET_META_CONTEXT)") }
             if !inside || r.length == 0 { return fail(r, .invalid, "block status of \(range) outside the export (\(export.size) bytes)") }
-            answerBlockStatus(r, range, export, contextID: id)
+            answerBlockStatus(r, range, export)
         case .write, .disconnect:
             break
         }
@@ -816,14 +916,19 @@ final class NBDConnection: ChannelDuplexHandler {
 
     // MARK: block status
 
-    private func answerBlockStatus(_ r: Request, _ range: Range<UInt64>, _ export: ServedExport, contextID: UInt32) {
+    /// One chunk per selected context, in one reply. The descriptors are shared out among the
+    /// contexts so that a reply stays within `maxDescriptors` however many are selected.
+    private func answerBlockStatus(_ r: Request, _ range: Range<UInt64>, _ export: ServedExport) {
         guard let context else { return }
-        let limit = r.flags.contains(.requestOne) ? 1 : limits.maxDescriptors
+        let contexts = self.contexts
+        let limit = r.flags.contains(.requestOne) ? 1 : max(1, limits.maxDescriptors / contexts.count)
         let allocator = context.channel.allocator
         if let why = export.mapRefusal { return fail(r, .io, why) }
-        if export.map != nil {
+        let readsFile = export.map == nil && contexts.contains { if case .allocation = $0 { true } else { false } }
+        if !readsFile {
             do throws(FSError) {
-                send([try blockStatusReply(r, range, export, contextID: contextID, limit: limit, allocator: allocator)], bytes: 0)
+                let chunks = try blockStatusChunks(r, range, export, contexts, limit: limit, allocator: allocator)
+                sendHeld(chunks)
             } catch {
                 fail(r, nbdErrno(error), "\(error)")
             }
@@ -831,25 +936,54 @@ final class NBDConnection: ChannelDuplexHandler {
         }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         export.worker.async {
-            let built = Result(catching: { () throws(FSError) -> ByteBuffer in
-                try blockStatusReply(r, range, export, contextID: contextID, limit: limit, allocator: allocator)
+            let built = Result(catching: { () throws(FSError) -> [ByteBuffer] in
+                try blockStatusChunks(r, range, export, contexts, limit: limit, allocator: allocator)
             })
             bound.eventLoop.execute {
                 let connection = bound.value
                 switch built {
-                case .success(let reply): connection.send([reply], bytes: 0)
+                case .success(let chunks): connection.sendHeld(chunks)
                 case .failure(let error): connection.send([connection.errorReply(r, nbdErrno(error), "\(error)", allocator: allocator)], bytes: 0)
                 }
             }
         }
     }
+
+    /// Sends a reply built here, its bytes counted against the connection's budget until the
+    /// socket takes them (a block status reply can be half a megabyte).
+    private func sendHeld(_ parts: [ByteBuffer]) {
+        let bytes = parts.reduce(0) { $0 + $1.readableBytes }
+        bytesInFlight += bytes
+        send(parts, bytes: bytes)
+    }
 }
 
 // MARK: work done off the event loop
 
+/// The block status chunks for `range`, one per context, the last flagged done.
+private func blockStatusChunks(_ r: Request, _ range: Range<UInt64>, _ export: ServedExport, _ contexts: [SelectedContext], limit: Int,
+                               allocator: ByteBufferAllocator) throws(FSError) -> [ByteBuffer] {
+    var chunks: [ByteBuffer] = []
+    for (i, c) in contexts.enumerated() {
+        let descriptors: [(length: UInt32, flags: UInt32)]
+        switch c {
+        case .allocation: descriptors = try allocationDescriptors(range, export, limit: limit)
+        case .changes(_, _, let list): descriptors = list.descriptors(range, limit: limit)
+        }
+        var chunk = allocator.buffer(capacity: 24 + 8 * descriptors.count)
+        chunk.writeChunkHeader(cookie: r.cookie, done: i == contexts.count - 1, type: .blockStatus, length: 4 + 8 * descriptors.count)
+        chunk.writeInteger(c.id)
+        for d in descriptors {
+            chunk.writeInteger(d.length)
+            chunk.writeInteger(d.flags)
+        }
+        chunks.append(chunk)
+    }
+    return chunks
+}
+
 /// `base:allocation` for `range`: holes read as zeros (HOLE|ZERO), data is data (0).
-private func blockStatusReply(_ r: Request, _ range: Range<UInt64>, _ export: ServedExport, contextID: UInt32, limit: Int,
-                              allocator: ByteBufferAllocator) throws(FSError) -> ByteBuffer {
+private func allocationDescriptors(_ range: Range<UInt64>, _ export: ServedExport, limit: Int) throws(FSError) -> [(length: UInt32, flags: UInt32)] {
     var descriptors: [(length: UInt32, flags: UInt32)] = []
     for piece in try export.pieces(range) {
         let flags = piece.data ? 0 : NBD.stateHole | NBD.stateZero
@@ -861,14 +995,7 @@ private func blockStatusReply(_ r: Request, _ range: Range<UInt64>, _ export: Se
             descriptors.append((UInt32(piece.range.count), flags))
         }
     }
-    var reply = allocator.buffer(capacity: 24 + 8 * descriptors.count)
-    reply.writeChunkHeader(cookie: r.cookie, done: true, type: .blockStatus, length: 4 + 8 * descriptors.count)
-    reply.writeInteger(contextID)
-    for d in descriptors {
-        reply.writeInteger(d.length)
-        reply.writeInteger(d.flags)
-    }
-    return reply
+    return descriptors
 }
 
 /// A read through the file API, holes still sent as holes when replies are structured.

@@ -4,8 +4,12 @@ import LunarFS
 public struct ExportError: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Kind: Sendable, Equatable {
         case invalidName(String)
-        /// `disk@SNAP` was asked for: snapshots are LunarDisk's (issue 13 exports them once it lands).
-        case snapshotsNeedLunarDisk(String)
+        /// `disk@SNAP` names a snapshot the disk does not have.
+        case unknownSnapshot(disk: String, snapshot: String)
+        /// `disk@SNAP` with `--writable`: a snapshot is never written.
+        case snapshotWritable(String)
+        /// The disk's snapshot record cannot be used (LunarDisk's words).
+        case disk(String)
         case notRegularFile(String)
         case duplicate(String)
         case noExports
@@ -25,8 +29,11 @@ public struct ExportError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch kind {
         case .invalidName(let why): why
-        case .snapshotsNeedLunarDisk(let name):
-            "\(name): exporting a snapshot needs LunarDisk (virtual disks with snapshots), which this build does not have yet; export the file itself"
+        case .unknownSnapshot(let disk, let snapshot):
+            "\(disk) has no snapshot '\(snapshot)' (list them with `lunar disk snapshots LUN:\(disk)`)"
+        case .snapshotWritable(let name):
+            "\(name): a snapshot is never written; serve it without --writable (to restore, serve the disk itself writable, or `lunar disk revert` it to the snapshot)"
+        case .disk(let why): why
         case .notRegularFile(let path): "\(path): not a regular file (an export is a file on the volume)"
         case .duplicate(let name): "\(name) is named twice"
         case .noExports: "name the files to export, e.g. /vms/web01/disk0.raw (`lunar export list LUN` shows them)"

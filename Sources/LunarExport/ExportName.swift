@@ -53,27 +53,40 @@ public enum ExportName: Equatable, Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The metadata contexts a client may ask for (`Spec/export.md` §5).
-enum MetaContext: Equatable {
+/// The metadata contexts a client may ask for (`Spec/export.md` §5): `base:allocation`, and
+/// `qemu:dirty-bitmap:SNAP`, the changes since snapshot SNAP, as QEMU names a dirty bitmap.
+enum MetaContext: Equatable, Sendable {
     static let allocationName = "base:allocation"
-    /// QEMU's namespace for changed blocks: `qemu:dirty-bitmap:SNAP`.
     static let dirtyBitmapPrefix = "qemu:dirty-bitmap:"
 
     case allocation
+    case dirtyBitmap(snapshot: String)
 
-    /// The contexts an export offers that a query selects. An empty leaf (`base:`) is a
-    /// wildcard for listing only; unknown namespaces and leaves select nothing: they are
-    /// ignored, not refused (`Spec/export.md` §2). `qemu:dirty-bitmap:` contexts are offered once LunarDisk gives
-    /// an export changed blocks; until then they select nothing.
-    static func matching(_ query: String, listing: Bool) -> [MetaContext] {
+    /// Whether answering `query` needs the disk's snapshots (read from the volume, off the
+    /// event loop): any query in QEMU's namespace.
+    static func needsSnapshots(_ query: String) -> Bool { query.hasPrefix("qemu:") }
+
+    /// The contexts an export offers that a query selects, `snapshots` being the ones its
+    /// changes can be counted from. Empty leaves (`base:`, `qemu:`, `qemu:dirty-bitmap:`) are
+    /// wildcards for listing only, as QEMU has them; unknown namespaces, leaves and snapshots
+    /// select nothing: they are ignored, not refused (`Spec/export.md` §2).
+    static func matching(_ query: String, listing: Bool, snapshots: [String]) -> [MetaContext] {
         if query == allocationName { return [.allocation] }
-        if listing && query == "base:" { return [.allocation] }
+        if query.hasPrefix(dirtyBitmapPrefix) {
+            let leaf = String(query.dropFirst(dirtyBitmapPrefix.count))
+            if leaf.isEmpty { return listing ? snapshots.map { .dirtyBitmap(snapshot: $0) } : [] }
+            return snapshots.contains(leaf) ? [.dirtyBitmap(snapshot: leaf)] : []
+        }
+        guard listing else { return [] }
+        if query == "base:" { return [.allocation] }
+        if query == "qemu:" { return snapshots.map { .dirtyBitmap(snapshot: $0) } }
         return []
     }
 
     var name: String {
         switch self {
         case .allocation: Self.allocationName
+        case .dirtyBitmap(let snapshot): Self.dirtyBitmapPrefix + snapshot
         }
     }
 }

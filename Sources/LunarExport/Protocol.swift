@@ -117,4 +117,6 @@ enum NBD {
     /// `base:allocation` status flags.
     static let stateHole: UInt32 = 1 << 0
     static let stateZero: UInt32 = 1 << 1
+    /// `qemu:dirty-bitmap:` status flag: the range changed (`Spec/export.md` §5).
+    static let stateDirty: UInt32 = 1 << 0
 }

@@ -1,8 +1,12 @@
 import Dispatch
+import LunarDisk
 import LunarFS
 import LunarIO
+import Synchronization
 
-/// One file the server offers, opened for the server's whole life (`Spec/export.md` §3).
+/// One file the server offers, opened for the server's whole life (`Spec/export.md` §3): a
+/// file of the volume, or a snapshot of a disk (`disk@SNAP`), which is the file LunarDisk keeps
+/// it in (`Spec/disk.md`).
 ///
 /// Read-only exports hold the file shared read-only: no host may write it meanwhile, so the
 /// block map read once at open stays true, and reads go from it straight to the LUN through
@@ -21,14 +25,23 @@ public final class ServedExport: Sendable {
     let map: ExtentMap?
     /// Where blocking file calls run, off the event loops.
     let worker: DispatchQueue
+    /// The disk whose snapshots the export's changed blocks are counted from, and the snapshot
+    /// the export is (nil: the disk as it is).
+    let disk: VirtualDisk
+    let snapshot: String?
+    /// Where the snapshot record is read and changes are worked out, one at a time, so that a
+    /// change list is computed once however many connections ask for it together.
+    let metadata: DispatchQueue
+    /// Change lists already worked out, by snapshot, with the snapshot's creation time: a
+    /// snapshot deleted and taken again under the same name is another snapshot.
+    private let changeCache = Mutex<[String: (created: Int64, changes: ChangeList)]>([:])
 
     /// Opens `name` on `volume`: shared read-only, or exclusive when `writable`. A file another
-    /// host holds in a conflicting mode is refused with that host named.
+    /// host holds in a conflicting mode is refused with that host named; a snapshot is never
+    /// opened writable, and one the disk does not have is refused naming the disk.
     public static func open(_ name: ExportName, on volume: Volume, writable: Bool) throws(ExportError) -> ServedExport {
-        guard case .file(let path) = name else { throw ExportError(.snapshotsNeedLunarDisk(name.description)) }
-        let isFile: Bool
-        do throws(FSError) { isFile = try volume.stat(path).type == .file } catch { throw ExportError(.fileSystem(error)) }
-        guard isFile else { throw ExportError(.notRegularFile(path)) }
+        if case .snapshot = name, writable { throw ExportError(.snapshotWritable(name.description)) }
+        let path = try filePath(of: name, on: volume)
         let file: File
         do throws(FSError) {
             file = try volume.openFile(path, lock: writable ? .exclusive : .sharedReadOnly)
@@ -50,6 +63,26 @@ public final class ServedExport: Sendable {
         }
     }
 
+    /// The regular file of the volume that `name` is: the path itself, or for `disk@SNAP`
+    /// the file LunarDisk keeps the snapshot in, once the disk's record names it.
+    public static func filePath(of name: ExportName, on volume: Volume) throws(ExportError) -> String {
+        try requireRegularFile(name.path, on: volume)
+        guard case .snapshot(let diskPath, let snapshot) = name else { return name.path }
+        let disk = VirtualDisk(volume, path: diskPath)
+        guard try diskCall({ () throws(DiskError) -> Bool in try disk.tree().entry(snapshot) != nil }) else {
+            throw ExportError(.unknownSnapshot(disk: diskPath, snapshot: snapshot))
+        }
+        let path = disk.snapshotPath(snapshot)
+        try requireRegularFile(path, on: volume)
+        return path
+    }
+
+    private static func requireRegularFile(_ path: String, on volume: Volume) throws(ExportError) {
+        let isFile: Bool
+        do throws(FSError) { isFile = try volume.stat(path).type == .file } catch { throw ExportError(.fileSystem(error)) }
+        guard isFile else { throw ExportError(.notRegularFile(path)) }
+    }
+
     private init(name: ExportName, file: File, size: UInt64, writable: Bool, device: BlockDevice?, map: ExtentMap?) {
         self.name = name
         self.file = file
@@ -59,8 +92,46 @@ public final class ServedExport: Sendable {
         self.sector = UInt64(device?.sectorSize ?? 4096)
         self.map = map
         worker = DispatchQueue(label: "lunar.export.\(name)")
+        metadata = DispatchQueue(label: "lunar.export.metadata.\(name)")
+        disk = VirtualDisk(file.volume, path: name.path)
+        if case .snapshot(_, let snapshot) = name { self.snapshot = snapshot } else { self.snapshot = nil }
     }
 
+    // MARK: changed blocks
+
+    /// The snapshots `qemu:dirty-bitmap:SNAP` may name for this export, nearest first: the
+    /// ones it descends from in the disk's tree (for the disk itself, from the snapshot it
+    /// descends from now). Lineage, not creation time, says what is older: times come from
+    /// the clocks of whichever hosts took the snapshots. A writable export offers none: its
+    /// content changes under any list worked out at the start. Blocking: on `metadata`.
+    func changeSources() throws(ExportError) -> [SnapshotTree.Entry] {
+        guard !writable else { return [] }
+        let tree = try diskCall { () throws(DiskError) -> SnapshotTree in try disk.tree() }
+        var out: [SnapshotTree.Entry] = []
+        // The record's reader refused parent loops, so the walk ends; the bound is a second
+        // guard, not the first.
+        var at: String?
+        if let snapshot { at = tree.entry(snapshot)?.parent } else { at = tree.current }
+        while let name = at, let entry = tree.entry(name), out.count < tree.entries.count {
+            out.append(entry)
+            at = entry.parent
+        }
+        let offered = out
+        changeCache.withLock { cache in
+            cache = cache.filter { name, cached in offered.contains { $0.name == name && $0.created == cached.created } }
+        }
+        return out
+    }
+
+    /// What differs from `source` (one of `changeSources`), worked out from the two block maps
+    /// once and kept. Blocking: on `metadata`.
+    func changes(since source: SnapshotTree.Entry) throws(ExportError) -> ChangeList {
+        if let cached = changeCache.withLock({ $0[source.name] }), cached.created == source.created { return cached.changes }
+        let ranges = try diskCall { () throws(DiskError) -> [Range<UInt64>] in try disk.changes(from: source.name, to: snapshot) }
+        let changes = ChangeList(ranges, size: size)
+        changeCache.withLock { $0[source.name] = (source.created, changes) }
+        return changes
+    }
     /// Releases the file's lock (after every request in flight on the worker finished).
     public func close() throws(FSError) {
         let result: Result<Void, FSError> = worker.sync {
@@ -114,5 +185,16 @@ public final class ServedExport: Sendable {
         }
         if structured { flags.insert(.sendDF) }
         return flags
+    }
+}
+
+/// Runs a LunarDisk call, its error as an export error (a file-system one kept as such, so the
+/// command line names the volume).
+func diskCall<T>(_ body: () throws(DiskError) -> T) throws(ExportError) -> T {
+    do throws(DiskError) {
+        return try body()
+    } catch {
+        if case .fs(let fs) = error { throw ExportError(.fileSystem(fs)) }
+        throw ExportError(.disk(error.description))
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import LunarDisk
 import LunarExport
 import LunarFS
 import LunarIO
@@ -10,14 +11,19 @@ struct ExportCommand: AsyncParsableCommand {
         commandName: "export",
         abstract: "Serve files of a volume over NBD to backup software (qemu-img, nbdcopy, nbdinfo).",
         discussion: """
-            An export is named by its path on the volume (/vms/web01/disk0.raw). The server \
-            offers exactly the files named, read-only unless --writable, on 127.0.0.1:10809 \
-            unless told otherwise (Spec/export.md).
+            An export is named by its path on the volume (/vms/web01/disk0.raw), a snapshot \
+            of a disk by PATH@SNAP (/vms/web01/disk0.raw@nightly). The server offers exactly \
+            the exports named, read-only unless --writable, on 127.0.0.1:10809 unless told \
+            otherwise. On a disk or a snapshot, the block status context \
+            qemu:dirty-bitmap:OLDER gives the changes since an older snapshot, for \
+            incremental backups (Spec/export.md).
 
             Examples:
               lunar export list vol.img
               lunar export serve vol.img /vms/web01/disk0.raw --socket /run/lunar-nbd.sock
               nbdcopy 'nbd+unix:///vms/web01/disk0.raw?socket=/run/lunar-nbd.sock' backup.raw
+              lunar export serve vol.img /vms/web01/disk0.raw@tuesday --socket /run/lunar-nbd.sock
+              nbdinfo --map=qemu:dirty-bitmap:monday 'nbd+unix:///vms/web01/disk0.raw@tuesday?socket=/run/lunar-nbd.sock'
               lunar export serve vol.img /vms/web01/disk0.raw --writable
               qemu-img convert -n -O raw backup.raw nbd://127.0.0.1:10809/vms/web01/disk0.raw
             """,
@@ -27,8 +33,13 @@ struct ExportCommand: AsyncParsableCommand {
 
 /// An export error in the words the user typed: paths inside the volume as LUN:/path.
 private func shown(_ error: ExportError, lun: String) -> any Error {
-    if case .fileSystem(let fs) = error.kind { return fs.naming(lun) }
-    return CLIError(error.description)
+    switch error.kind {
+    case .fileSystem(let fs): return fs.naming(lun)
+    case .notRegularFile(let path): return CLIError(ExportError(.notRegularFile("\(lun):\(path)")).description)
+    case .unknownSnapshot(let disk, let snapshot):
+        return CLIError("\(lun):\(disk) has no snapshot '\(snapshot)' (list them with `lunar disk snapshots \(lun):\(disk)`)")
+    default: return CLIError(error.description)
+    }
 }
 
 // MARK: serve
@@ -43,8 +54,13 @@ struct ExportServeCommand: AsyncParsableCommand {
             With one export it is also the default export (the empty name). Read-only exports \
             hold their file shared read-only, so no host can write it while it is served, and \
             are offered to many connections at once; --writable holds each file exclusive (a \
-            running VM's disk is refused) for restores. A snapshot, disk0.raw@NAME, needs \
-            LunarDisk, which this build does not have yet.
+            running VM's disk is refused) for restores. A snapshot, disk0.raw@NAME, is \
+            always served read-only (a snapshot is never written).
+
+            Block status offers base:allocation (data and holes) and, on a read-only export \
+            of a disk or a snapshot, qemu:dirty-bitmap:OLDER for each snapshot OLDER it \
+            descends from: the ranges that differ from OLDER, from the block maps alone. \
+            Copy those ranges onto the backup of OLDER and it equals the export.
 
             The server listens on 127.0.0.1:10809 by default, on --listen ADDR:PORT (port 0 \
             picks a free one), or on a Unix socket (--socket PATH, made owner-only). A \
@@ -59,7 +75,7 @@ struct ExportServeCommand: AsyncParsableCommand {
     @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
-    @Argument(help: "Paths of the files to export (e.g. /vms/web01/disk0.raw).")
+    @Argument(help: "Paths of the files to export (e.g. /vms/web01/disk0.raw), or snapshots (/vms/web01/disk0.raw@nightly).")
     var exports: [String] = []
 
     @Option(help: "Listen on this Unix socket instead of TCP.", transform: hostPath)
@@ -197,16 +213,16 @@ struct ExportListCommand: AsyncParsableCommand {
         abstract: "Show what `lunar export serve` would offer: the files of a volume, or the ones named.",
         discussion: """
             Without EXPORT, every regular file on the volume is listed (each is an export \
-            name); with EXPORTs, those are checked the way serve checks them. SIZE is what a \
-            client sees, ALLOCATED the data in it (the rest reads as holes, which clients skip). \
-            --json prints {"exports": [{"name", "size", "allocated"}]}.
+            name), each disk followed by its snapshots as PATH@SNAP; with EXPORTs, those are \
+            checked the way serve checks them. SIZE is what a client sees, ALLOCATED the data \
+            in it (the rest reads as holes, which clients skip). --json prints {"exports": [{"name", "size", "allocated"}]}.
             """
     )
 
     @Argument(help: "Image file, block device or iSCSI URL holding the volume.", transform: hostPath)
     var lun: String
 
-    @Argument(help: "Export names to check (paths of files on the volume).")
+    @Argument(help: "Export names to check (paths of files on the volume, or PATH@SNAP).")
     var exports: [String] = []
 
     @Flag(help: "Print JSON.")
@@ -216,38 +232,44 @@ struct ExportListCommand: AsyncParsableCommand {
         try reportingErrors {
             let names: [ExportName]
             do throws(ExportError) {
-                names = try exports.map { (text) throws(ExportError) -> ExportName in
-                    let name = try ExportName(parsing: text)
-                    if case .snapshot = name { throw ExportError(.snapshotsNeedLunarDisk(name.description)) }
-                    return name
-                }
+                names = try exports.map { (text) throws(ExportError) -> ExportName in try ExportName(parsing: text) }
             } catch {
                 throw shown(error, lun: lun)
             }
             let found: [(name: String, info: FileInfo)] = try withVolume(lun, readOnly: true) { volume in
                 if !names.isEmpty {
                     return try names.map { (name) throws -> (name: String, info: FileInfo) in
-                        let info = try volume.stat(name.path)
-                        guard info.type == .file else { throw CLIError(ExportError(.notRegularFile("\(lun):\(name.path)")).description) }
-                        return (name.description, info)
+                        let path: String
+                        do throws(ExportError) { path = try ServedExport.filePath(of: name, on: volume) } catch { throw shown(error, lun: lun) }
+                        return (name.description, try volume.stat(path))
                     }
                 }
-                var files: [(name: String, info: FileInfo)] = []
+                var offered: [(name: String, info: FileInfo)] = []
                 var pending = ["/"]
                 var seen: Set<UInt32> = []
                 while !pending.isEmpty {
                     let directory = pending.removeFirst()
-                    for item in try volume.list(directory) {
+                    let items = try volume.list(directory)
+                    // A disk's snapshot folder is offered as the disk's snapshots, PATH@SNAP,
+                    // not as the files LunarDisk keeps them in.
+                    let snapshotFolders = Set(items.filter { $0.type != .directory }.map {
+                        VirtualDisk(volume, path: joinPath(directory, $0.name)).snapshotFolder
+                    })
+                    for item in items {
                         let path = joinPath(directory, item.name)
                         if item.type == .directory {
                             // A damaged volume could name a directory twice; never loop on it.
-                            if seen.insert(item.inode).inserted { pending.append(path) }
-                        } else {
-                            files.append((path, try volume.stat(path)))
+                            if !snapshotFolders.contains(path), seen.insert(item.inode).inserted { pending.append(path) }
+                            continue
+                        }
+                        offered.append((path, try volume.stat(path)))
+                        let disk = VirtualDisk(volume, path: path)
+                        for snapshot in try disk.tree().entries {
+                            offered.append(("\(path)@\(snapshot.name)", try volume.stat(disk.snapshotPath(snapshot.name))))
                         }
                     }
                 }
-                return files
+                return offered
             }
             if json {
                 return printJSON(["exports": found.map { ["name": $0.name, "size": $0.info.size, "allocated": $0.info.allocatedBytes] as [String: Any] }])

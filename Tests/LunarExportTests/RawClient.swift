@@ -1,5 +1,27 @@
 import Foundation
 import Glibc
+import LunarExport
+import LunarFS
+import Testing
+
+/// A volume served on a Unix socket for a test: raw clients connect to it, and stopping it
+/// checks that serving left the volume clean.
+protocol ServedVolumeFixture: AnyObject {
+    var volume: Volume { get }
+    var server: ExportServer { get }
+    var socket: String { get }
+}
+
+extension ServedVolumeFixture {
+    func client() throws -> RawClient { try RawClient(socket: socket) }
+
+    func stop() async throws {
+        await server.stop()
+        let report = try volume.check()
+        #expect(report.isClean, "fsck after serving: \(report.problems)")
+        try volume.close()
+    }
+}
 
 /// A client that speaks NBD byte by byte over a Unix socket: for sending what real clients
 /// never would, and for reading the server's replies exactly as they come.
@@ -118,6 +140,13 @@ final class RawClient {
     static func metaData(_ name: String, queries: [String]) -> [UInt8] {
         let n = Array(name.utf8)
         return u32(UInt32(n.count)) + n + u32(UInt32(queries.count)) + queries.flatMap { u32(UInt32($0.utf8.count)) + Array($0.utf8) }
+    }
+
+    /// Handshake and structured replies, the state metadata context options need.
+    func structuredSession() throws {
+        try handshake()
+        try option(8)
+        guard try optionReply().type == 1 else { throw Closed() }
     }
 
     /// Handshake, structured replies (when asked), base:allocation (when asked), GO.
