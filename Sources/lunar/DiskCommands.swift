@@ -3,6 +3,7 @@ import Foundation
 import LunarDisk
 import LunarFS
 import LunarIO
+import LunarVMM
 
 struct DiskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,14 +59,33 @@ struct DiskRef {
 
 /// Opens the disk's volume for a change, runs `body` on the disk. A file system error comes
 /// out as itself, so that it names the path as the user writes it, `LUN:/path`.
+/// A disk another host holds open is refused with that host named; a VM's disk (in
+/// `/vms/NAME/`) also names the VM and what to do instead.
 func withDisk<T>(_ ref: VolumeRef, readOnly: Bool = false, _ body: (VirtualDisk) throws -> T) throws -> T {
-    try withVolume(ref.lun, readOnly: readOnly) { volume in
-        do {
-            return try body(VirtualDisk(volume, path: ref.path))
-        } catch DiskError.fs(let error) {
-            throw error // named LUN:/path by withVolume
+    do {
+        return try withVolume(ref.lun, readOnly: readOnly) { volume in
+            do {
+                return try body(VirtualDisk(volume, path: ref.path))
+            } catch DiskError.fs(let error) {
+                throw error // named LUN:/path by withVolume
+            }
         }
+    } catch let error as FSError where error.kind.isBusy {
+        guard let vm = owningVM(ref.path) else { throw error }
+        // The generic advice ("close it there") does not fit a VM; what does follows.
+        var why = error.description
+        if let advice = why.range(of: "; close it there") { why = String(why[..<advice.lowerBound]) }
+        throw CLIError("\(why): it is VM \(vm)'s disk; "
+                       + "stop the VM first (`lunar vm stop \(ref.lun) \(vm)` on the host running it), "
+                       + "or snapshot it while it runs with `lunar vm snapshot \(ref.lun) \(vm) NAME`")
     }
+}
+
+/// The VM whose folder holds the disk at `path`, if it lies in one.
+func owningVM(_ path: String) -> String? {
+    let parts = path.split(separator: "/")
+    guard parts.count >= 3, "/" + parts[0] == VMLibrary.root else { return nil }
+    return String(parts[1])
 }
 
 func snapshotJSON(_ s: SnapshotInfo) -> [String: Any] {

@@ -229,6 +229,12 @@ struct VMCommandTests {
         #expect(again.status != 0 && again.stderr.contains("already has a snapshot named 's1'"), "\(again.stderr)")
         let revert = try f.vm(["revert", f.lun, "snap", "s1"])
         #expect(revert.status != 0 && revert.stderr.contains("running on this host"), "\(revert.stderr)")
+        // Through `lunar disk`, the host holding the disk and the VM are named.
+        for words in [["revert", "\(f.lun):/vms/snap/disk0.raw", "s1"], ["snapshot", "\(f.lun):/vms/snap/disk0.raw", "s2"]] {
+            let refused = try LunarProcess.run(["disk"] + words)
+            #expect(refused.status != 0 && refused.stderr.contains("it is VM snap's disk") && refused.stderr.contains("lunar vm snapshot"),
+                    "\(words): \(refused.stderr)")
+        }
 
         client.send("g")
         let out = running.finish()
