@@ -6,7 +6,8 @@ import LunarIO
 /// flush must commit), so a device only moves bytes and serves its queues.
 ///
 /// The device asks `route` for each read or write. `.direct` hands it the LUN offsets of the
-/// pieces to move itself (through its own queue from `makeQueue`, no volume lock, no copy);
+/// pieces to move itself (through its own queue from `makeQueue` on a local LUN, or `storage`'s
+/// blocking calls on a network one: no volume lock either way, no copy);
 /// `.blocking` sends it to the blocking calls, which go through the file system: writes into
 /// holes (allocation), writes into blocks a snapshot or clone shares (copied first, 64 KiB at
 /// most), unaligned pieces. The channel keeps the disk's block map for `route` and re-reads
@@ -19,8 +20,11 @@ public final class DiskChannel: @unchecked Sendable {
     public let file: File
     public let capacity: UInt64
     public let isReadOnly: Bool
-    /// The LUN the disk's bytes live on, when reachable for direct I/O (a local device or
-    /// image; nil on iSCSI, where every request takes the blocking calls).
+    /// The LUN the disk's bytes live on, local or over the network: `.direct` pieces are moved
+    /// to and from it without the volume's lock.
+    public let storage: any BlockStorage
+    /// The same LUN when it is local (an image or block device): the device may run its own
+    /// queue on it (`makeQueue`); else it moves `.direct` pieces with `storage`'s blocking calls.
     public let lun: BlockDevice?
     public let sectorSize: UInt64
 
@@ -47,8 +51,9 @@ public final class DiskChannel: @unchecked Sendable {
         self.file = file
         capacity = try file.size
         isReadOnly = readOnly || file.volume.isReadOnly
+        storage = file.volume.storage
         lun = file.volume.device
-        sectorSize = UInt64(lun?.sectorSize ?? 4096)
+        sectorSize = UInt64(storage.sectorSize)
     }
 
     /// A queue on the LUN for the device's direct requests, or nil when there is no direct path.
@@ -64,7 +69,7 @@ public final class DiskChannel: @unchecked Sendable {
     /// device fills it with zeros). The visitor returning false (a buffer the device cannot
     /// move directly) makes the answer `.blocking`.
     public func route(reading: Bool, _ range: Range<UInt64>, _ visit: (Range<UInt64>, UInt64?) -> Bool) -> Route {
-        guard lun != nil, range.lowerBound % sectorSize == 0, range.upperBound % sectorSize == 0 else { return .blocking }
+        guard range.lowerBound % sectorSize == 0, range.upperBound % sectorSize == 0 else { return .blocking }
         if map == nil && !unmappable {
             if let pieces = try? file.extents(0..<capacity) { map = ExtentMap(pieces) } else { unmappable = true }
         }

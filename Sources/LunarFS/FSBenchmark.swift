@@ -78,4 +78,8 @@ extension Volume {
     /// The local device under the volume (nil for a LUN reached over the network), for hot
     /// paths that drive their own `IOQueue` over `File.extents`.
     public var device: BlockDevice? { core.storage.localDevice }
+
+    /// The LUN under the volume, local or over the network, for hot paths that move the bytes
+    /// of mapped ranges themselves without the volume's lock (a VM's disk, `DiskChannel`).
+    public var storage: any BlockStorage { core.storage }
 }

@@ -300,6 +300,13 @@ struct ISCSITests {
         print("iSCSI ats-counter: 8 x 200 in \(String(format: "%.2f", seconds)) s, \(lost) lost races retried")
     }
 
+    @Test("a VM whose disk is on the iSCSI LUN: mapped 4 KiB requests go straight to the LUN, snapshotted while it runs",
+          .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
+    func runningVM() throws {
+        let target = try TGTTarget()
+        try VMCommandTests.snapshotBetweenWrites(try VMCommandTests.Fixture(lun: target.thinURL))
+    }
+
     @Test("LunarFS on the LUN: mkfs, mkdir, cp in and out, fsck clean")
     func fileSystem() throws {
         let target = try TGTTarget()

@@ -11,9 +11,10 @@ struct VMCommandTests {
         let scratch = Scratch()
         let lun: String
 
-        init() throws {
-            lun = scratch.path("vol.img")
-            let mkfs = try LunarProcess.run(["fs", "mkfs", lun, "--size", "2G"])
+        /// A volume on a scratch image, or on `lun` (an iSCSI URL, say).
+        init(lun given: String? = nil) throws {
+            lun = given ?? scratch.path("vol.img")
+            let mkfs = try LunarProcess.run(["fs", "mkfs", lun] + (given == nil ? ["--size", "2G"] : []))
             try #require(mkfs.status == 0, "mkfs: \(mkfs.stderr)")
         }
 
@@ -209,7 +210,11 @@ struct VMCommandTests {
 
     @Test("a running VM is snapshotted between two writes of its guest: the snapshot holds the first, the disk the second; revert while it runs is refused")
     func runningSnapshot() throws {
-        let f = try Fixture()
+        try Self.snapshotBetweenWrites(try Fixture())
+    }
+
+    /// The running-VM snapshot test on `f`'s volume (ISCSITests runs it on an iSCSI LUN too).
+    static func snapshotBetweenWrites(_ f: Fixture) throws {
         let path = f.scratch.path("snap.sock")
         let image = try f.guest("virtio_blk.c", defines: ["TWO_POINTS"], elf: true)
         #expect(try f.vm(["create", f.lun, "snap", "--memory", "64M", "--image", image, "--disk", "16M", "--disk", "4M,ro",
@@ -252,14 +257,14 @@ struct VMCommandTests {
             return Array(bytes[(index * 512)..<((index + 1) * 512)])
         }
         let a = [UInt8](repeating: UInt8(ascii: "A"), count: 512), b = [UInt8](repeating: UInt8(ascii: "B"), count: 512)
-        #expect(try sector("/vms/snap/disk0.raw@s1", 2) == a)
-        #expect(try sector("/vms/snap/disk0.raw@s1", 6) == a)
-        #expect(try sector("/vms/snap/disk0.raw", 2) == b)
-        #expect(try sector("/vms/snap/disk0.raw", 6) == a)
+        #expect(try sector("/vms/snap/disk0.raw@s1", 8) == a)
+        #expect(try sector("/vms/snap/disk0.raw@s1", 16) == a)
+        #expect(try sector("/vms/snap/disk0.raw", 8) == b)
+        #expect(try sector("/vms/snap/disk0.raw", 16) == a)
 
         // Stopped now: revert brings point A back, and the snapshot list shows it.
         #expect(try f.vm(["revert", f.lun, "snap", "s1"]).status == 0)
-        #expect(try sector("/vms/snap/disk0.raw", 2) == a)
+        #expect(try sector("/vms/snap/disk0.raw", 8) == a)
         let listed = try f.vm(["snapshots", f.lun, "snap"])
         #expect(listed.stdout.contains("s1") && listed.stdout.contains("<- the disk now"), "\(listed.stdout)")
         #expect(try f.vm(["delete-snapshot", f.lun, "snap", "s1"]).status == 0)

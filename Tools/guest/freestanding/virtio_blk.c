@@ -2,9 +2,10 @@
 // 0xd0000000): negotiates VERSION_1 and FLUSH, sets up one split virtqueue, writes sector 2,
 // reads it back, compares, flushes, prints the outcome over COM1 and powers off through the
 // exit port with 0x31 on success (another value names the step that failed).
-// Built with -DTWO_POINTS (the running-VM snapshot test): fills sectors 2-9 with 'A', flushes,
-// prints "point A", waits for a byte on COM1 (the host takes a snapshot meanwhile), fills
-// sectors 2-5 with 'B', flushes, prints "point B" and powers off with 0x31.
+// Built with -DTWO_POINTS (the running-VM snapshot test): fills sectors 8-15 and 16-23 with 'A',
+// flushes, reads the first back, prints "point A", waits for a byte on COM1 (the host takes a
+// snapshot meanwhile), fills sectors 8-15 with 'B', flushes, reads them back, prints "point B"
+// and powers off with 0x31.
 #include <stdint.h>
 
 #define MMIO 0xd0000000UL
@@ -77,15 +78,23 @@ void _start(void) {
     REG(0x070) = 1 | 2 | 8 | 4;                           // DRIVER_OK
 
 #ifdef TWO_POINTS
+    // 4 KiB-aligned, so that a LUN with 4 KiB sectors (iSCSI) serves them directly once mapped.
     for (int i = 0; i < 4096; i++) out[i] = 'A';
-    if (request(1, 2, out, 4096, 0) != 0) stop(0x46, "write A failed\n");
+    if (request(1, 8, out, 4096, 0) != 0) stop(0x46, "write A failed\n");
+    if (request(1, 16, out, 4096, 0) != 0) stop(0x46, "write A failed\n");
     if (request(4, 0, 0, 0, 0) != 0) stop(0x49, "flush failed\n");
+    for (int i = 0; i < 4096; i++) in[i] = 0;
+    if (request(0, 8, in, 4096, 1) != 0) stop(0x47, "read A failed\n");
+    for (int i = 0; i < 4096; i++) if (in[i] != 'A') stop(0x48, "read back A differs\n");
     print("point A\n");
     while (!(inb(0x3fd) & 0x01)) {}
     (void)inb(0x3f8);
-    for (int i = 0; i < 2048; i++) out[i] = 'B';
-    if (request(1, 2, out, 2048, 0) != 0) stop(0x46, "write B failed\n");
+    for (int i = 0; i < 4096; i++) out[i] = 'B';
+    if (request(1, 8, out, 4096, 0) != 0) stop(0x46, "write B failed\n");
     if (request(4, 0, 0, 0, 0) != 0) stop(0x49, "flush failed\n");
+    for (int i = 0; i < 4096; i++) in[i] = 0;
+    if (request(0, 8, in, 4096, 1) != 0) stop(0x47, "read B failed\n");
+    for (int i = 0; i < 4096; i++) if (in[i] != 'B') stop(0x48, "read back B differs\n");
     stop(0x31, "point B\n");
 #endif
     const char *text = "LunarFS disk written by a KVM guest through virtio-blk";

@@ -518,11 +518,10 @@ struct BlockIOThread {
     /// False leaves the request untouched for the blocking path.
     private mutating func startDirect(_ head: UInt16, status: UnsafeMutablePointer<UInt8>, reading: Bool, offset: UInt64, total: UInt64,
                              buffers: ArraySlice<Virtqueue.Descriptor>) -> Bool {
-        guard let d = direct else { return false }
         planned.removeAll(keepingCapacity: true)
         zeroFills.removeAll(keepingCapacity: true)
         let kind: PieceKind = reading ? .read : .write
-        let sector = d.sector
+        let sector = direct?.sector ?? model.disk.sectorSize
         // Guest buffers map onto the disk range one after another; `cursor` is the buffer the
         // channel's next piece falls in and `within` how far into it.
         var cursor = buffers.startIndex
@@ -576,6 +575,27 @@ struct BlockIOThread {
         }
         for z in zeroFills { z.initializeMemory(as: UInt8.self, repeating: 0) }
         let written = (reading ? UInt32(clamping: total) : 0) + 1
+        if direct == nil {
+            // No queue on a network LUN: the pieces move one after another on this thread,
+            // still without the volume's lock.
+            let storage = model.disk.storage
+            var failed = false
+            for p in planned where !failed {
+                do throws(IOError) {
+                    if reading {
+                        try storage.readBlocking(into: p.buffer, at: p.deviceOffset)
+                    } else {
+                        try storage.writeBlocking(from: UnsafeRawBufferPointer(p.buffer), at: p.deviceOffset)
+                    }
+                } catch {
+                    failed = true
+                }
+            }
+            shared.direct.add(1, ordering: .relaxed)
+            status.pointee = failed ? VirtioBlock.statusIOError : VirtioBlock.statusOK
+            finish(head, written: failed ? 1 : written)
+            return true
+        }
         if planned.isEmpty {
             shared.direct.add(1, ordering: .relaxed)
             status.pointee = VirtioBlock.statusOK
