@@ -309,6 +309,10 @@ struct VMCommandTests {
         #expect(String(decoding: seen, as: UTF8.self) == "hello from the guest\n")
         Thread.sleep(forTimeInterval: 0.2)
         #expect(running.process.isRunning, "an idle guest keeps running")
+        // A VM runs once, disks or none: a second run (another host, as far as the volume
+        // knows) is refused with the holder named, and so is removing it.
+        let twice = try f.vm(["run", f.lun, "idle"])
+        #expect(twice.status == 1 && twice.stderr.contains("VM 'idle' runs already") && twice.stderr.contains("held by"), "\(twice.stderr)")
         running.process.terminate()
         let out = running.finish()
         #expect(out.status == 0, "\(out.stderr)")

@@ -183,7 +183,9 @@ public enum VMLibrary {
     /// Reads a file of the VM's folder whole (boot images, vm.json), refusing one over `limit`
     /// bytes: another host may have written anything there.
     static func readFile(_ path: String, on volume: Volume, limit: UInt64 = 1 << 32) throws(FSError) -> [UInt8] {
-        let file = try volume.openFile(path)
+        // No lock: reading never conflicts with the VM that runs (it holds vm.json, see
+        // VMSession), and these files are written whole before vm.json names them.
+        let file = try volume.openFile(path, lock: nil)
         let size = try file.size
         guard size <= limit else {
             throw FSError(.invalidArgument("\(mib(size)) is more than a VM's \(path.split(separator: "/").last ?? "") may hold (\(mib(limit)))"), path: path)

@@ -38,11 +38,24 @@ public final class VMSession: @unchecked Sendable {
     /// One snapshot at a time.
     private let snapshotting = Mutex(())
     private let control = Mutex<ControlSocket?>(nil)
+    /// `vm.json`, held exclusive while the session lives.
+    private let runLock: File
     /// Undo disks' runs, thrown away when the VM ends.
     private let undos: [UndoOverlay]
 
     public init(config: VMConfig, volume: Volume, kvm: KVM, console: @escaping (UInt8) -> Void) throws {
         try config.validate()
+        // The VM's own lock: held exclusive for its whole run, so that it never runs on two
+        // hosts at once, disks or no disks, and `vm rm` waits for it.
+        let configPath = config.folder + "/" + VMLibrary.configFile
+        do throws(FSError) {
+            runLock = try volume.openFile(configPath, lock: .exclusive)
+        } catch {
+            guard case .busy(let why) = error.kind else { throw error }
+            // "…; close it there" would mislead: what holds it is a running VM.
+            let holder = why.firstRange(of: "; close it there").map { String(why[..<$0.lowerBound]) } ?? why
+            throw VMConfigError(.invalid("VM '\(config.name)' runs already: \(configPath): \(holder); stop it there first"))
+        }
         var files: [File] = []
         var undos: [UndoOverlay] = []
         for disk in config.disks {
@@ -100,6 +113,7 @@ public final class VMSession: @unchecked Sendable {
             control.withLock { $0?.close() }
             for disk in disks { try? disk.file.flush() }
             for undo in undos { try? undo.discard() }
+            try? runLock.close()
         }
         switch config.boot {
         case .freestanding:
