@@ -216,6 +216,51 @@ struct SharedBlockTests {
         try v.close()
     }
 
+    @Test("a full volume mid copy-on-write: a clean 'no space', nothing half-written; the snapshot intact; room freed makes writes work again")
+    func fullVolumeCopyOnWrite() throws {
+        let t = try TestVolume(size: 400 << 20)
+        let v = try t.open()
+        // Fill most of the volume with one disk, snapshot it, then rewrite the disk at random
+        // 4 KiB pieces: every first write to a grain needs a new one, until none is left.
+        var disk = [UInt8]()
+        let f = try v.create("/disk")
+        var size = 0
+        while true {
+            let chunk = bytes(1 << 20, seed: UInt64(size))
+            if fsError({ try f.write(chunk, at: UInt64(size)) })?.kind.isNoSpace == true { break }
+            disk += chunk
+            size += 1 << 20
+        }
+        try f.truncate(to: UInt64(size))
+        try v.sync()
+        try v.clone("/disk", to: "/snap")
+        let snapshot = disk
+        var generator = SplitMix64(seed: 8)
+        var refused = 0
+        for i in 0..<20_000 {
+            let offset = Int(generator.next() % UInt64(size / 4096)) * 4096
+            let data = bytes(4096, seed: UInt64(i) + 1000)
+            if let error = fsError({ try f.write(data, at: UInt64(offset)) }) {
+                #expect(error.kind.isNoSpace, "\(error)")
+                refused += 1
+                if refused == 20 { break }
+                continue
+            }
+            disk.replaceSubrange(offset..<(offset + 4096), with: data)
+        }
+        #expect(refused == 20, "the volume filled up")
+        #expect(try v.openFile("/disk", lock: nil).read(at: 0, count: size) == disk, "what was refused left nothing behind")
+        #expect(try v.openFile("/snap", lock: nil).read(at: 0, count: size) == snapshot)
+        try Self.expectClean(v, "full")
+        // Deleting the snapshot gives its blocks back; the refused write now goes through.
+        try v.remove("/snap")
+        try Self.write(f, &disk, bytes(4096, seed: 99), at: 0)
+        #expect(try v.openFile("/disk", lock: nil).read(at: 0, count: size) == disk)
+        try f.close()
+        try Self.expectClean(v, "after the snapshot went")
+        try v.close()
+    }
+
     @Test("fsck finds a reference count the maps do not hold, and --repair sets it from them")
     func damagedCount() throws {
         let t = try TestVolume()
