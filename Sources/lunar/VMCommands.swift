@@ -261,12 +261,18 @@ struct VMShowCommand: AsyncParsableCommand {
 
     func run() async throws {
         try reportingErrors {
-            let (config, allocated) = try withVolume(lunArgument(lun), readOnly: true) { volume in
+            let (config, allocated, socket) = try withVolume(lunArgument(lun), readOnly: true) { volume in
                 let config = try VMLibrary.load(name, on: volume)
-                return (config, config.disks.map { try? volume.stat(config.path($0.file)).allocatedBytes })
+                return (config, config.disks.map { try? volume.stat(config.path($0.file)).allocatedBytes },
+                        VMControl.socketPath(volume: volume.header.uuid, vm: config.name))
             }
-            if json { return printJSON(vmJSON(config, allocated: allocated)) }
+            if json {
+                var object = vmJSON(config, allocated: allocated)
+                object["control_socket"] = socket
+                return printJSON(object)
+            }
             print("VM \(config.name) (\(lun):\(config.folder))")
+            print("  control: \(socket) (while it runs on this host)")
             print("  cpus:    \(config.cpus)")
             print("  memory:  \(ByteSize.format(config.memory)), \(config.memoryBacking.rawValue) pages")
             switch config.boot {

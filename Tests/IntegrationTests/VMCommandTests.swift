@@ -224,6 +224,29 @@ struct VMCommandTests {
         defer { client.close() }
         #expect(client.read(until: "point A\n").hasSuffix("point A\n"))
 
+        // The control socket answers hostile lines with errors and keeps serving.
+        let shown = try f.vm(["show", f.lun, "snap", "--json"])
+        let control = try #require((try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any])?["control_socket"] as? String)
+        var st = stat()
+        #expect(lstat(control, &st) == 0 && st.st_mode & 0o777 == 0o600, "the control socket is the owner's only")
+        let raw = try ConsoleClient(control)
+        var lines = ["not json", "[1,2]", "{\"op\":\"bogus\"}", "{\"op\":\"snapshot\"}", "{\"op\":\"snapshot\",\"name\":\"../x\"}",
+                     String(repeating: "{", count: 200) + "\u{1}", "{\"op\":\"status\"}"]
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<20 { lines.insert(String(decoding: (0..<64).map { _ in UInt8.random(in: 0x20...0x7e, using: &random) }, as: UTF8.self), at: 0) }
+        for line in lines {
+            raw.send(line + "\n")
+            let answer = raw.read(until: "\n")
+            if line == "{\"op\":\"status\"}" {
+                #expect(answer.contains("\"ok\":true") && answer.contains("\"state\":\"running\""), "\(answer)")
+            } else {
+                #expect(answer.contains("\"ok\":false") && answer.contains("\"error\""), "\(line): \(answer)")
+            }
+        }
+        raw.send(String(repeating: "x", count: 70_000))
+        #expect(raw.read(until: "\n").contains("longer than"))
+        raw.close()
+
         let taken = try f.vm(["snapshot", f.lun, "snap", "s1", "--json"])
         #expect(taken.status == 0, "\(taken.stderr)")
         let answer = try #require(try JSONSerialization.jsonObject(with: Data(taken.stdout.utf8)) as? [String: Any])
