@@ -7,8 +7,11 @@
 #              overlays) for reference.  Ratio: qemu-nbd's time / ours (> 1: we are faster).
 #   randread   fio's nbd engine, 4 KiB random reads at QD 32 over the disk, IOPS ratio.
 #   multiconn  nbdcopy with 4 connections against 1, on our server.
-#   incr       bytes an incremental backup reads / bytes changed: needs LunarDisk's changed
-#              blocks (qemu:dirty-bitmap), printed as n/a until then.
+#   incr       bytes an incremental backup reads / bytes changed: snapshot s1 of the disk,
+#              then 256 runs of 64 KiB to 1 MiB (at 64 KiB boundaries, the grain changes are
+#              tracked in) written through a writable export with qemu-io, snapshot s2; the
+#              backup reads the extents `nbdinfo --map=qemu:dirty-bitmap:s1` gives on the
+#              export of disk@s2, their lengths summed: what a backup reading them reads.
 # Targets (Brief §4): full_vs_qemu_nbd >= 1.0, randread_vs_qemu_nbd >= 1.0, a target counts as
 # met in three separate full runs.
 # Last line: summary: full_vs_qemu_nbd=R randread_vs_qemu_nbd=R multiconn=R incr_read_ratio=R
@@ -117,14 +120,46 @@ echo "one connection against four, on our server ..." >&2
 one=$(copy_seconds "$lunar_uri" 1)
 four=$(copy_seconds "$lunar_uri" 4)
 
-python3 - "$size_gib" "$lunar_full" "$qemu_full" "$chain_full" "$full_spread" "$lunar_iops" "$qemu_iops" "$chain_iops" "$iops_spread" "$one" "$four" <<'PY'
+echo "incremental backup: snapshot, 256 changed runs, snapshot, the dirty-bitmap extents ..." >&2
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+"$lunar" disk snapshot "$lun:/vms/disk.raw" s1 >/dev/null
+# Runs in distinct 1 MiB slots, so the bytes changed are their sum.
+changes=$(python3 - "$size_gib" <<'PY'
+import random, sys
+r = random.Random(13)
+slots = r.sample(range(int(sys.argv[1]) * 1024), 256)
+runs = [(slot << 20, r.randrange(1, 17) << 16) for slot in slots]
+print(sum(length for _, length in runs))
+print(" ".join(f"-c 'write -P {i % 250 + 1} {offset} {length}'" for i, (offset, length) in enumerate(runs)))
+PY
+)
+changed_bytes=$(echo "$changes" | sed -n 1p)
+"$lunar" export serve "$lun" /vms/disk.raw --writable --socket "$work/rw.sock" >/dev/null &
+pids+=($!)
+wait_for "$work/rw.sock"
+eval qemu-io -f raw "$(echo "$changes" | sed -n 2p)" "'nbd+unix:///vms/disk.raw?socket=$work/rw.sock'" >/dev/null
+kill "${pids[@]}"; wait 2>/dev/null || true; pids=()
+"$lunar" disk snapshot "$lun:/vms/disk.raw" s2 >/dev/null
+"$lunar" export serve "$lun" /vms/disk.raw@s2 --socket "$work/incr.sock" >/dev/null &
+pids+=($!)
+wait_for "$work/incr.sock"
+incr_uri="nbd+unix:///vms/disk.raw@s2?socket=$work/incr.sock"
+read_bytes=$(nbdinfo --map=qemu:dirty-bitmap:s1 --json "$incr_uri" |
+    python3 -c 'import json, sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["type"] & 1))')
+
+python3 - "$size_gib" "$lunar_full" "$qemu_full" "$chain_full" "$full_spread" "$lunar_iops" "$qemu_iops" "$chain_iops" "$iops_spread" "$one" "$four" \
+    "$read_bytes" "$changed_bytes" <<'PY'
 import sys
-gib, lf, qf, cf, fs, li, qi, ci, ispread, one, four = sys.argv[1:]
+gib, lf, qf, cf, fs, li, qi, ci, ispread, one, four, rb, cb = sys.argv[1:]
+rb, cb = int(rb), int(cb)
 gib, lf, qf, cf, li, qi, ci, one, four = int(gib), float(lf), float(qf), float(cf), float(li), float(qi), float(ci), float(one), float(four)
 mb = gib * 1024 * 1024 * 1024 / 1e6
 print(f"full copy ({gib} GiB, 50 % data, 4 connections): lunar {lf:.2f} s ({mb / lf:.0f} MB/s)  qemu-nbd raw {qf:.2f} s  "
       f"qemu-nbd qcow2x32 {cf:.2f} s  ratio {qf / lf:.2f} (per round {fs})")
 print(f"randread 4 KiB QD 32: lunar {li:.0f} IOPS  qemu-nbd raw {qi:.0f}  qemu-nbd qcow2x32 {ci:.0f}  ratio {li / qi:.2f} (per round {ispread})")
 print(f"nbdcopy on lunar: 1 connection {one:.2f} s, 4 connections {four:.2f} s")
-print(f"summary: full_vs_qemu_nbd={qf / lf:.2f} randread_vs_qemu_nbd={li / qi:.2f} multiconn={one / four:.2f} incr_read_ratio=n/a")
+print(f"incremental backup: {rb} bytes read for {cb} bytes changed")
+print(f"summary: full_vs_qemu_nbd={qf / lf:.2f} randread_vs_qemu_nbd={li / qi:.2f} multiconn={one / four:.2f} incr_read_ratio={rb / cb:.2f}")
 PY
