@@ -9,12 +9,13 @@ import Synchronization
 ///
 /// The guest's notifications arrive on an eventfd (KVM signals it for a write to QueueNotify
 /// without a VM exit to the VMM, once it is registered as an ioeventfd); the thread then takes
-/// the available chains, checks them, and sends the reads and writes its disk channel routes
+/// the available chains, checks them, and moves the reads and writes its disk channel routes
 /// straight to the LUN between guest memory and the LUN through io_uring, many at once,
 /// completing them into the used ring in whatever order the LUN finishes them. Requests that
 /// need the file system (writes into holes or shared blocks, discards, unaligned pieces) run
-/// through the channel's blocking calls on the same thread. Completions raise the interrupt through a second eventfd (an
-/// irqfd in a VM) or, where KVM refuses irqfds, through KVM_IRQ_LINE.
+/// through the channel's blocking calls on the same thread. Completions raise the interrupt
+/// through a second eventfd (an irqfd in a VM) or, where KVM refuses irqfds, through
+/// KVM_IRQ_LINE.
 ///
 /// Host-side tests and benchmarks drive it like a guest: lay a queue out in `memory`, then
 /// `notify()` (or `serviceQueue()`, which also waits until the device is idle again).
