@@ -62,7 +62,7 @@ public final class DiskChannel: @unchecked Sendable {
     /// be made (the device then moves `.direct` pieces with `storage`'s blocking calls).
     public func makeQueue(depth: Int) -> IOQueue? {
         if let lun { return try? lun.makeQueue(depth: depth) }
-        if let iscsi = storage as? ISCSILun { return try? iscsi.makeQueue(depth: depth) }
+        if let iscsi = storage.iscsiLUN { return try? iscsi.makeQueue(depth: depth) }
         return nil
     }
 
@@ -96,7 +96,7 @@ public final class DiskChannel: @unchecked Sendable {
     /// Whether a flush must go through the file system (a blocking write or discard changed
     /// metadata since the last one); else flushing the LUN makes every completed write durable,
     /// and the device may do it through its queue.
-    public var flushNeedsFileSystem: Bool { metadataDirty || (lun == nil && !(storage is ISCSILun)) }
+    public var flushNeedsFileSystem: Bool { metadataDirty || (lun == nil && storage.iscsiLUN == nil) }
 
     // MARK: the blocking calls
 

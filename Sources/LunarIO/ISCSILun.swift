@@ -165,6 +165,7 @@ public final class ISCSILun: BlockStorage {
     /// READ CAPACITY(16) LBPRZ: unmapped blocks read back as zeros.
     public let unmappedReadsZero: Bool
     public var localDevice: BlockDevice? { nil }
+    public var iscsiLUN: ISCSILun? { self }
     /// How long a command keeps retrying RESERVATION CONFLICT (another host's reservation).
     public let reservationWait: Double = 30
 

@@ -99,6 +99,11 @@ final class TGTTarget {
         return result.output
     }
 
+    /// How many sessions (I_T nexuses) are logged in to the target now.
+    func sessions() throws -> Int {
+        try admin(["--mode", "target", "--op", "show"]).components(separatedBy: "I_T nexus:").count - 1
+    }
+
     private func waitUntilReady() throws {
         for _ in 0..<100 {
             guard process.isRunning else { throw TGTError("tgtd exited at start (status \(process.terminationStatus))") }
@@ -424,7 +429,14 @@ struct ISCSITests {
           .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
     func runningVM() throws {
         let target = try TGTTarget()
-        try VMCommandTests.snapshotBetweenWrites(try VMCommandTests.Fixture(lun: target.thinURL))
+        // Each disk's I/O thread logs in a session of its own for its queue, beside the
+        // sessions of the volume: with no queue, mapped requests would move one at a time.
+        let before = try target.sessions()
+        try VMCommandTests.snapshotBetweenWrites(try VMCommandTests.Fixture(lun: target.thinURL)) {
+            let running = try target.sessions()
+            print("iSCSI sessions while the VM runs: \(running) (before: \(before))")
+            #expect(running >= before + 3, "expected the volume's session and one queue session per disk (2 disks)")
+        }
     }
 
     @Test("LunarFS on the LUN: mkfs, mkdir, cp in and out, fsck clean")
