@@ -151,6 +151,13 @@ private func ioError(_ body: () throws -> Void) -> IOError? {
     }
 }
 
+private func randomBuffer(_ count: Int) -> IOBuffer {
+    var generator = SystemRandomNumberGenerator()
+    let buffer = IOBuffer(count: count)
+    for i in stride(from: 0, to: count, by: 8) { buffer.baseAddress.storeBytes(of: generator.next(), toByteOffset: i, as: UInt64.self) }
+    return buffer
+}
+
 /// Runs `count` requests through `queue` with at most `depth` in flight (`prepare(i)` issues
 /// the i-th); every one must succeed. Returns the seconds taken.
 @discardableResult
@@ -273,10 +280,7 @@ struct ISCSITests {
         var sectors = Set<UInt64>()
         while sectors.count < count { sectors.insert(UInt64.random(in: 0..<(lun.size / 4096), using: &generator)) }
         let offsets = sectors.map { $0 * 4096 }
-        let written = (0..<count).map { _ in IOBuffer(count: 4096) }
-        for b in written {
-            for i in stride(from: 0, to: 4096, by: 8) { b.baseAddress.storeBytes(of: generator.next(), toByteOffset: i, as: UInt64.self) }
-        }
+        let written = (0..<count).map { _ in randomBuffer(4096) }
         let read = (0..<count).map { _ in IOBuffer(count: 4096) }
         _ = try drive(queue, depth: 32, count: count) { i in
             try queue.prepareWrite(from: UnsafeRawBufferPointer(written[i].bytes), at: offsets[i], tag: UInt64(i))
@@ -293,8 +297,7 @@ struct ISCSITests {
         try lun.readBlocking(into: back, at: offsets[0])
         #expect(back.contentEquals(written[0]))
         // A request larger than one command (1 MiB) is split and put back together.
-        let big = IOBuffer(count: 3 << 20), bigBack = IOBuffer(count: 3 << 20)
-        for i in stride(from: 0, to: big.count, by: 8) { big.baseAddress.storeBytes(of: generator.next(), toByteOffset: i, as: UInt64.self) }
+        let big = randomBuffer(3 << 20), bigBack = IOBuffer(count: 3 << 20)
         _ = try drive(queue, depth: 1, count: 1) { _ in try queue.prepareWrite(from: UnsafeRawBufferPointer(big.bytes), at: 64 << 20, tag: 0) }
         _ = try drive(queue, depth: 1, count: 1) { _ in try queue.prepareRead(into: bigBack.bytes, at: 64 << 20, tag: 0) }
         #expect(bigBack.contentEquals(big))
