@@ -1,6 +1,7 @@
-// Thin wrappers over libiscsi's synchronous SCSI calls for LunarIO's ISCSILun. Each one issues
-// one command and reports its SCSI status and sense data; retries, fallbacks and error mapping
-// live in Swift.
+// Thin wrappers over libiscsi for LunarIO's ISCSILun. The synchronous ones each issue one
+// command and report its SCSI status and sense data; the asynchronous ones (a session of a
+// queue's own) issue a command with a tag and record the same outcome for Swift to drain.
+// Retries, fallbacks and error mapping live in Swift.
 #include "CLunar.h"
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -142,4 +143,131 @@ int lunar_iscsi_release6(struct iscsi_context *iscsi, int lun, lunar_scsi_result
 
 int lunar_iscsi_test_unit_ready(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r) {
     return lunar_iscsi_finish(iscsi, iscsi_testunitready_sync(iscsi, lun), r);
+}
+
+// ---- the asynchronous session: issue with a tag, record the outcome, Swift drains ----
+
+struct lunar_iscsi_queue {
+    struct iscsi_context *iscsi;
+    int lun;
+    lunar_iscsi_completion *done;
+    size_t count;
+    size_t capacity;
+};
+
+/// What a callback needs; the iovec lives here because libiscsi keeps a pointer to it.
+struct lunar_iscsi_command {
+    struct lunar_iscsi_queue *queue;
+    uint64_t tag;
+    struct scsi_iovec iov;
+};
+
+lunar_iscsi_queue *lunar_iscsi_queue_open(const char *url, const char *initiator, uint32_t isid, char *error,
+                                          size_t error_length) {
+    int lun = 0;
+    struct iscsi_context *iscsi = lunar_iscsi_connect(url, initiator, isid, &lun, error, error_length);
+    if (iscsi == NULL) return NULL;
+    lunar_iscsi_queue *q = calloc(1, sizeof *q);
+    if (q == NULL) {
+        snprintf(error, error_length, "out of memory");
+        lunar_iscsi_disconnect(iscsi);
+        return NULL;
+    }
+    iscsi_set_noautoreconnect(iscsi, 1);
+    q->iscsi = iscsi;
+    q->lun = lun;
+    return q;
+}
+
+static void lunar_iscsi_queue_record(struct iscsi_context *iscsi, int status, void *command_data, void *private_data) {
+    struct lunar_iscsi_command *c = private_data;
+    struct lunar_iscsi_queue *q = c->queue;
+    struct scsi_task *task = command_data;
+    if (q->count == q->capacity) {
+        size_t capacity = q->capacity ? q->capacity * 2 : 64;
+        lunar_iscsi_completion *grown = realloc(q->done, capacity * sizeof *grown);
+        if (grown == NULL) abort();  // nowhere to report the outcome: better stop than lose it
+        q->done = grown;
+        q->capacity = capacity;
+    }
+    lunar_iscsi_completion *e = &q->done[q->count++];
+    e->tag = c->tag;
+    if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR || (status & 0x0f000000) != 0) {
+        // No SCSI status came back: the command was cancelled, timed out or the session failed.
+        if (task != NULL) scsi_free_scsi_task(task);
+        lunar_iscsi_finish(iscsi, NULL, &e->result);
+    } else {
+        if (task != NULL) task->status = status;
+        lunar_iscsi_finish(iscsi, task, &e->result);
+    }
+    free(c);
+}
+
+static struct lunar_iscsi_command *lunar_iscsi_command_new(lunar_iscsi_queue *q, uint64_t tag, const void *buffer,
+                                                           uint32_t length) {
+    struct lunar_iscsi_command *c = malloc(sizeof *c);
+    if (c == NULL) return NULL;
+    c->queue = q;
+    c->tag = tag;
+    c->iov.iov_base = (void *)buffer;
+    c->iov.iov_len = length;
+    return c;
+}
+
+static int lunar_iscsi_issued(struct lunar_iscsi_command *c, struct scsi_task *task) {
+    if (task != NULL) return 0;
+    free(c);
+    return -1;
+}
+
+int lunar_iscsi_queue_read16(lunar_iscsi_queue *q, uint64_t lba, void *buffer, uint32_t length, int block_size,
+                             uint64_t tag) {
+    struct lunar_iscsi_command *c = lunar_iscsi_command_new(q, tag, buffer, length);
+    if (c == NULL) return -1;
+    return lunar_iscsi_issued(c, iscsi_read16_iov_task(q->iscsi, q->lun, lba, length, block_size, 0, 0, 0, 0, 0,
+                                                       lunar_iscsi_queue_record, c, &c->iov, 1));
+}
+
+int lunar_iscsi_queue_write16(lunar_iscsi_queue *q, uint64_t lba, const void *buffer, uint32_t length,
+                              int block_size, uint64_t tag) {
+    struct lunar_iscsi_command *c = lunar_iscsi_command_new(q, tag, buffer, length);
+    if (c == NULL) return -1;
+    return lunar_iscsi_issued(c, iscsi_write16_iov_task(q->iscsi, q->lun, lba, NULL, length, block_size, 0, 0, 0, 0, 0,
+                                                        lunar_iscsi_queue_record, c, &c->iov, 1));
+}
+
+int lunar_iscsi_queue_synchronize_cache16(lunar_iscsi_queue *q, uint64_t tag) {
+    struct lunar_iscsi_command *c = lunar_iscsi_command_new(q, tag, NULL, 0);
+    if (c == NULL) return -1;
+    return lunar_iscsi_issued(c, iscsi_synchronizecache16_task(q->iscsi, q->lun, 0, 0, 0, 0,
+                                                               lunar_iscsi_queue_record, c));
+}
+
+int lunar_iscsi_queue_fd(lunar_iscsi_queue *q) { return iscsi_get_fd(q->iscsi); }
+
+int lunar_iscsi_queue_events(lunar_iscsi_queue *q) { return iscsi_which_events(q->iscsi); }
+
+int lunar_iscsi_queue_service(lunar_iscsi_queue *q, int revents) { return iscsi_service(q->iscsi, revents) < 0 ? -1 : 0; }
+
+void lunar_iscsi_queue_cancel_all(lunar_iscsi_queue *q) { iscsi_scsi_cancel_all_tasks(q->iscsi); }
+
+size_t lunar_iscsi_queue_drain(lunar_iscsi_queue *q, lunar_iscsi_completion *out, size_t max) {
+    size_t n = q->count < max ? q->count : max;
+    if (n == 0) return 0;
+    memcpy(out, q->done, n * sizeof *out);
+    memmove(q->done, q->done + n, (q->count - n) * sizeof *out);
+    q->count -= n;
+    return n;
+}
+
+const char *lunar_iscsi_queue_error(lunar_iscsi_queue *q) { return iscsi_get_error(q->iscsi); }
+
+void lunar_iscsi_queue_close(lunar_iscsi_queue *q, int logout) {
+    if (q == NULL) return;
+    // The callbacks free what each command holds.
+    iscsi_scsi_cancel_all_tasks(q->iscsi);
+    if (logout) iscsi_logout_sync(q->iscsi);
+    iscsi_destroy_context(q->iscsi);
+    free(q->done);
+    free(q);
 }

@@ -6,8 +6,9 @@ import LunarIO
 /// flush must commit), so a device only moves bytes and serves its queues.
 ///
 /// The device asks `route` for each read or write. `.direct` hands it the LUN offsets of the
-/// pieces to move itself (through its own queue from `makeQueue` on a local LUN, or `storage`'s
-/// blocking calls on a network one: no volume lock either way, no copy);
+/// pieces to move itself (through its own queue from `makeQueue`: io_uring on a local LUN, a
+/// libiscsi session of its own on an iSCSI one; else `storage`'s blocking calls: no volume lock
+/// any way, no copy);
 /// `.blocking` sends it to the blocking calls, which go through the file system: writes into
 /// holes (allocation), writes into blocks a snapshot or clone shares (copied first, 64 KiB at
 /// most), unaligned pieces. The channel keeps the disk's block map for `route` and re-reads
@@ -23,8 +24,8 @@ public final class DiskChannel: @unchecked Sendable {
     /// The LUN the disk's bytes live on, local or over the network: `.direct` pieces are moved
     /// to and from it without the volume's lock.
     public let storage: any BlockStorage
-    /// The same LUN when it is local (an image or block device): the device may run its own
-    /// queue on it (`makeQueue`); else it moves `.direct` pieces with `storage`'s blocking calls.
+    /// The same LUN when it is local (an image or block device). The device runs its own queue
+    /// on it, or on an iSCSI `storage` (`makeQueue`).
     public let lun: BlockDevice?
     public let sectorSize: UInt64
 
@@ -56,10 +57,13 @@ public final class DiskChannel: @unchecked Sendable {
         sectorSize = UInt64(storage.sectorSize)
     }
 
-    /// A queue on the LUN for the device's direct requests, or nil when there is no direct path.
+    /// A queue on the LUN for the device's direct requests: io_uring (or the fallback engine)
+    /// on a local LUN, a libiscsi session of the queue's own on an iSCSI LUN; nil when none can
+    /// be made (the device then moves `.direct` pieces with `storage`'s blocking calls).
     public func makeQueue(depth: Int) -> IOQueue? {
-        guard let lun else { return nil }
-        return try? lun.makeQueue(depth: depth)
+        if let lun { return try? lun.makeQueue(depth: depth) }
+        if let iscsi = storage.iscsiLUN { return try? iscsi.makeQueue(depth: depth) }
+        return nil
     }
 
     // MARK: the direct path
@@ -92,7 +96,7 @@ public final class DiskChannel: @unchecked Sendable {
     /// Whether a flush must go through the file system (a blocking write or discard changed
     /// metadata since the last one); else flushing the LUN makes every completed write durable,
     /// and the device may do it through its queue.
-    public var flushNeedsFileSystem: Bool { metadataDirty || lun == nil }
+    public var flushNeedsFileSystem: Bool { metadataDirty || (lun == nil && storage.iscsiLUN == nil) }
 
     // MARK: the blocking calls
 

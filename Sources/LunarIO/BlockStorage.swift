@@ -21,6 +21,13 @@ public protocol BlockStorage: AnyObject, Sendable {
     /// for a LUN reached over the network): hot paths make their own `IOQueue` from it, and
     /// presence tokens live on it.
     var localDevice: BlockDevice? { get }
+    /// The iSCSI LUN all I/O finally lands on, when it is one: hot paths make their own
+    /// `IOQueue` from it (a session of the queue's own). Wrappers pass their base's on.
+    var iscsiLUN: ISCSILun? { get }
+}
+
+extension BlockStorage {
+    public var iscsiLUN: ISCSILun? { nil }
 }
 
 extension BlockStorage {

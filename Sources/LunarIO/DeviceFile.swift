@@ -1,7 +1,7 @@
 import CLunar
 import Glibc
 
-/// The opened LUN: its descriptor and geometry. Shared by the device, its queues and its
+/// The opened LUN: its descriptor (none for a network LUN) and geometry. Shared by the device, its queues and its
 /// reactor; the descriptor closes when the last of them lets go, never under an in-flight I/O.
 final class DeviceFile: Sendable {
     let fd: Int32
@@ -22,7 +22,14 @@ final class DeviceFile: Sendable {
         self.isReadOnly = isReadOnly
     }
 
-    deinit { Glibc.close(fd) }
+    /// The geometry of a LUN reached over the network (an iSCSI LUN's queue): what requests
+    /// are checked against and errors are named by. No descriptor (`fd` is -1).
+    convenience init(remote path: String, size: UInt64, sectorSize: Int, isReadOnly: Bool) {
+        self.init(fd: -1, path: path, size: size, sectorSize: sectorSize, isBlockDevice: false, isDirect: true,
+                  isReadOnly: isReadOnly)
+    }
+
+    deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func error(_ kind: IOError.Kind, _ op: IOOperationKind, offset: UInt64? = nil, length: Int? = nil, errno: Int32? = nil) -> IOError {
         IOError(kind, op, path: path, offset: offset, length: length, errno: errno)

@@ -9,6 +9,12 @@ public enum IOEngineKind: String, CaseIterable, Sendable, CustomStringConvertibl
     case libaio
     /// pread/pwrite on the calling thread, one request at a time: the last resort.
     case sync
+    /// libiscsi's asynchronous API on a session of the queue's own: an iSCSI LUN's queue
+    /// (`ISCSILun.makeQueue`). Not an engine a local device can be opened with.
+    case iscsi
+
+    /// The engines a local image file or block device can use.
+    public static var allCases: [IOEngineKind] { [.uring, .libaio, .sync] }
 
     public var description: String { rawValue }
 
@@ -104,10 +110,14 @@ protocol IOEngine: AnyObject {
     func reap(minimum: Int, _ handler: (UInt64, Int64) -> Void) -> Int
     /// Pins buffers for zero-lookup DMA; returns false where the engine has no such notion.
     func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) -> Bool
+    /// The error of a request that completed with a negative result, in the engine's own
+    /// words (a SCSI status and sense data), handed out once; nil leaves it to the errno.
+    func takeError(userData: UInt64) -> IOError?
 }
 
 extension IOEngine {
     func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) -> Bool { false }
+    func takeError(userData: UInt64) -> IOError? { nil }
 }
 
 /// An errno value carried through `Result`.
@@ -121,6 +131,7 @@ func makeEngine(_ kind: IOEngineKind, fd: Int32, depth: Int) -> Result<any IOEng
     case .uring: UringEngine.make(fd: fd, depth: depth)
     case .libaio: AIOEngine.make(fd: fd, depth: depth)
     case .sync: .success(SyncEngine(fd: fd))
+    case .iscsi: .failure(SystemErrno(EINVAL))  // only an ISCSILun makes one, on a session
     }
 }
 

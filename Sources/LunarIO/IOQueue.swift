@@ -17,8 +17,8 @@ public struct IOCompletion {
 }
 
 /// The low-level, single-threaded submit/complete interface for hot paths (a VMM's I/O
-/// thread, a benchmark, a bulk copier): prepare many requests, hand them to the kernel in one
-/// batch, reap completions. Not thread-safe: one thread owns a queue; make one per thread.
+/// thread, a benchmark, a bulk copier): prepare many requests, hand them to the kernel (or an
+/// iSCSI LUN's session) in one batch, reap completions. Not thread-safe: one thread owns a queue; make one per thread.
 ///
 /// Buffers stay untouched until their completion is reaped. Prepared requests reach the
 /// kernel at the next `submit()` or `reap(minimum:_:)`.
@@ -45,15 +45,20 @@ public final class IOQueue {
     /// One slot beyond `depth` is kept for the async reactor's doorbell.
     private let doorbellSlot: UInt32
 
-    init(file: DeviceFile, engine kind: IOEngineKind, depth: Int) throws(IOError) {
-        guard depth >= 1 && depth <= 4096 else {
-            throw file.error(.invalidArgument("queue depth must be 1...4096, not \(depth)"), .setup)
-        }
+    convenience init(file: DeviceFile, engine kind: IOEngineKind, depth: Int) throws(IOError) {
+        try Self.check(depth: depth, file)
         switch makeEngine(kind, fd: file.fd, depth: depth + 1) {
-        case .success(let engine): backend = engine
+        case .success(let engine): try self.init(file: file, engine: engine, depth: depth)
         case .failure(let code):
             throw file.error(.unsupported("cannot start the \(kind) engine"), .setup, errno: code.code)
         }
+    }
+
+    /// A queue on an engine made by the caller (an iSCSI LUN's session); `file` gives the
+    /// geometry requests are checked against and the name errors carry.
+    init(file: DeviceFile, engine: any IOEngine, depth: Int) throws(IOError) {
+        try Self.check(depth: depth, file)
+        backend = engine
         self.file = file
         self.depth = depth
         let slots = depth + 1
@@ -63,6 +68,12 @@ public final class IOQueue {
         lengths = Array(repeating: 0, count: slots)
         freeSlots = (0..<UInt32(depth)).reversed().map { $0 }
         doorbellSlot = UInt32(depth)
+    }
+
+    private static func check(depth: Int, _ file: DeviceFile) throws(IOError) {
+        guard depth >= 1 && depth <= 4096 else {
+            throw file.error(.invalidArgument("queue depth must be 1...4096, not \(depth)"), .setup)
+        }
     }
 
     /// Registers buffers with the kernel once so reads and writes inside them skip per-I/O
@@ -78,6 +89,9 @@ public final class IOQueue {
     public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) -> Bool {
         backend.registerBuffers(regions)
     }
+
+    /// The most SCSI commands an iSCSI LUN's queue has had in flight at once; nil on other engines.
+    @_spi(Testing) public var peakInFlight: Int? { (backend as? ISCSIEngine)?.peakInFlight }
 
     /// The device's sector size: reads and writes need offsets, lengths and buffer addresses
     /// that are multiples of it.
@@ -180,8 +194,9 @@ public final class IOQueue {
         if slot != Int(doorbellSlot) { freeSlots.append(UInt32(slot)) }
         outstanding -= 1
         if result < 0 {
-            let err = file.error(.system, op, offset: op == .flush ? nil : offset, length: op == .flush ? nil : length,
-                                 errno: Int32(-result))
+            let err = backend.takeError(userData: UInt64(slot))
+                ?? file.error(.system, op, offset: op == .flush ? nil : offset, length: op == .flush ? nil : length,
+                              errno: Int32(-result))
             return IOCompletion(tag: tag, operation: op, bytesTransferred: 0, error: err)
         }
         if (op == .read || op == .write) && Int(result) != length {

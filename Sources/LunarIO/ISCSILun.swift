@@ -165,6 +165,7 @@ public final class ISCSILun: BlockStorage {
     /// READ CAPACITY(16) LBPRZ: unmapped blocks read back as zeros.
     public let unmappedReadsZero: Bool
     public var localDevice: BlockDevice? { nil }
+    public var iscsiLUN: ISCSILun? { self }
     /// How long a command keeps retrying RESERVATION CONFLICT (another host's reservation).
     public let reservationWait: Double = 30
 
@@ -181,9 +182,12 @@ public final class ISCSILun: BlockStorage {
         var method: CompareAndWriteMethod?
     }
     private let session: Mutex<Session>
+    /// The URL as given (with any password): what a queue's own session logs in with.
+    private let url: String
 
-    private init(path: String, context: OpaquePointer, lun: Int32, size: UInt64, sectorSize: Int, blockSize: Int,
+    private init(url: String, path: String, context: OpaquePointer, lun: Int32, size: UInt64, sectorSize: Int, blockSize: Int,
                  readOnly: Bool, thin: Bool, zeroes: Bool) {
+        self.url = url
         self.path = path
         self.size = size
         self.sectorSize = sectorSize
@@ -263,7 +267,7 @@ public final class ISCSILun: BlockStorage {
             lunar_iscsi_disconnect(context)
             throw IOError(.deviceTooSmall(actual: size, required: minimum), .open, path: shown)
         }
-        return ISCSILun(path: shown, context: context, lun: lun, size: size, sectorSize: sector, blockSize: block,
+        return ISCSILun(url: url, path: shown, context: context, lun: lun, size: size, sectorSize: sector, blockSize: block,
                         readOnly: options.readOnly, thin: lbpme != 0, zeroes: lbprz != 0)
     }
 
@@ -535,26 +539,31 @@ public final class ISCSILun: BlockStorage {
                      _ issue: Issue) throws(IOError) -> lunar_scsi_result {
         guard let context = s.context else { throw IOError(.closed, op, path: path, offset: offset, length: length) }
         var r = lunar_scsi_result()
-        var retries = 0
-        var pause = 50.0e-6
-        var waited = 0.0
+        var retry = SCSIRetry(reservationWait: reservationWait)
         while true {
             _ = issue(context, s.lun, &r)
-            switch Self.classify(r) {
-            case .retry where retries < 20:
-                retries += 1
-                usleep(UInt32(1000 * retries))
-                continue
-            case .reservationConflict where waited < reservationWait:
-                let sleep = pause * Double.random(in: 0.5...1.5)
-                usleep(UInt32(sleep * 1e6))
-                waited += sleep
-                pause = min(pause * 2, 0.01)
-                continue
-            default:
-                return r
-            }
+            guard let pause = retry.pause(after: Self.classify(r)) else { return r }
+            usleep(UInt32(pause * 1e6))
         }
+    }
+
+    /// A second session of this process to the same LUN (its own ISID, so its own I_T nexus)
+    /// driven by libiscsi's asynchronous API: the `IOQueue` a hot path (a VM disk's I/O
+    /// thread) keeps many reads, writes and flushes in flight on, as the io_uring queue does
+    /// on a local LUN. Its session is its own because libiscsi contexts are not thread-safe
+    /// and this one's serves other threads. No discard (the blocking calls have it) and no
+    /// registered buffers; requests move straight between the caller's buffers and the socket.
+    public func makeQueue(depth: Int = 64) throws(IOError) -> IOQueue {
+        guard session.withLock({ $0.context != nil }) else { throw IOError(.closed, .setup, path: path) }
+        var message = [CChar](repeating: 0, count: 512)
+        let isid = UInt32.random(in: 1...0x00FF_FFFF)
+        guard let q = lunar_iscsi_queue_open(url, Self.initiatorName, isid, &message, message.count) else {
+            let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw IOError(.scsi("cannot log in a queue's session: \(text)"), .setup, path: path, errno: EIO)
+        }
+        let engine = ISCSIEngine(queue: q, path: path, blockSize: blockSize, reservationWait: reservationWait)
+        let file = DeviceFile(remote: path, size: size, sectorSize: sectorSize, isReadOnly: isReadOnly)
+        return try IOQueue(file: file, engine: engine, depth: depth)
     }
 
     static func classify(_ r: lunar_scsi_result) -> SCSICommandOutcome {
@@ -600,6 +609,35 @@ public final class ISCSILun: BlockStorage {
             return IOError(.scsi(what), op, path: path, offset: offset, length: length, errno: EBUSY)
         default:
             return IOError(.scsi(what), op, path: path, offset: offset, length: length, errno: EIO)
+        }
+    }
+}
+
+/// How a SCSI command is retried, by the blocking calls and the queue alike: UNIT ATTENTION
+/// and the like (`.retry`) up to 20 times after 1, 2, 3, ... ms; RESERVATION CONFLICT (another
+/// host's compare-and-write holds the LUN) after a growing, jittered pause, for up to
+/// `reservationWait` seconds of pauses in all.
+struct SCSIRetry {
+    let reservationWait: Double
+    private var retries = 0
+    private var backoff = 50.0e-6
+    private var waited = 0.0
+
+    init(reservationWait: Double) { self.reservationWait = reservationWait }
+
+    /// The pause (seconds) before issuing the command again after `outcome`, or nil: report it.
+    mutating func pause(after outcome: SCSICommandOutcome) -> Double? {
+        switch outcome {
+        case .retry where retries < 20:
+            retries += 1
+            return 0.001 * Double(retries)
+        case .reservationConflict where waited < reservationWait:
+            let pause = backoff * Double.random(in: 0.5...1.5)
+            waited += pause
+            backoff = min(backoff * 2, 0.01)
+            return pause
+        default:
+            return nil
         }
     }
 }

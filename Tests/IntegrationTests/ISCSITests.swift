@@ -99,6 +99,11 @@ final class TGTTarget {
         return result.output
     }
 
+    /// How many sessions (I_T nexuses) are logged in to the target now.
+    func sessions() throws -> Int {
+        try admin(["--mode", "target", "--op", "show"]).components(separatedBy: "I_T nexus:").count - 1
+    }
+
     private func waitUntilReady() throws {
         for _ in 0..<100 {
             guard process.isRunning else { throw TGTError("tgtd exited at start (status \(process.terminationStatus))") }
@@ -144,6 +149,34 @@ private func ioError(_ body: () throws -> Void) -> IOError? {
     } catch {
         return nil
     }
+}
+
+private func randomBuffer(_ count: Int) -> IOBuffer {
+    var generator = SystemRandomNumberGenerator()
+    let buffer = IOBuffer(count: count)
+    for i in stride(from: 0, to: count, by: 8) { buffer.baseAddress.storeBytes(of: generator.next(), toByteOffset: i, as: UInt64.self) }
+    return buffer
+}
+
+/// Runs `count` requests through `queue` with at most `depth` in flight (`prepare(i)` issues
+/// the i-th); every one must succeed. Returns the seconds taken.
+@discardableResult
+private func drive(_ queue: IOQueue, depth: Int, count: Int, _ prepare: (Int) throws -> Void) throws -> Double {
+    let start = monotonicSeconds()
+    var next = 0, done = 0
+    var failure: IOError?
+    while done < count {
+        while next < count && queue.outstanding < depth {
+            try prepare(next)
+            next += 1
+        }
+        try queue.reap(minimum: 1) { completion in
+            done += 1
+            if let error = completion.error { failure = failure ?? error }
+        }
+    }
+    if let failure { throw failure }
+    return monotonicSeconds() - start
 }
 
 @Suite("iSCSI LUN through libiscsi (tgt on loopback)", .serialized,
@@ -234,6 +267,101 @@ struct ISCSITests {
         print("missing LUN: \(missing)")
     }
 
+    @Test("the LUN's queue at depth 32: random 4 KiB writes then reads of the same offsets, many in flight, byte for byte; a flush")
+    func queueRoundTrip() throws {
+        let target = try TGTTarget()
+        let lun = try ISCSILun.open(url: target.thinURL)
+        defer { lun.close() }
+        let queue = try lun.makeQueue(depth: 32)
+        #expect(queue.engine == .iscsi && queue.sectorSize == 4096)
+        var generator = SystemRandomNumberGenerator()
+        let count = 512
+        // Distinct sectors, so no two writes in flight overlap.
+        var sectors = Set<UInt64>()
+        while sectors.count < count { sectors.insert(UInt64.random(in: 0..<(lun.size / 4096), using: &generator)) }
+        let offsets = sectors.map { $0 * 4096 }
+        let written = (0..<count).map { _ in randomBuffer(4096) }
+        let read = (0..<count).map { _ in IOBuffer(count: 4096) }
+        _ = try drive(queue, depth: 32, count: count) { i in
+            try queue.prepareWrite(from: UnsafeRawBufferPointer(written[i].bytes), at: offsets[i], tag: UInt64(i))
+        }
+        let peak = queue.peakInFlight ?? 0
+        #expect(peak > 1, "the queue never had more than one command in flight")
+        _ = try drive(queue, depth: 1, count: 1) { _ in try queue.prepareFlush(tag: 0) }
+        _ = try drive(queue, depth: 32, count: count) { i in
+            try queue.prepareRead(into: read[i].bytes, at: offsets[i], tag: UInt64(i))
+        }
+        for i in 0..<count { #expect(read[i].contentEquals(written[i]), "sector at \(offsets[i]) read back differently") }
+        // The blocking calls on the other session see what the queue wrote and flushed.
+        let back = IOBuffer(count: 4096)
+        try lun.readBlocking(into: back, at: offsets[0])
+        #expect(back.contentEquals(written[0]))
+        // A request larger than one command (1 MiB) is split and put back together.
+        let big = randomBuffer(3 << 20), bigBack = IOBuffer(count: 3 << 20)
+        _ = try drive(queue, depth: 1, count: 1) { _ in try queue.prepareWrite(from: UnsafeRawBufferPointer(big.bytes), at: 64 << 20, tag: 0) }
+        _ = try drive(queue, depth: 1, count: 1) { _ in try queue.prepareRead(into: bigBack.bytes, at: 64 << 20, tag: 0) }
+        #expect(bigBack.contentEquals(big))
+        print("iSCSI queue: at most \(peak) commands in flight at once (depth 32)")
+    }
+
+    @Test("the LUN's queue: depth is real (2000 random 4 KiB reads at QD 1 and QD 32)")
+    func queueDepth() throws {
+        let target = try TGTTarget()
+        let lun = try ISCSILun.open(url: target.thickURL)
+        defer { lun.close() }
+        let queue = try lun.makeQueue(depth: 32)
+        let buffers = (0..<32).map { _ in IOBuffer(count: 4096) }
+        let sectors = lun.size / 4096
+        var results: [Int: Double] = [:]
+        for depth in [1, 32] {
+            let seconds = try drive(queue, depth: depth, count: 2000) { i in
+                try queue.prepareRead(into: buffers[i % 32].bytes, at: UInt64.random(in: 0..<sectors) * 4096, tag: UInt64(i))
+            }
+            results[depth] = 2000 / seconds
+        }
+        print("iSCSI queue, 2000 random 4 KiB reads: QD 1 \(Int(results[1]!)) IOPS, QD 32 \(Int(results[32]!)) IOPS, peak in flight \(queue.peakInFlight ?? 0)")
+        #expect((queue.peakInFlight ?? 0) > 1)
+    }
+
+    @Test("the LUN's queue: the doorbell wakes reap with nothing in flight; I/O past the end fails cleanly")
+    func queueDoorbellAndEnd() throws {
+        let target = try TGTTarget()
+        let lun = try ISCSILun.open(url: target.thickURL)
+        defer { lun.close() }
+        let queue = try lun.makeQueue(depth: 8)
+        var pipeFDs: [Int32] = [0, 0]
+        #expect(pipe(&pipeFDs) == 0)
+        defer { close(pipeFDs[0]); close(pipeFDs[1]) }
+        try queue.preparePoll(fd: pipeFDs[0], tag: 77)
+        #expect(try queue.reap(minimum: 0) { _ in } == 0)
+        let writer = pipeFDs[1]
+        let start = monotonicSeconds()
+        Thread {
+            usleep(100_000)
+            var byte: UInt8 = 1
+            _ = write(writer, &byte, 1)
+        }.start()
+        var tags: [UInt64] = []
+        try queue.reap(minimum: 1) { tags.append($0.tag) }
+        #expect(tags == [77])
+        #expect(monotonicSeconds() - start >= 0.05)
+        #expect(queue.outstanding == 0)
+
+        let sector = IOBuffer(count: 4096)
+        let atEnd = try #require(ioError { try queue.prepareRead(into: sector.bytes, at: lun.size, tag: 1) })
+        #expect(atEnd.kind == .beyondEnd(deviceSize: lun.size) && atEnd.path == target.thickURL)
+        let across = try #require(ioError {
+            try queue.prepareWrite(from: UnsafeRawBufferPointer(IOBuffer(count: 8192).bytes), at: lun.size - 4096, tag: 1)
+        })
+        #expect(across.kind == .beyondEnd(deviceSize: lun.size) && across.operation == .write)
+        #expect(queue.outstanding == 0)
+        // The queue still works after the refusals.
+        #expect(try drive(queue, depth: 1, count: 1) { _ in try queue.prepareRead(into: sector.bytes, at: lun.size - 4096, tag: 1) } >= 0)
+        // A discard is not the queue's: refused at prepare, as the LUN's blocking calls have it.
+        #expect(ioError { try queue.prepareDiscard(at: 0, length: 4096, tag: 2) } != nil)
+        #expect(queue.outstanding == 0)
+    }
+
     @Test("tgt lacks COMPARE AND WRITE: the method is the reservation fallback, and it compares and writes")
     func compareAndWriteMethod() throws {
         let target = try TGTTarget()
@@ -304,7 +432,14 @@ struct ISCSITests {
           .enabled(if: FreestandingGuests.available, Comment(rawValue: FreestandingGuests.whyNot)))
     func runningVM() throws {
         let target = try TGTTarget()
-        try VMCommandTests.snapshotBetweenWrites(try VMCommandTests.Fixture(lun: target.thinURL))
+        // Each disk's I/O thread logs in a session of its own for its queue, beside the
+        // sessions of the volume: with no queue, mapped requests would move one at a time.
+        let before = try target.sessions()
+        try VMCommandTests.snapshotBetweenWrites(try VMCommandTests.Fixture(lun: target.thinURL)) {
+            let running = try target.sessions()
+            print("iSCSI sessions while the VM runs: \(running) (before: \(before))")
+            #expect(running >= before + 3, "expected the volume's session and one queue session per disk (2 disks)")
+        }
     }
 
     @Test("LunarFS on the LUN: mkfs, mkdir, cp in and out, fsck clean")

@@ -214,7 +214,8 @@ struct VMCommandTests {
     }
 
     /// The running-VM snapshot test on `f`'s volume (ISCSITests runs it on an iSCSI LUN too).
-    static func snapshotBetweenWrites(_ f: Fixture) throws {
+    /// `whileRunning` is called once the guest has written point A and waits.
+    static func snapshotBetweenWrites(_ f: Fixture, whileRunning: () throws -> Void = {}) throws {
         let path = f.scratch.path("snap.sock")
         let image = try f.guest("virtio_blk.c", defines: ["TWO_POINTS"], elf: true)
         #expect(try f.vm(["create", f.lun, "snap", "--memory", "64M", "--image", image, "--disk", "16M", "--disk", "4M,ro",
@@ -223,6 +224,7 @@ struct VMCommandTests {
         let client = try ConsoleClient(path)
         defer { client.close() }
         #expect(client.read(until: "point A\n").hasSuffix("point A\n"))
+        try whileRunning()
 
         // The control socket answers hostile lines with errors and keeps serving.
         let shown = try f.vm(["show", f.lun, "snap", "--json"])

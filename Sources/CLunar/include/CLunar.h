@@ -105,6 +105,38 @@ int lunar_iscsi_reserve6(struct iscsi_context *iscsi, int lun, lunar_scsi_result
 int lunar_iscsi_release6(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
 int lunar_iscsi_test_unit_ready(struct iscsi_context *iscsi, int lun, lunar_scsi_result *r);
 
+// ---- iSCSI, asynchronous (libiscsi's *_task calls; see iscsi.c) ----
+/// A session of its own driven without blocking: commands are issued with a tag, and their
+/// outcomes land in a completion list that `lunar_iscsi_queue_drain` hands out. One thread.
+typedef struct lunar_iscsi_queue lunar_iscsi_queue;
+typedef struct lunar_iscsi_completion {
+    uint64_t tag;
+    lunar_scsi_result result;
+} lunar_iscsi_completion;
+/// Logs in (as `lunar_iscsi_connect`, with automatic reconnection off: a lost connection
+/// fails the commands in flight). NULL with `error` filled in.
+lunar_iscsi_queue *lunar_iscsi_queue_open(const char *url, const char *initiator, uint32_t isid, char *error,
+                                          size_t error_length);
+/// Cancels what is in flight, logs out when `logout` (not on a lost connection), frees.
+void lunar_iscsi_queue_close(lunar_iscsi_queue *q, int logout);
+// Each issue call returns 0, or -1 when libiscsi could not queue the command.
+int lunar_iscsi_queue_read16(lunar_iscsi_queue *q, uint64_t lba, void *buffer, uint32_t length, int block_size,
+                             uint64_t tag);
+int lunar_iscsi_queue_write16(lunar_iscsi_queue *q, uint64_t lba, const void *buffer, uint32_t length,
+                              int block_size, uint64_t tag);
+int lunar_iscsi_queue_synchronize_cache16(lunar_iscsi_queue *q, uint64_t tag);
+/// The session's socket and the poll events it waits for now.
+int lunar_iscsi_queue_fd(lunar_iscsi_queue *q);
+int lunar_iscsi_queue_events(lunar_iscsi_queue *q);
+/// Lets libiscsi read and write the socket (`revents` from poll); -1 when the session failed.
+int lunar_iscsi_queue_service(lunar_iscsi_queue *q, int revents);
+/// Completes every command in flight as failed (status -1).
+void lunar_iscsi_queue_cancel_all(lunar_iscsi_queue *q);
+/// Moves up to `max` recorded completions, oldest first, into `out`; returns how many.
+size_t lunar_iscsi_queue_drain(lunar_iscsi_queue *q, lunar_iscsi_completion *out, size_t max);
+/// libiscsi's last error text for this session.
+const char *lunar_iscsi_queue_error(lunar_iscsi_queue *q);
+
 // ---- CRC32C (Castagnoli), SSE4.2 when the CPU has it, table otherwise ----
 uint32_t lunar_crc32c(uint32_t crc, const void *data, size_t len);
 uint32_t lunar_crc32c_table(uint32_t crc, const void *data, size_t len);

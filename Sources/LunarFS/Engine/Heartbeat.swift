@@ -139,6 +139,7 @@ final class FencedStorage: BlockStorage, @unchecked Sendable {
     var sectorSize: Int { base.sectorSize }
     var isReadOnly: Bool { base.isReadOnly }
     var localDevice: BlockDevice? { base.localDevice }
+    var iscsiLUN: ISCSILun? { base.iscsiLUN }
 
     func readBlocking(into region: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(IOError) {
         try base.readBlocking(into: region, at: offset)

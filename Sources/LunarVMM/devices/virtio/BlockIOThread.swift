@@ -278,7 +278,8 @@ final class Progress: @unchecked Sendable {
 /// thread keeps in a local variable, so its hot state is checked for exclusive access at
 /// compile time rather than on every access at run time, as a class's properties would be.
 struct BlockIOThread {
-    /// The direct path: an io_uring queue on the LUN.
+    /// The direct path: a queue on the LUN (io_uring on a local one, its own libiscsi session
+    /// on an iSCSI one).
     struct Direct {
         let queue: IOQueue
         let sector: UInt64
@@ -577,8 +578,8 @@ struct BlockIOThread {
         for z in zeroFills { z.initializeMemory(as: UInt8.self, repeating: 0) }
         let written = (reading ? UInt32(clamping: total) : 0) + 1
         if direct == nil {
-            // No queue on a network LUN: the pieces move one after another on this thread,
-            // still without the volume's lock.
+            // No queue (none could be made, or it failed): the pieces move one after another
+            // on this thread with the LUN's blocking calls, still without the volume's lock.
             let storage = model.disk.storage
             var failed = false
             for p in planned where !failed {
