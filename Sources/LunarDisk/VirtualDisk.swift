@@ -88,15 +88,22 @@ public struct VirtualDisk: Sendable {
     /// Replaces the record in one step: written whole beside it, then renamed over it, so a
     /// crash leaves the old record or the new one, never a torn one.
     private func write(_ tree: SnapshotTree) throws(DiskError) {
-        let bytes = tree.encoded()
+        let next = try stage(tree)
+        try fs { () throws(FSError) -> Void in
+            try volume.rename(next, to: recordPath)
+            try volume.sync()
+        }
+    }
+
+    /// Writes `tree` whole beside the record, for a rename over it; returns where.
+    private func stage(_ tree: SnapshotTree) throws(DiskError) -> String {
         let next = recordPath + ".new"
         try fs { () throws(FSError) -> Void in
             let f = try volume.create(next, lock: nil)
             try f.truncate(to: 0)
-            try f.write(bytes, at: 0)
-            try volume.rename(next, to: recordPath)
-            try volume.sync()
+            try f.write(tree.encoded(), at: 0)
         }
+        return next
     }
 
     // MARK: operations
@@ -181,13 +188,17 @@ public struct VirtualDisk: Sendable {
     }
 
     /// Makes the disk what snapshot `name` holds; what the disk held since is gone. The
-    /// snapshot stays.
+    /// snapshot stays. The disk and the record's `current` change in one transaction: a
+    /// crash leaves both as they were or both reverted.
     public func revert(to name: String) throws(DiskError) {
         var tree = try tree()
         guard tree.entry(name) != nil else { throw DiskError.invalidArgument("\(path) has no snapshot '\(name)' (list them with `lunar disk snapshots`)") }
-        try fs { () throws(FSError) -> Void in try volume.clone(snapshotPath(name), to: path, replacing: true) }
         tree.current = name
-        try write(tree)
+        let next = try stage(tree)
+        try fs { () throws(FSError) -> Void in
+            try volume.clone(snapshotPath(name), to: path, replacing: true, renaming: (next, recordPath))
+            try volume.sync()
+        }
     }
 
     /// Deletes snapshot `name`: blocks nothing else holds go back; nothing is copied.

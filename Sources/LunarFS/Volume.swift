@@ -544,18 +544,24 @@ public final class Volume: @unchecked Sendable {
     /// Makes `target` a new file with `source`'s content that shares its blocks (format 2): made
     /// in constant time whatever the size; a later write to either copies only what it
     /// changes, 64 KiB at most per write. The base of snapshots and linked clones.
-    /// `replacing`: a file at `target` is removed in the same transaction (a revert: the disk
-    /// becomes its snapshot again, never neither).
-    public func clone(_ source: String, to target: String, replacing: Bool = false) throws(FSError) {
+    /// `replacing`: a file at `target` is replaced in the same transaction (a revert: the disk
+    /// becomes its snapshot again, never neither). `renaming`: a rename made in that
+    /// transaction too (a revert's new snapshot record put in place with the disk).
+    public func clone(_ source: String, to target: String, replacing: Bool = false,
+                      renaming rename: (from: String, to: String)? = nil) throws(FSError) {
         try change(target) { (core) throws(FSError) -> Void in
             let n = try core.resolve(source)
             let (dir, name) = try core.resolveParent(target, forWriting: true)
-            if let existing = try core.lookup(dir, name) {
+            let existing = try core.lookup(dir, name)
+            if let existing {
                 guard replacing, existing.type != .directory, existing.inode != n else { throw FSError(.exists) }
                 _ = try core.removeEntry(dir, name)
-                try core.destroyNode(existing.inode)
             }
             _ = try core.cloneFile(n, into: dir, name: name)
+            if let rename { try core.rename(rename.from, rename.to) }
+            // Last: freeing a large file commits along the way (flagged orphan, which fsck
+            // finishes after a crash), and each of those commits must find the clone in place.
+            if let existing { try core.destroyNode(existing.inode) }
         }
     }
 

@@ -86,10 +86,8 @@ public struct CrashImage {
 
     /// Writes the crash state for `cut` into a new sparse image at `path`.
     public func build(at path: String, cut: Int, using generator: inout some RandomNumberGenerator) throws {
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        let fd = try emptyImage(at: path)
         defer { close(fd) }
-        guard ftruncate(fd, off_t(size)) == 0 else { throw POSIXError(.EIO) }
         let durable = durablePrefix(cut: cut)
         for event in events[0..<durable] { apply(event, fd: fd, sectorsOnly: nil) }
         var epoch = Array(events[durable..<min(cut, events.count)])
@@ -102,6 +100,26 @@ public struct CrashImage {
                 apply(event, fd: fd, sectorsOnly: nil)
             }
         }
+    }
+
+    /// Writes into a new sparse image at `path` the crash state where every write and discard
+    /// before `cut` landed, in order, and nothing after it: the device did all it was told,
+    /// then the power went. One exact state, for tests that need a given write to have landed.
+    public func buildLanded(at path: String, cut: Int) throws {
+        let fd = try emptyImage(at: path)
+        defer { close(fd) }
+        for event in events[0..<min(cut, events.count)] { apply(event, fd: fd, sectorsOnly: nil) }
+    }
+
+    /// A new sparse image of the volume's size at `path`, open for writing.
+    private func emptyImage(at path: String) throws -> Int32 {
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            close(fd)
+            throw POSIXError(.EIO)
+        }
+        return fd
     }
 
     private func apply(_ event: RecordingStorage.Event, fd: Int32, sectorsOnly: [Int]?) {

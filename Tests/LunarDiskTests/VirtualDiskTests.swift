@@ -1,5 +1,7 @@
+import Foundation
 import LunarDisk
 import LunarFS
+import LunarIO
 import LunarTesting
 import Testing
 
@@ -135,5 +137,64 @@ struct VirtualDiskTests {
             }
         }
         try v.close()
+    }
+
+    /// A revert replaces the disk and its record's `current` together. Freeing what only the
+    /// old disk held may take several commits (a large disk): the disk must be the snapshot's
+    /// and the record say so from the first of them on, never gone, never one without the other.
+    @Test("a crash anywhere in a revert leaves the disk and its record both as before or both as after, however many commits freeing the old disk takes")
+    func revertIsAtomic() throws {
+        let scratch = Scratch(under: access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory())
+        let size: UInt64 = 1 << 30
+        let device = try BlockDevice.createImage(scratch.path("recorded.img"), size: size)
+        defer { device.close() }
+        let recorder = RecordingStorage(device)
+        try Volume.format(recorder, options: FormatOptions(blockSize: 1 << 20, maxFiles: 4096))
+        let v = try Volume.open(recorder)
+        // 4 KiB every 63 MiB, one pointer block each: the disk's own map is 300 blocks, more
+        // than one commit frees.
+        let stride: UInt64 = 63 << 20, pieces: UInt64 = 300
+        let disk = try VirtualDisk.create(v, path: "/disk", size: pieces * stride)
+        func fill(_ seed: UInt64) throws {
+            let f = try v.openFile("/disk")
+            for k in 0..<pieces { try f.write(pattern(4096, seed: seed &+ k).array, at: k * stride) }
+            try f.close()
+        }
+        try fill(1)
+        try disk.snapshot("a")
+        try fill(1000)
+        try disk.snapshot("b")
+        try fill(2000)
+        try v.sync()
+        let start = recorder.position
+        try disk.revert(to: "a")
+        let end = recorder.position
+        try v.close()
+
+        let image = CrashImage(events: recorder.events, size: size)
+        // The states a crash can leave that differ: right after each flush, and the end.
+        let cuts = (start...end).filter { cut in
+            if cut == end { return true }
+            if case .flush = image.events[cut] { return true }
+            return false
+        }
+        for cut in cuts {
+            let path = scratch.path("crash.img")
+            try image.buildLanded(at: path, cut: cut)
+            let crashed = try Volume.open(path: path)
+            defer { try? crashed.close() }
+            let tree = try VirtualDisk(crashed, path: "/disk").tree()
+            // nil: the disk is gone.
+            let file = try? crashed.openFile("/disk", lock: nil)
+            let seeds = try [0, pieces / 2, pieces - 1].map { k in
+                let back = try file?.read(at: k * stride, count: 4096)
+                return [1, 1000, 2000].first { pattern(4096, seed: $0 &+ k).array == back }
+            }
+            let state = "cut \(cut) of \(start)...\(end): current \(tree.current ?? "none"), \(file == nil ? "no disk" : "data of seeds \(seeds)")"
+            let before = tree.current == "b" && seeds.allSatisfy { $0 == 2000 }
+            let after = tree.current == "a" && seeds.allSatisfy { $0 == 1 }
+            #expect(before || after, "\(state)")
+            if cut == end { #expect(after, "\(state)") }
+        }
     }
 }

@@ -194,7 +194,7 @@ extension VolumeCore {
         }
         // A shared path is copied first; the grain is then named by this map's copy too.
         if try pathIsShared(ino, u) { try setUnit(n, u, mapped) }
-        guard try referenceCount(.fileBlock, mapped) > 1 else {
+        guard try !isOwnGrain(try inode(n), u, mapped) else {
             // In place, with the grains after it that are this map's own and lie right after
             // it on the device: one request.
             var length = count
@@ -225,8 +225,7 @@ extension VolumeCore {
         let ino = try inode(n)
         let g = try lookupUnit(ino, u)
         guard g != 0, grainOffset(g) == physical else { return false }
-        if try pathIsShared(ino, u) { return false }
-        return try referenceCount(.fileBlock, g) == 1
+        return try isOwnGrain(ino, u, g)
     }
 
     /// Whether the `count` grain indices from `u` are all holes in `ino`'s map.
@@ -435,8 +434,7 @@ extension VolumeCore {
             let physical: UInt64? = mapped == 0 ? nil : unitOffset(storageKind, mapped) + within
             var shared = false
             if mapped != 0 && storageKind == .grains {
-                shared = try pathIsShared(ino, at / unit)
-                if !shared { shared = try referenceCount(.fileBlock, mapped) > 1 }
+                shared = try !isOwnGrain(ino, at / unit, mapped)
             }
             if let last = out.last, last.0.upperBound == at, last.2 == shared,
                (last.1 == nil && physical == nil) || (last.1.map { $0 + UInt64(last.0.count) } == physical && physical != nil) {

@@ -37,6 +37,14 @@ final class MetadataStore {
     /// Whether those frees include a block that held journaled records: the commit then
     /// checkpoints (`freeAtCommit`).
     private var freesRecordBlocks = false
+    /// Pointer blocks and grains whose reference count a change not yet committed raised or
+    /// lowered (`kind << 32 | number`). Until that commit is durable, the maps a crash would
+    /// bring back may name them where the running maps do not: a grain at count 0 may still be
+    /// another file's, one at count 1 may be shared. So no data is written in place into them,
+    /// nor is a freed grain handed out again, before the commit (format.md §9.4) — as a freed
+    /// resource's bit is cleared only at commit (`freeAtCommit`). A change rolled back leaves
+    /// its marks: they only cost a copy.
+    private var recounted: Set<UInt64> = []
     /// Where the bitmap bit of a resource lives; set by the volume.
     var clusterSector: ((ResourceKind, UInt64) -> UInt64)?
     /// Called at commit, before sealing, to turn `pendingFrees` into bitmap changes.
@@ -211,6 +219,16 @@ final class MetadataStore {
         if heldRecords { freesRecordBlocks = true }
     }
 
+    /// Notes that a change not yet committed raised or lowered the count of `number`.
+    func noteRecount(_ kind: ResourceKind, _ number: UInt32) {
+        recounted.insert(UInt64(kind.rawValue) << 32 | UInt64(number))
+    }
+
+    /// Whether a change not yet committed raised or lowered the count of `number`.
+    func isRecounted(_ kind: ResourceKind, _ number: UInt32) -> Bool {
+        recounted.contains(UInt64(kind.rawValue) << 32 | UInt64(number))
+    }
+
     /// Sectors the running transaction will write if committed now (an upper bound).
     private var transactionSize: Int { dirty.count + pendingFreeSectors.count }
 
@@ -312,6 +330,8 @@ final class MetadataStore {
             // Data written before this commit must be durable before metadata that points at it.
             try io { () throws(IOError) in try storage.flushBlocking() }
             try journal.append(images)
+            // Durable: the committed maps are the running ones.
+            recounted.removeAll()
             for (offset, image) in images {
                 try io { () throws(IOError) in try storage.writeBlocking(from: image, at: offset) }
             }

@@ -77,6 +77,7 @@ extension VolumeCore {
             throw FSError(.invalidArgument("\(what) \(e) is shared by \(count) maps already, the most a count holds; delete snapshots or clones first"))
         }
         sector.setCount(slot, UInt16(Int(count) + delta))
+        store.noteRecount(kind, e)
         return count
     }
 
@@ -158,8 +159,10 @@ extension VolumeCore {
         var free: UInt32?
         var named = false
         for k in 0..<UInt32(grainsPerBlock) {
-            if try referenceCount(.fileBlock, UInt32(block * grainsPerBlock) + k) == 0 {
-                if free == nil { free = k }
+            let g = UInt32(block * grainsPerBlock) + k
+            if try referenceCount(.fileBlock, g) == 0 {
+                // Freed by a change not yet committed: the committed maps may still name it.
+                if free == nil, !store.isRecounted(.fileBlock, g) { free = k }
             } else {
                 named = true
             }
@@ -318,8 +321,9 @@ extension VolumeCore {
     }
 
     /// Whether any pointer block on grain index `u`'s path in `ino`'s map is shared with
-    /// another map (then a change must copy the path first).
-    func pathIsShared(_ ino: InodeRecord, _ u: UInt64) throws(FSError) -> Bool {
+    /// another map (then a change must copy the path first). `orRecounted`: or had its count
+    /// changed by a change not yet committed (then the committed maps may share it).
+    func pathIsShared(_ ino: InodeRecord, _ u: UInt64, orRecounted: Bool = false) throws(FSError) -> Bool {
         let h = ino.height
         guard h > 0, u < Self.capacity(height: h) else { return false }
         let owner = mapOwner(ino)
@@ -329,6 +333,7 @@ extension VolumeCore {
         var level = h
         while level > 0, entry != 0 {
             if try referenceCount(.pointerBlock, entry) > 1 { return true }
+            if orRecounted, store.isRecounted(.pointerBlock, entry) { return true }
             let pb = try pointerBlock(entry, owner: owner, level: level)
             span /= Self.fanout
             entry = pb.entry(Int(rem / span))
@@ -336,6 +341,15 @@ extension VolumeCore {
             level -= 1
         }
         return false
+    }
+
+    /// Whether data may be written in place into grain `g`, mapped at index `u` of `ino`'s map:
+    /// this map alone names it, and the committed maps, which a crash would bring back, name it
+    /// the same way — neither its count nor that of a pointer block on its path was changed by
+    /// a change not yet committed. Otherwise a write copies the grain (format.md §9.4).
+    func isOwnGrain(_ ino: InodeRecord, _ u: UInt64, _ g: UInt32) throws(FSError) -> Bool {
+        guard try referenceCount(.fileBlock, g) == 1, !store.isRecounted(.fileBlock, g) else { return false }
+        return try !pathIsShared(ino, u, orRecounted: true)
     }
 }
 
