@@ -380,14 +380,28 @@ public final class Volume: @unchecked Sendable {
     /// One all-or-nothing change.
     func change<T>(_ path: String? = nil, access: MetadataAccess = .exclusive,
                    _ body: (VolumeCore) throws(FSError) -> T) throws(FSError) -> T {
-        let result = try locked(path, access: access) { (core) throws(FSError) -> T in
-            guard !core.isReadOnly else { throw FSError(.readOnly) }
-            // Checked inside the operation, so that a torn read undoes what it led to.
-            return try core.store.operation { () throws(FSError) -> T in
-                let result = try body(core)
-                try core.validateReads()
-                return result
+        func attempt() throws(FSError) -> T {
+            try locked(path, access: access) { (core) throws(FSError) -> T in
+                guard !core.isReadOnly else { throw FSError(.readOnly) }
+                // Checked inside the operation, so that a torn read undoes what it led to.
+                return try core.store.operation { () throws(FSError) -> T in
+                    let result = try body(core)
+                    try core.validateReads()
+                    return result
+                }
             }
+        }
+        let result: T
+        do {
+            result = try attempt()
+        } catch {
+            // Space freed by changes not yet committed is handed out only after their commit
+            // (format.md §9.4): commit them, and try once more before saying the volume is full.
+            guard case .noSpace = error.kind, (try? locked(access: .shared, { (core) throws(FSError) -> Bool in core.store.holdsFreesForCommit })) == true else {
+                throw error
+            }
+            try commit(flushingData: false)
+            result = try attempt()
         }
         let due = lastCommit.withLock { monotonicSeconds() - $0 >= Self.commitInterval }
         if due { try commit(flushingData: false) }

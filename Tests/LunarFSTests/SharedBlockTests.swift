@@ -253,6 +253,7 @@ struct SharedBlockTests {
         #expect(try v.openFile("/snap", lock: nil).read(at: 0, count: size) == snapshot)
         try Self.expectClean(v, "full")
         // Deleting the snapshot gives its blocks back; the refused write now goes through.
+        // (No sync between: an allocation that finds the volume full commits what waits for it.)
         try v.remove("/snap")
         try Self.write(f, &disk, bytes(4096, seed: 99), at: 0)
         #expect(try v.openFile("/disk", lock: nil).read(at: 0, count: size) == disk)

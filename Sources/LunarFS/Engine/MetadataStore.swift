@@ -219,6 +219,10 @@ final class MetadataStore {
         if heldRecords { freesRecordBlocks = true }
     }
 
+    /// Whether resources wait for the next commit to be free again (freed, or a grain whose
+    /// count fell): an allocation that found none may find them after it.
+    var holdsFreesForCommit: Bool { !pendingFrees.isEmpty || !recounted.isEmpty }
+
     /// Notes that a change not yet committed raised or lowered the count of `number`.
     func noteRecount(_ kind: ResourceKind, _ number: UInt32) {
         recounted.insert(UInt64(kind.rawValue) << 32 | UInt64(number))
