@@ -36,8 +36,9 @@ let package = Package(
             dependencies: ["LunarIO", "LunarFS", "LunarDisk", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl")]
         ),
-        // Shared by the test targets and Tools: scratch space, patterns, the crash harness.
-        .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS"]),
+        // Shared by the test targets and Tools: scratch space, patterns, the crash harness, the
+        // snapshot oracle.
+        .target(name: "LunarTesting", dependencies: ["CLunar", "LunarIO", "LunarFS", "LunarDisk"]),
         .executableTarget(
             name: "lunar",
             dependencies: [
@@ -59,13 +60,13 @@ let package = Package(
         // Hosts sharing one volume: the torture test's host and verifier, lock benchmarks.
         .executableTarget(
             name: "lunar-hosts",
-            dependencies: ["LunarFS", "LunarIO", "LunarTesting", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["LunarFS", "LunarDisk", "LunarIO", "LunarTesting", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tools/hosts"
         ),
         // Tools/bench/vmm.sh's driver: virtio-blk from the host side against fio.
         .executableTarget(name: "lunar-vmm-bench", dependencies: ["LunarVMM", "LunarDisk", "LunarFS", "LunarIO"]),
         .testTarget(name: "LunarIOTests", dependencies: ["LunarIO", "LunarTesting", "CLunar"]),
-        .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarIO", "LunarTesting"]),
+        .testTarget(name: "LunarFSTests", dependencies: ["LunarFS", "LunarDisk", "LunarIO", "LunarTesting"]),
         .testTarget(name: "LunarDiskTests", dependencies: ["LunarDisk", "LunarFS", "LunarTesting"]),
         .testTarget(name: "LunarVMMTests", dependencies: ["LunarVMM", "LunarDisk", "LunarTesting"]),
         .testTarget(name: "LunarExportTests", dependencies: ["LunarExport", "LunarDisk", "LunarFS", "LunarIO", "LunarTesting"]),

@@ -5,9 +5,11 @@ import LunarTesting
 import Testing
 
 /// Real processes sharing one volume (`lunar-hosts`, one host each): a random mix of creates,
-/// writes, truncations, renames, removes and lock-protected counter increments, while hosts are
-/// killed with SIGKILL and restarted. Afterwards fsck is clean and every directory and the
-/// counter match what each host saw acknowledged.
+/// writes, truncations, renames, removes, lock-protected counter increments and, on the files as
+/// virtual disks, snapshots, reverts, snapshot deletions and linked clones (of other hosts'
+/// snapshots too), while hosts are killed with SIGKILL and restarted. Afterwards fsck is clean
+/// (every reference count exact), and every directory, every snapshot and the counter match
+/// what each host saw acknowledged.
 @Suite("Hosts sharing a volume, killed and restarted")
 struct HostsTortureTests {
     static var tool: URL { LunarProcess.executable.deletingLastPathComponent().appendingPathComponent("lunar-hosts") }
@@ -62,6 +64,18 @@ struct HostsTortureTests {
         return (verify.terminationStatus, text, kills)
     }
 
+    /// The verifier's count of disk operations applied, by verb.
+    static func diskOperations(in output: String) -> [String: Int] {
+        guard let line = output.split(separator: "\n").first(where: { $0.contains("disk operations applied: ") }),
+              let list = line.split(separator: ":").dropFirst(2).first else { return [:] }
+        var counts: [String: Int] = [:]
+        for item in list.split(separator: ",") {
+            let words = item.split(separator: " ")
+            if words.count == 2, let n = Int(words[1]) { counts[String(words[0])] = n }
+        }
+        return counts
+    }
+
     static func operations(in logs: String) -> Int {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: logs)) ?? []
         return names.reduce(0) { total, name in
@@ -83,6 +97,10 @@ struct HostsTortureTests {
         #expect(result.status == 0, "\(result.output)")
         #expect(result.kills >= 5)
         #expect(ops >= 200, "hosts made too little progress: \(ops) operations")
+        let disk = Self.diskOperations(in: result.output)
+        for verb in ["snapshot", "revert", "deletesnap", "clone"] {
+            #expect(disk[verb, default: 0] > 0, "no \(verb) was applied: \(result.output)")
+        }
     }
 
     @Test("4 hosts judged as separate machines (heartbeats only), killed and restarted")

@@ -1,15 +1,24 @@
 import Foundation
 import Glibc
+import LunarDisk
 import LunarFS
 import LunarIO
 import LunarTesting
 
 /// One host of the torture test: a random mix of operations in its own directory `/hK` of a
-/// shared volume, plus increments of one shared counter file under its exclusive lock. Every
-/// operation is logged before it starts (`B`) and once it is durable (`D`), so that a host
-/// killed at any instant leaves at most one operation in doubt; a restarted host settles that
-/// one against the volume (`D` it happened, `X` it did not, `U` cannot tell: a counter
-/// increment) and fails (`F`) when the volume matches neither outcome.
+/// shared volume, plus increments of one shared counter file under its exclusive lock. The
+/// host's files are also virtual disks (LunarDisk, Spec/disk.md): it takes snapshots of them,
+/// reverts them, deletes snapshots, and makes linked clones of its files, of its snapshots and
+/// of other hosts' snapshots (so that its maps share blocks counted in clusters other hosts
+/// hold). Every operation is logged before it starts (`B`) and once it is durable (`D`), so
+/// that a host killed at any instant leaves at most one operation in doubt; a restarted host
+/// settles that one against the volume (`D` it happened, `X` it did not, `U` cannot tell: a
+/// counter increment) and fails (`F`) when the volume matches neither outcome. An operation
+/// the volume refuses (the file held by another host, a snapshot name taken, another host's
+/// snapshot deleted meanwhile) is settled the same way at once, the refusal after its `D`/`X`.
+///
+/// A host publishes each snapshot's content, before taking it, as the file
+/// `snap-hK-NAME@SNAP` in the logs' directory: the oracle of another host's clone of it.
 ///
 /// With `LUNAR_TORTURE_TRACE=FILE`, every host also appends to FILE the counter value it is
 /// about to write (`R pid value time`) and each acknowledged increment (`A pid time`): a
@@ -23,6 +32,15 @@ enum TortureOp: Equatable {
     case increment
     /// A file's content set outright: what a torn write or truncation left (base64 in the log).
     case exact(String, [UInt8])
+    /// Snapshot SNAP of disk NAME (`snapshot NAME SNAP`).
+    case snapshot(String, String)
+    /// Disk NAME reverted to its snapshot SNAP (`revert NAME SNAP`).
+    case revert(String, String)
+    /// Snapshot SNAP of disk NAME deleted (`deletesnap NAME SNAP`).
+    case deleteSnapshot(String, String)
+    /// A linked clone at TARGET (`clone SOURCE TARGET`) of a file of the host (`NAME`), of a
+    /// snapshot of one (`NAME@SNAP`), or of another host's snapshot (`hK/NAME@SNAP`).
+    case clone(String, to: String)
 
     var line: String {
         switch self {
@@ -33,64 +51,117 @@ enum TortureOp: Equatable {
         case .remove(let n): "remove \(n)"
         case .increment: "increment"
         case .exact(let n, let content): "exact \(n) \(content.isEmpty ? "-" : Data(content).base64EncodedString())"
+        case .snapshot(let n, let s): "snapshot \(n) \(s)"
+        case .revert(let n, let s): "revert \(n) \(s)"
+        case .deleteSnapshot(let n, let s): "deletesnap \(n) \(s)"
+        case .clone(let source, let target): "clone \(source) \(target)"
         }
     }
 
     init?(_ words: [Substring]) {
         func int(_ i: Int) -> Int? { i < words.count ? Int(words[i]) : nil }
         guard let verb = words.first else { return nil }
+        let args = words.dropFirst().map(String.init)
         switch verb {
-        case "create" where words.count == 2: self = .create(String(words[1]))
+        case "create" where words.count == 2: self = .create(args[0])
         case "write" where words.count == 5:
             guard let o = int(2), let l = int(3), let s = UInt64(words[4]) else { return nil }
-            self = .write(String(words[1]), offset: o, length: l, seed: s)
+            self = .write(args[0], offset: o, length: l, seed: s)
         case "truncate" where words.count == 3:
             guard let size = int(2) else { return nil }
-            self = .truncate(String(words[1]), size: size)
-        case "rename" where words.count == 3: self = .rename(String(words[1]), to: String(words[2]))
-        case "remove" where words.count == 2: self = .remove(String(words[1]))
+            self = .truncate(args[0], size: size)
+        case "rename" where words.count == 3: self = .rename(args[0], to: args[1])
+        case "remove" where words.count == 2: self = .remove(args[0])
         case "increment" where words.count == 1: self = .increment
         case "exact" where words.count == 3:
-            if words[2] == "-" { self = .exact(String(words[1]), []); return }
-            guard let data = Data(base64Encoded: String(words[2])) else { return nil }
-            self = .exact(String(words[1]), [UInt8](data))
+            if words[2] == "-" { self = .exact(args[0], []); return }
+            guard let data = Data(base64Encoded: args[1]) else { return nil }
+            self = .exact(args[0], [UInt8](data))
+        case "snapshot" where words.count == 3: self = .snapshot(args[0], args[1])
+        case "revert" where words.count == 3: self = .revert(args[0], args[1])
+        case "deletesnap" where words.count == 3: self = .deleteSnapshot(args[0], args[1])
+        case "clone" where words.count == 3: self = .clone(args[0], to: args[1])
         default: return nil
         }
     }
 
-    /// The names whose state the operation changes.
+    /// The names whose state the operation changes: files, and disks whose snapshots change.
     var names: [String] {
         switch self {
-        case .create(let n), .write(let n, _, _, _), .truncate(let n, _), .remove(let n), .exact(let n, _): [n]
+        case .create(let n), .write(let n, _, _, _), .truncate(let n, _), .remove(let n), .exact(let n, _),
+             .snapshot(let n, _), .revert(let n, _), .deleteSnapshot(let n, _): [n]
         case .rename(let a, let b): [a, b]
+        case .clone(_, let target): [target]
         case .increment: []
         }
     }
+
+    /// Every name of this host the operation uses, snapshots' too: a restarted host names its
+    /// new files and snapshots past them.
+    var ownNames: [String] {
+        switch self {
+        case .snapshot(let n, let s), .revert(let n, let s), .deleteSnapshot(let n, let s): [n, s]
+        case .clone(let source, let target) where !source.contains("/"):
+            source.split(separator: "@").map(String.init) + [target]
+        default: names
+        }
+    }
+
+    /// Whether it is a clone of another host's snapshot.
+    var isForeignClone: Bool {
+        if case .clone(let source, _) = self { source.contains("/") } else { false }
+    }
 }
 
-/// What one host's directory must hold: name → content.
-struct TortureOracle: Equatable {
+/// What one host's directory holds: its files by name, and the snapshots of its disks by disk
+/// name (a disk's snapshot folder keeps its name when the file is renamed or removed).
+struct TortureState: Equatable {
     var files: [String: [UInt8]] = [:]
+    var disks: [String: SnapshotModel] = [:]
+}
+
+/// What one host's directory must hold.
+struct TortureOracle {
+    var state = TortureState()
     var increments = 0
+    /// The logs' directory, where hosts publish their snapshots' content.
+    var library = ""
 
     mutating func apply(_ op: TortureOp) {
         switch op {
-        case .create(let n): files[n] = []
+        case .create(let n): state.files[n] = []
         case .write(let n, let offset, let length, let seed):
-            var content = files[n] ?? []
+            var content = state.files[n] ?? []
             if content.count < offset + length { content += [UInt8](repeating: 0, count: offset + length - content.count) }
             content.replaceSubrange(offset..<(offset + length), with: pattern(length, seed: seed).array)
-            files[n] = content
+            state.files[n] = content
         case .truncate(let n, let size):
-            var content = files[n] ?? []
+            var content = state.files[n] ?? []
             if size < content.count { content.removeSubrange(size...) } else { content += [UInt8](repeating: 0, count: size - content.count) }
-            files[n] = content
+            state.files[n] = content
         case .rename(let a, let b):
-            files[b] = files[a]
-            files[a] = nil
-        case .remove(let n): files[n] = nil
+            state.files[b] = state.files[a]
+            state.files[a] = nil
+        case .remove(let n): state.files[n] = nil
         case .increment: increments += 1
-        case .exact(let n, let content): files[n] = content
+        case .exact(let n, let content): state.files[n] = content
+        case .snapshot(let n, let s):
+            // Refused (nothing changes) for a missing disk or a name the disk has already.
+            guard let content = state.files[n] else { return }
+            var disk = state.disks[n] ?? SnapshotModel()
+            if disk.snapshot(s, of: content) { state.disks[n] = disk }
+        case .revert(let n, let s):
+            // A disk whose file is gone is made again, from the snapshot.
+            guard var disk = state.disks[n], let content = disk.revert(to: s) else { return }
+            state.disks[n] = disk
+            state.files[n] = content
+        case .deleteSnapshot(let n, let s):
+            guard var disk = state.disks[n], disk.delete(s) else { return }
+            state.disks[n] = disk.isEmpty ? nil : disk
+        case .clone(let source, let target):
+            // Independent once made: later changes to either side are their own.
+            guard state.files[target] == nil, let content = content(of: source) else { return }
+            state.files[target] = content
         }
     }
 
@@ -98,6 +169,14 @@ struct TortureOracle: Equatable {
         var copy = self
         copy.apply(op)
         return copy
+    }
+
+    /// What a clone of `source` (as `TortureOp.clone` names it) gets, nil when there is no such
+    /// file or snapshot.
+    func content(of source: String) -> [UInt8]? {
+        if source.contains("/") { return Torture.published(source, in: library) }
+        let parts = source.split(separator: "@").map(String.init)
+        return parts.count == 2 ? state.disks[parts[0]]?.contents[parts[1]] : state.files[source]
     }
 }
 
@@ -111,8 +190,11 @@ struct TortureLog {
     var failures: [String] = []
     var nextID = 0
     var nextName = 0
+    /// Operations that took effect, by verb (`clone-foreign`: of another host's snapshot).
+    var applied: [String: Int] = [:]
 
     init(path: String) throws {
+        oracle.library = (path as NSString).deletingLastPathComponent
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
         var begun: [Int: TortureOp] = [:]
         for line in text.split(separator: "\n") {
@@ -123,9 +205,13 @@ struct TortureLog {
             case "B":
                 guard let op = TortureOp(Array(words.dropFirst(2))) else { throw TortureError("bad log line: \(line)") }
                 begun[id] = op
-                for n in op.names { if let k = Int(n.dropFirst()) { nextName = max(nextName, k + 1) } }
+                for n in op.ownNames { if let k = Int(n.dropFirst()) { nextName = max(nextName, k + 1) } }
             case "D":
-                if let op = begun.removeValue(forKey: id) { oracle.apply(op) }
+                if let op = begun.removeValue(forKey: id) {
+                    oracle.apply(op)
+                    let verb = String(op.line.prefix { $0 != " " })
+                    applied[op.isForeignClone ? "clone-foreign" : verb, default: 0] += 1
+                }
             case "X":
                 begun[id] = nil
             case "U":
@@ -149,15 +235,32 @@ struct TortureError: Error, CustomStringConvertible {
 enum Torture {
     static let counterPath = "/shared/counter"
 
-    /// The current content of the host's directory, as the volume has it.
-    static func observe(_ volume: Volume, directory: String) throws -> [String: [UInt8]] {
-        var files: [String: [UInt8]] = [:]
+    /// The current content of the host's directory, as the volume has it, and the snapshot
+    /// files no record names (by disk, then snapshot name).
+    static func observe(_ volume: Volume, directory: String) throws -> (state: TortureState, leftovers: [String: [String: [UInt8]]]) {
+        var state = TortureState()
+        var leftovers: [String: [String: [UInt8]]] = [:]
         for item in try volume.list(directory) {
-            let file = try volume.openFile("\(directory)/\(item.name)", lock: nil)
-            let size = try file.size
-            files[item.name] = size == 0 ? [] : try file.read(at: 0, count: Int(size))
+            if item.type == .directory {
+                // The only directories are the disks' snapshot folders, `.NAME.snapshots`.
+                let disk = String(item.name.dropFirst().dropLast(".snapshots".count))
+                let (model, left) = try SnapshotModel.observe(VirtualDisk(volume, path: "\(directory)/\(disk)"))
+                if !model.isEmpty { state.disks[disk] = model }
+                if !left.isEmpty { leftovers[disk] = left }
+            } else {
+                state.files[item.name] = try volume.contents(of: "\(directory)/\(item.name)") ?? []
+            }
         }
-        return files
+        return (state, leftovers)
+    }
+
+    /// Where the content of snapshot `source` (`hK/NAME@SNAP`) is published.
+    static func publishedPath(_ source: String, in library: String) -> String {
+        "\(library)/snap-" + source.replacingOccurrences(of: "/", with: "-")
+    }
+
+    static func published(_ source: String, in library: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: publishedPath(source, in: library)).map { [UInt8]($0) }
     }
 
     static func readCounter(_ file: File) throws -> UInt64 {
@@ -183,81 +286,161 @@ enum Torture {
 
         // Settle the operation the last incarnation left in doubt.
         if let (id, op) = log.pending {
-            if op == .increment {
-                record("U \(id)")
-                log.unknownIncrements += 1
-            } else {
-                let seen = try observe(volume, directory: directory)
-                if seen == log.oracle.applying(op).files {
-                    record("D \(id)")
-                    log.oracle.apply(op)
-                } else if seen == log.oracle.files {
-                    record("X \(id)")
-                } else if let torn = tornOutcome(seen, op, log.oracle) {
-                    // A data write or truncation cut short: carry on from what is there.
-                    record("B \(id + 1) \(torn.line)")
-                    record("D \(id + 1)")
-                    record("X \(id)")
-                    log.oracle.apply(torn)
-                    log.nextID = id + 2
-                } else {
-                    let names = op.names.map { "\($0)=\(seen[$0]?.count ?? -1)B" }.joined(separator: ",")
-                    record("F \(id) after \(op.line): the volume matches neither outcome (\(names))")
-                    throw TortureError("host \(host): after \(op.line) the volume matches neither outcome")
-                }
-            }
+            try settle(id, op, log: &log, volume: volume, directory: directory, record: record)
             log.pending = nil
         }
         // Every settled state must match the volume exactly (catches lost acknowledged work).
-        let seen = try observe(volume, directory: directory)
-        if seen != log.oracle.files {
+        if try observe(volume, directory: directory).state != log.oracle.state {
             record("F \(log.nextID) restart: directory differs from the acknowledged operations")
             throw TortureError("host \(host): \(directory) differs from the acknowledged operations")
         }
 
         var random = SplitMix64(seed: seed &+ UInt64(log.nextID) &* 7919)
-        var id = log.nextID
         let deadline = monotonicSeconds() + duration
-        var oracle = log.oracle
         while monotonicSeconds() < deadline {
-            let names = oracle.files.keys.sorted()
-            let pick = random.next() % 100
-            let op: TortureOp
-            if names.isEmpty || (pick < 20 && names.count < 24) {
-                op = .create("f\(log.nextName)")
-                log.nextName += 1
-            } else {
-                let name = names[Int(random.next() % UInt64(names.count))]
-                switch pick {
-                case 0..<50:
-                    op = .write(name, offset: Int(random.next() % (192 << 10)), length: Int(1 + random.next() % (64 << 10)), seed: random.next())
-                case 50..<60:
-                    op = .truncate(name, size: Int(random.next() % (256 << 10)))
-                case 60..<70:
-                    op = .rename(name, to: "f\(log.nextName)")
-                    log.nextName += 1
-                case 70..<80:
-                    op = .remove(name)
-                default:
-                    op = .increment
-                }
+            let op = pick(&random, log: &log, volume: volume, host: host)
+            let id = log.nextID
+            log.nextID += 1
+            if case .snapshot(let n, let s) = op, log.oracle.applying(op).state != log.oracle.state, let content = log.oracle.state.files[n] {
+                // Before it is taken: a clone of it elsewhere, or its leftover file, is checked against this.
+                try Data(content).write(to: URL(fileURLWithPath: publishedPath("h\(host)/\(n)@\(s)", in: log.oracle.library)), options: .atomic)
             }
             record("B \(id) \(op.line)")
-            try perform(op, volume: volume, directory: directory)
+            do {
+                try perform(op, volume: volume, directory: directory)
+            } catch where isRefusal(error, of: op, log.oracle) {
+                let why = "\(error)".replacingOccurrences(of: "\n", with: " ")
+                try settle(id, op, log: &log, volume: volume, directory: directory, record: record, why: " refused: \(why)")
+                continue
+            }
             try volume.sync()
             record("D \(id)")
             if case .increment = op, let trace = ProcessInfo.processInfo.environment["LUNAR_TORTURE_TRACE"] {
                 let line = "A \(getpid()) \(monotonicSeconds())\n"
                 if let h = FileHandle(forWritingAtPath: trace) { h.seekToEndOfFile(); h.write(Data(line.utf8)); try? h.close() }
             }
-            oracle.apply(op)
-            id += 1
+            log.oracle.apply(op)
         }
         try volume.close()
     }
 
+    /// Whether the volume may refuse `op` with `error`: the file is held by another host (one
+    /// not yet known to be dead: a killed incarnation of this one, say), the oracle expects the
+    /// refusal (a snapshot name taken), or another host's snapshot went away before its clone.
+    /// Any other refusal is a bug: the host stops, and its `B` stays in doubt for the verifier.
+    static func isRefusal(_ error: any Error, of op: TortureOp, _ oracle: TortureOracle) -> Bool {
+        var kind: FSError.Kind?
+        switch error {
+        case let e as FSError: kind = e.kind
+        case DiskError.fs(let e): kind = e.kind
+        case DiskError.invalidArgument: kind = nil
+        default: return false
+        }
+        if case .busy? = kind { return true }
+        let expected = oracle.applying(op).state == oracle.state
+        switch kind {
+        case nil, .notFound?, .exists?: return expected || op.isForeignClone
+        default: return false
+        }
+    }
+
+    /// Settles operation `id`, begun but cut short (the host killed, or the volume refused it),
+    /// against the volume: `D` it happened, `X` it did not (`why` after either), `U` for an
+    /// increment, nobody can tell; a torn outcome is logged as the operation that leads to
+    /// it. A volume that matches no outcome is logged `F` and thrown.
+    static func settle(_ id: Int, _ op: TortureOp, log: inout TortureLog, volume: Volume, directory: String,
+                       record: (String) -> Void, why: String = "") throws {
+        if op == .increment {
+            record("U \(id)\(why)")
+            log.unknownIncrements += 1
+            return
+        }
+        let seen = try observe(volume, directory: directory).state
+        if seen == log.oracle.state {
+            record("X \(id)\(why)")
+        } else if seen == log.oracle.applying(op).state {
+            record("D \(id)\(why)")
+            log.oracle.apply(op)
+        } else if let torn = tornOutcome(seen, op, log.oracle) {
+            // A data write or truncation cut short, or a revert cut before its record: carry on
+            // from what is there.
+            let next = log.nextID
+            record("B \(next) \(torn.line)")
+            record("D \(next)")
+            record("X \(id)\(why)")
+            log.oracle.apply(torn)
+            log.nextID = next + 1
+        } else {
+            let names = op.names.map { "\($0)=\(seen.files[$0]?.count ?? -1)B" }.joined(separator: ",")
+            record("F \(id) after \(op.line): the volume matches neither outcome (\(names))\(why)")
+            throw TortureError("host \(directory): after \(op.line) the volume matches neither outcome\(why)")
+        }
+    }
+
+    /// The next operation: mostly file operations, a fifth disk operations, the rest counter
+    /// increments.
+    static func pick(_ random: inout SplitMix64, log: inout TortureLog, volume: Volume, host: Int) -> TortureOp {
+        let state = log.oracle.state
+        let names = state.files.keys.sorted()
+        func fresh(_ prefix: String) -> String {
+            defer { log.nextName += 1 }
+            return "\(prefix)\(log.nextName)"
+        }
+        func any<T>(_ items: [T]) -> T? { items.isEmpty ? nil : items[Int(random.next() % UInt64(items.count))] }
+        let pick = random.next() % 100
+        if names.isEmpty || (pick < 18 && names.count < 24) { return .create(fresh("f")) }
+        let name = any(names)!
+        // Any disk's snapshots, its file there or not (a revert makes it again).
+        let snapshot = any(state.disks.keys.sorted().flatMap { d in state.disks[d]!.contents.keys.sorted().map { (d, $0) } })
+        let write = TortureOp.write(name, offset: Int(random.next() % (192 << 10)), length: Int(1 + random.next() % (64 << 10)), seed: random.next())
+        switch pick {
+        case 0..<45:
+            return write
+        case 45..<52:
+            return .truncate(name, size: Int(random.next() % (256 << 10)))
+        case 52..<58:
+            return .rename(name, to: fresh("f"))
+        case 58..<64:
+            return .remove(name)
+        case 64..<72:
+            let taken = state.disks[name]?.contents.keys.sorted() ?? []
+            if taken.count >= 6 { return .deleteSnapshot(name, any(taken)!) }
+            // Now and then a name the disk has already: refused.
+            if !taken.isEmpty, random.next() % 8 == 0 { return .snapshot(name, any(taken)!) }
+            return .snapshot(name, fresh("s"))
+        case 72..<77:
+            return snapshot.map { .revert($0.0, $0.1) } ?? write
+        case 77..<82:
+            return snapshot.map { .deleteSnapshot($0.0, $0.1) } ?? write
+        case 82..<88 where names.count < 24:
+            let source = switch random.next() % 4 {
+            case 0: name
+            case 1: snapshot.map { "\($0.0)@\($0.1)" } ?? name
+            default: foreignSnapshot(volume, host: host, &random) ?? name
+            }
+            return .clone(source, to: fresh("f"))
+        case 82..<88:
+            return write
+        default:
+            return .increment
+        }
+    }
+
+    /// A snapshot file of another host, as `hK/NAME@SNAP`, if one is found.
+    static func foreignSnapshot(_ volume: Volume, host: Int, _ random: inout SplitMix64) -> String? {
+        func any(_ items: [DirectoryItem]?) -> String? {
+            guard let items, !items.isEmpty else { return nil }
+            return items[Int(random.next() % UInt64(items.count))].name
+        }
+        guard let other = any(try? volume.list("/").filter { $0.type == .directory && $0.name.hasPrefix("h") && $0.name != "h\(host)" }),
+              let folder = any(try? volume.list("/\(other)").filter { $0.type == .directory }),
+              let snapshot = any(try? volume.list("/\(other)/\(folder)").filter { !$0.name.hasPrefix(".") }) else { return nil }
+        return "\(other)/\(folder.dropFirst().dropLast(".snapshots".count))@\(snapshot)"
+    }
+
     static func perform(_ op: TortureOp, volume: Volume, directory: String) throws {
         let path = { (n: String) in "\(directory)/\(n)" }
+        let disk = { (n: String) in VirtualDisk(volume, path: path(n)) }
         switch op {
         case .create(let n):
             try volume.create(path(n), exclusive: true).close()
@@ -275,6 +458,16 @@ enum Torture {
             try volume.remove(path(n))
         case .exact:
             break // only ever settled from what a torn operation left, never issued
+        case .snapshot(let n, let s):
+            try disk(n).snapshot(s)
+        case .revert(let n, let s):
+            try disk(n).revert(to: s)
+        case .deleteSnapshot(let n, let s):
+            try disk(n).deleteSnapshot(s)
+        case .clone(let source, let target):
+            let parts = source.split(separator: "@").map(String.init)
+            let from = parts[0].contains("/") ? VirtualDisk(volume, path: "/" + parts[0]) : disk(parts[0])
+            _ = try from.clone(to: path(target), snapshot: parts.count == 2 ? parts[1] : nil, linked: true)
         case .increment:
             // Mutual exclusion across hosts: a lost update shows as a counter short of the
             // increments acknowledged.
@@ -294,7 +487,7 @@ enum Torture {
     /// truncation may have zeroed the tail of its last block before the new size was
     /// committed. When `seen` is such a state, returns an operation that brings the oracle to
     /// it: a write of exactly what is there.
-    static func tornOutcome(_ seen: [String: [UInt8]], _ op: TortureOp, _ before: TortureOracle) -> TortureOp? {
+    static func tornOutcome(_ seen: TortureState, _ op: TortureOp, _ before: TortureOracle) -> TortureOp? {
         let name: String, zeroAllowed: Bool
         switch op {
         case .write(let n, _, _, _): (name, zeroAllowed) = (n, false)
@@ -302,10 +495,10 @@ enum Torture {
         default: return nil
         }
         let after = before.applying(op)
-        var others = seen
-        guard let got = others.removeValue(forKey: name),
-              let old = before.files[name], let new = after.files[name] else { return nil }
-        var rest = before.files
+        var others = seen.files
+        guard seen.disks == before.state.disks, let got = others.removeValue(forKey: name),
+              let old = before.state.files[name], let new = after.state.files[name] else { return nil }
+        var rest = before.state.files
         rest[name] = nil
         guard others == rest, got.count == old.count || got.count == new.count else { return nil }
         for (i, byte) in got.enumerated() {
@@ -323,6 +516,7 @@ enum Torture {
         let report = try volume.check()
         if !report.isClean { problems.append("fsck: \(report.problems.prefix(5).map(\.message))") }
         var done = 0, unknown = 0
+        var applied: [String: Int] = [:]
         for path in logs {
             let log = try TortureLog(path: path)
             problems += log.failures.map { "\(path): \($0)" }
@@ -330,24 +524,33 @@ enum Torture {
                 problems.append("\(path): log name is not host-N.log")
                 continue
             }
-            let seen = try volume.exists("/h\(host)") ? try observe(volume, directory: "/h\(host)") : [:]
-            var accepted = seen == log.oracle.files
+            let (seen, leftovers) = try volume.exists("/h\(host)") ? try observe(volume, directory: "/h\(host)") : (TortureState(), [:])
+            var accepted = seen == log.oracle.state
             if let pending = log.pending {
                 if pending.op == .increment { unknown += 1 }
-                accepted = accepted || seen == log.oracle.applying(pending.op).files || tornOutcome(seen, pending.op, log.oracle) != nil
+                accepted = accepted || seen == log.oracle.applying(pending.op).state || tornOutcome(seen, pending.op, log.oracle) != nil
             }
             if !accepted {
-                let expected = log.oracle.files.mapValues(\.count), got = seen.mapValues(\.count)
-                problems.append("host \(host): directory differs from its acknowledged operations (expected sizes \(expected.sorted { $0.key < $1.key }), found \(got.sorted { $0.key < $1.key }))")
+                let expected = log.oracle.state.files.mapValues(\.count), got = seen.files.mapValues(\.count)
+                let snapshots = { (s: TortureState) in s.disks.mapValues { $0.contents.keys.sorted() }.sorted { $0.key < $1.key } }
+                problems.append("host \(host): directory differs from its acknowledged operations (expected sizes \(expected.sorted { $0.key < $1.key }), found \(got.sorted { $0.key < $1.key }); expected snapshots \(snapshots(log.oracle.state)), found \(snapshots(seen)))")
+            }
+            // What a cut-short snapshot or deletion leaves: a whole clone of the disk as it was.
+            for (disk, files) in leftovers {
+                for (snapshot, content) in files where content != published("h\(host)/\(disk)@\(snapshot)", in: log.oracle.library) {
+                    problems.append("host \(host): snapshot file \(disk)@\(snapshot), which no record names, is not the disk as it was taken (\(content.count) bytes)")
+                }
             }
             done += log.oracle.increments
             unknown += log.unknownIncrements
+            applied.merge(log.applied, uniquingKeysWith: +)
         }
         let counter = try volume.exists(counterPath) ? Int(try readCounter(try volume.openFile(counterPath, lock: nil))) : 0
         if counter < done || counter > done + unknown {
             problems.append("shared counter is \(counter); \(done) increments were acknowledged and \(unknown) are in doubt")
         }
-        print("verified \(logs.count) hosts: counter \(counter) (\(done) acknowledged, \(unknown) in doubt), fsck \(report.isClean ? "clean" : "NOT clean")")
+        let disks = ["snapshot", "revert", "deletesnap", "clone", "clone-foreign"].map { "\($0) \(applied[$0] ?? 0)" }.joined(separator: ", ")
+        print("verified \(logs.count) hosts: counter \(counter) (\(done) acknowledged, \(unknown) in doubt), disk operations applied: \(disks), fsck \(report.isClean ? "clean" : "NOT clean")")
         return problems
     }
 }
