@@ -209,7 +209,12 @@ public struct VirtualDisk: Sendable {
         // The record first: a crash in between leaves a snapshot file no record names, which
         // costs space and nothing else.
         try write(tree)
-        try fs { () throws(FSError) -> Void in try volume.remove(snapshotPath(name)) }
+        // Committed before returning: until then the disk's grains whose count fell are copied
+        // on write like shared ones (format.md §9.4), and the space is not yet free.
+        try fs { () throws(FSError) -> Void in
+            try volume.remove(snapshotPath(name))
+            try volume.sync()
+        }
     }
 
     /// Byte ranges where the disk (or snapshot `to`) differs from snapshot `from`, from the
