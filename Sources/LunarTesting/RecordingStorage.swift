@@ -1,6 +1,7 @@
 import CLunar
 import Foundation
 import Glibc
+import LunarFS
 import LunarIO
 import Synchronization
 
@@ -139,5 +140,28 @@ public struct CrashImage {
         case .flush:
             break
         }
+    }
+}
+
+/// The crash harness's start: a volume formatted with `options` on a new sparse image of `size`
+/// bytes (`recorded.img` in `scratch`), every write to it recorded, opened. Close the device
+/// after the volume.
+public func recordedVolume(in scratch: Scratch, size: UInt64 = 1 << 30, options: FormatOptions) throws -> (device: BlockDevice, recorder: RecordingStorage, volume: Volume) {
+    let device = try BlockDevice.createImage(scratch.path("recorded.img"), size: size)
+    do {
+        let recorder = RecordingStorage(device)
+        try Volume.format(recorder, options: options)
+        return (device, recorder, try Volume.open(recorder))
+    } catch {
+        device.close()
+        throw error
+    }
+}
+
+extension Scratch {
+    /// Scratch space for crash images, which are rebuilt many times: on tmpfs where there is
+    /// one (it takes O_DIRECT on current kernels, and its flushes cost nothing).
+    public static func forCrashImages() -> Scratch {
+        Scratch(under: access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory())
     }
 }

@@ -1,7 +1,5 @@
-import Foundation
 import LunarDisk
 import LunarFS
-import LunarIO
 import LunarTesting
 import Testing
 
@@ -144,13 +142,10 @@ struct VirtualDiskTests {
     /// and the record say so from the first of them on, never gone, never one without the other.
     @Test("a crash anywhere in a revert leaves the disk and its record both as before or both as after, however many commits freeing the old disk takes")
     func revertIsAtomic() throws {
-        let scratch = Scratch(under: access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory())
-        let size: UInt64 = 1 << 30
-        let device = try BlockDevice.createImage(scratch.path("recorded.img"), size: size)
+        let scratch = Scratch.forCrashImages()
+        let (device, recorder, v) = try recordedVolume(in: scratch, options: FormatOptions(blockSize: 1 << 20, maxFiles: 4096))
+        let size = recorder.size
         defer { device.close() }
-        let recorder = RecordingStorage(device)
-        try Volume.format(recorder, options: FormatOptions(blockSize: 1 << 20, maxFiles: 4096))
-        let v = try Volume.open(recorder)
         // 4 KiB every 63 MiB, one pointer block each: the disk's own map is 300 blocks, more
         // than one commit frees.
         let stride: UInt64 = 63 << 20, pieces: UInt64 = 300

@@ -221,15 +221,10 @@ struct CrashTests {
 
     @Test("after a crash at any point: the volume opens, fsck is clean, and every synced file is intact")
     func crashPointsAreConsistent() throws {
-        // Crash images are rebuilt a thousand times: on tmpfs where there is one (it takes
-        // O_DIRECT on current kernels, and its flushes cost nothing).
-        let scratch = Scratch(under: access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory())
-        let size: UInt64 = 1 << 30
-        let device = try BlockDevice.createImage(scratch.path("recorded.img"), size: size)
+        let scratch = Scratch.forCrashImages()
+        let (device, recorder, volume) = try recordedVolume(in: scratch, options: FormatOptions(blockSize: 256 << 10, maxFiles: 4096))
+        let size = recorder.size
         defer { device.close() }
-        let recorder = RecordingStorage(device)
-        try Volume.format(recorder, options: FormatOptions(blockSize: 256 << 10, maxFiles: 4096))
-        let volume = try Volume.open(recorder)
         let firstCut = recorder.position
         let workload = Workload(seed: Self.seed)
         try workload.run(on: volume, recorder: recorder, operations: 400)
@@ -315,12 +310,9 @@ struct CrashTests {
     /// A volume whose every write up to the end of `change` landed and nothing after: `setup`
     /// made durable (synced), `change` not committed yet. Returns it opened (journal replayed).
     static func crashAfter(_ scratch: Scratch, setup: (Volume) throws -> Void, change: (Volume) throws -> Void) throws -> Volume {
-        let size: UInt64 = 1 << 30
-        let device = try BlockDevice.createImage(scratch.path("recorded.img"), size: size)
+        let (device, recorder, volume) = try recordedVolume(in: scratch, options: FormatOptions(blockSize: 1 << 20, maxFiles: 4096))
+        let size = recorder.size
         defer { device.close() }
-        let recorder = RecordingStorage(device)
-        try Volume.format(recorder, options: FormatOptions(blockSize: 1 << 20, maxFiles: 4096))
-        let volume = try Volume.open(recorder)
         try setup(volume)
         try volume.sync()
         try change(volume)
@@ -338,7 +330,7 @@ struct CrashTests {
     @Test("a grain released by a change not yet committed is neither reused nor written in place before that commit",
           arguments: ["freed grain reused", "unshared grain", "unshared pointer block"])
     func uncommittedReleaseKeepsCommittedData(_ scenario: String) throws {
-        let scratch = Scratch(under: access("/dev/shm", W_OK) == 0 ? "/dev/shm" : NSTemporaryDirectory())
+        let scratch = Scratch.forCrashImages()
         let old = pattern(128 << 10, seed: 1).array, new = pattern(128 << 10, seed: 2).array
         // Where the file that must keep its synced content holds it.
         let at: UInt64 = scenario == "unshared pointer block" ? 100 << 20 : 0

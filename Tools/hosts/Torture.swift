@@ -371,8 +371,7 @@ enum Torture {
             log.oracle.apply(torn)
             log.nextID = next + 1
         } else {
-            let names = op.names.map { "\($0)=\(seen.files[$0]?.count ?? -1)B" }.joined(separator: ",")
-            record("F \(id) after \(op.line): the volume matches neither outcome (\(names))\(why)")
+            record("F \(id) after \(op.line): the volume matches neither outcome (against before: \(difference(seen, log.oracle.state)))\(why)")
             throw TortureError("host \(directory): after \(op.line) the volume matches neither outcome\(why)")
         }
     }
@@ -508,6 +507,19 @@ enum Torture {
         return .exact(name, got)
     }
 
+    /// Where `seen` differs from `expected`: each file and disk that does, with sizes and
+    /// snapshot names (-1: none).
+    static func difference(_ seen: TortureState, _ expected: TortureState) -> String {
+        let files = Set(seen.files.keys).union(expected.files.keys).sorted().filter { seen.files[$0] != expected.files[$0] }
+            .map { "\($0): \(seen.files[$0]?.count ?? -1) bytes, expected \(expected.files[$0]?.count ?? -1)" }
+        let disks = Set(seen.disks.keys).union(expected.disks.keys).sorted().filter { seen.disks[$0] != expected.disks[$0] }
+            .map { (d: String) -> String in
+                let s = seen.disks[d], e = expected.disks[d]
+                return "\(d)'s snapshots \(s?.contents.keys.sorted() ?? []) (current \(s?.current ?? "-")), expected \(e?.contents.keys.sorted() ?? []) (current \(e?.current ?? "-"))"
+            }
+        return (files + disks).joined(separator: "; ")
+    }
+
     /// Checks the volume against every host's log. Returns the problems found.
     static func verify(lun: String, logs: [String]) throws -> [String] {
         let volume = try Volume.open(path: lun, options: OpenOptions(lockTimeout: 120))
@@ -531,9 +543,7 @@ enum Torture {
                 accepted = accepted || seen == log.oracle.applying(pending.op).state || tornOutcome(seen, pending.op, log.oracle) != nil
             }
             if !accepted {
-                let expected = log.oracle.state.files.mapValues(\.count), got = seen.files.mapValues(\.count)
-                let snapshots = { (s: TortureState) in s.disks.mapValues { $0.contents.keys.sorted() }.sorted { $0.key < $1.key } }
-                problems.append("host \(host): directory differs from its acknowledged operations (expected sizes \(expected.sorted { $0.key < $1.key }), found \(got.sorted { $0.key < $1.key }); expected snapshots \(snapshots(log.oracle.state)), found \(snapshots(seen)))")
+                problems.append("host \(host): directory differs from its acknowledged operations: \(difference(seen, log.oracle.state))")
             }
             // What a cut-short snapshot or deletion leaves: a whole clone of the disk as it was.
             for (disk, files) in leftovers {
