@@ -15,7 +15,8 @@ import LunarVMM
 /// - 4 KiB random writes QD 32 just after a snapshot (every first write to a 64 KiB grain copies
 ///   it) against the same disk with no snapshot, rounds taking turns, and the bytes the disk
 ///   then holds alone per byte written; then the same disk's writes once every block has been
-///   rewritten after a snapshot (nothing left to copy) against its writes with no snapshot;
+///   rewritten after a snapshot (nothing left to copy) against an identical disk that never
+///   had one, rounds taking turns;
 /// - deleting the snapshot that then owns every block of that disk (`owned` bytes).
 ///
 /// Prints one JSON object per figure, then `{"summary": …}`.

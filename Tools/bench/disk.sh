@@ -15,8 +15,8 @@
 #                                      alone per byte written (each first write to a 64 KiB grain
 #                                      copies it)
 #        rewrite                       the same writes once every block was rewritten after a
-#                                      snapshot (nothing left to copy) over the disk's with no
-#                                      snapshot (target >= 0.95)
+#                                      snapshot (nothing left to copy) over an identical disk
+#                                      that never had one, rounds taking turns (target >= 0.95)
 #        delete_ms                     deleting the snapshot that then owns every block of an
 #                                      --owned disk
 #  (b) stun_ms: `lunar vm snapshot --json` of a running VM (the idle freestanding guest, a disk
