@@ -96,14 +96,19 @@ enum DiskBench {
             defer { try? channel.file.close() }
             return try VirtioBlockBenchmark.run(workload, on: channel, seconds: o.runtime).iops
         }
-        var flatRuns: [Double] = [], chainRuns: [Double] = []
-        for round in 0..<o.rounds {
-            if round % 2 == 0 {
-                flatRuns.append(try iops(flat.path, randread)); chainRuns.append(try iops(chained.path, randread))
-            } else {
-                chainRuns.append(try iops(chained.path, randread)); flatRuns.append(try iops(flat.path, randread))
+        /// `workload` on disks `a` and `b`, `o.rounds` rounds, taking turns at going first.
+        func takingTurns(_ a: String, _ b: String, _ workload: IOWorkload) throws -> (a: [Double], b: [Double]) {
+            var runs: (a: [Double], b: [Double]) = ([], [])
+            for round in 0..<o.rounds {
+                if round % 2 == 0 {
+                    runs.a.append(try iops(a, workload)); runs.b.append(try iops(b, workload))
+                } else {
+                    runs.b.append(try iops(b, workload)); runs.a.append(try iops(a, workload))
+                }
             }
+            return runs
         }
+        let (flatRuns, chainRuns) = try takingTurns(flat.path, chained.path, randread)
         let chainRatio = median(zip(chainRuns, flatRuns).map { $0 / $1 })
         report(["figure": "\"chain32_read\"", "iops_no_snapshots": "\(Int(median(flatRuns)))", "iops_32_deep": "\(Int(median(chainRuns)))",
                 "ratio": fixedPoint(chainRatio, places: 2),
@@ -143,14 +148,7 @@ enum DiskBench {
         // The snapshot keeps every old block: no write copies anything now. Compared with an
         // identical disk that never had a snapshot, rounds taking turns.
         let plain = try written("/plain.raw", o.owned)
-        var rewriteRuns: [Double] = [], neverRuns: [Double] = []
-        for round in 0..<o.rounds {
-            if round % 2 == 0 {
-                rewriteRuns.append(try iops(cow.path, randwrite)); neverRuns.append(try iops(plain.path, randwrite))
-            } else {
-                neverRuns.append(try iops(plain.path, randwrite)); rewriteRuns.append(try iops(cow.path, randwrite))
-            }
-        }
+        let (rewriteRuns, neverRuns) = try takingTurns(cow.path, plain.path, randwrite)
         let rewriteRatios = zip(rewriteRuns, neverRuns).map { $0 / $1 }
         let rewriteRatio = median(rewriteRatios)
         report(["figure": "\"rewrite\"", "iops_snapshot_behind": "\(Int(median(rewriteRuns)))", "iops_no_snapshot": "\(Int(median(neverRuns)))",
